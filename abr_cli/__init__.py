@@ -1,0 +1,1 @@
+"""resin-abr command line."""
