@@ -1,0 +1,122 @@
+"""The policy interface shared by classic rules and learned models, and the name -> class registry.
+
+A policy is batched: it gets an `Observation` of B sessions and returns B levels. It is told the
+video once (`begin`), so it never re-declares a ladder. Policies are built from a spec string,
+``name`` or ``name:key=value,key=value`` (or ``fixed:N``), whose values are validated by the policy's
+pydantic config, so a typo names the key that is wrong.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from simulator.observation import Observation
+from simulator.video import Video
+
+IntArray = npt.NDArray[np.int64]
+
+
+class PolicySpecError(ValueError):
+    """A policy spec string names an unknown policy or gives it invalid parameters."""
+
+
+class PolicyConfig(BaseModel):
+    """Base of every policy's typed parameters."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Policy(ABC):
+    """Chooses the next chunk's level for B sessions at once."""
+
+    #: Registry name.
+    name: ClassVar[str] = ""
+    #: The config model of this policy's parameters.
+    config_type: ClassVar[type[PolicyConfig]] = PolicyConfig
+
+    def __init__(self, config: PolicyConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_type()
+        self.video: Video | None = None
+
+    @property
+    def label(self) -> str:
+        """How the policy appears in tables (its name plus non-default parameters)."""
+        changed = {k: v for k, v in self.config.model_dump().items() if v != self.config_type.model_fields[k].default}
+        if not changed:
+            return self.name
+        return f"{self.name}:" + ",".join(f"{k}={v}" for k, v in changed.items())
+
+    @classmethod
+    def parse_shorthand(cls, text: str) -> dict[str, Any]:
+        """Parameters from a spec's positional shorthand (``fixed:3``); most policies have none."""
+        raise PolicySpecError(f"policy {cls.name!r} takes key=value parameters, got {text!r}")
+
+    def begin(self, n_sessions: int, video: Video) -> None:
+        """Called before B new sessions start streaming ``video``; resets any per-session state."""
+        self.video = video
+
+    @abstractmethod
+    def select(self, obs: Observation) -> IntArray:
+        """The level of the next chunk for every session in ``obs`` (int64 array of length B)."""
+
+    def _video(self) -> Video:
+        if self.video is None:
+            raise RuntimeError(f"policy {self.name!r}: begin() must be called before select()")
+        return self.video
+
+
+_REGISTRY: dict[str, type[Policy]] = {}
+P = TypeVar("P", bound=type[Policy])
+
+
+def register(name: str) -> Callable[[P], P]:
+    """Class decorator adding a policy to the registry under ``name``."""
+
+    def wrap(cls: P) -> P:
+        if name in _REGISTRY:
+            raise ValueError(f"policy name {name!r} is registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def available_policies() -> list[str]:
+    """Registered policy names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def parse_params(text: str, what: str) -> dict[str, Any]:
+    """Parse ``key=value,key=value`` into a dict of strings (validated later by a config model)."""
+    params: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise PolicySpecError(f"{what}: expected key=value, got {item!r}")
+        if key.strip() in params:
+            raise PolicySpecError(f"{what}: parameter {key.strip()!r} given twice")
+        params[key.strip()] = value.strip()
+    return params
+
+
+def make_policy(spec: str) -> Policy:
+    """Build a policy from ``name``, ``name:key=value,...`` or the shorthand ``fixed:N``."""
+    name, _, rest = spec.strip().partition(":")
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise PolicySpecError(f"unknown policy {name!r} in {spec!r}; available: {', '.join(available_policies())}")
+    params = cls.parse_shorthand(rest) if rest and "=" not in rest else parse_params(rest, f"policy {spec!r}")
+    try:
+        config = cls.config_type(**params)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise PolicySpecError(f"policy {spec!r}: {problems}") from None
+    return cls(config)
+

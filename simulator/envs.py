@@ -1,0 +1,288 @@
+"""Gymnasium environments: a scalar `ABREnv` and a native vectorised `ABRVectorEnv` on the batch core.
+
+An episode is one video: `reset` fetches chunk 0 at ``initial_quality`` (the reference convention) and
+returns the observation after it; each `step(level)` fetches the next chunk and returns its QoE as the
+reward; the episode terminates after the last chunk. Both envs draw trace choice, start point and delay
+noise at each reset from their own generator in the same order, so ``ABRVectorEnv(n, seed=s)`` equals
+``SyncVectorEnv([ABREnv] * n)`` reset with seed s (sub-env i uses seed s + i).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import numpy.typing as npt
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from simulator.batch import BatchSimulator, ChunkResult
+from simulator.link import LinkConfig
+from simulator.observation import ObservationBuilder, ObservationSpec
+from simulator.qoe import QoEConfig
+from simulator.reference import ChunkOutcome, ScalarSession
+from simulator.video import Video
+from traces.trace import Trace
+
+ENV_ID = "resin-abr/ABR-v0"
+#: Keys of the per-step info dict (all scalars), shared by both envs.
+INFO_KEYS = ("chunk_index", "quality", "bitrate_kbps", "chunk_bytes", "delay_ms", "sleep_ms", "buffer_s", "rebuf_s")
+
+StateArray = npt.NDArray[np.float32]
+
+
+def _defaults(
+    traces: Sequence[Trace] | None, video: Video | None
+) -> tuple[list[Trace], Video]:
+    if traces is None:
+        from traces.generate import default_traces
+
+        traces = default_traces()
+    return list(traces), video if video is not None else Video.builtin()
+
+
+#: Upper bound of every observation entry. Finite so the space can be sampled; no real value comes close
+#: (the largest entry, throughput in kB/ms, would need 8 Tbit/s).
+OBS_HIGH = 1e6
+
+
+def _observation_space(video: Video, spec: ObservationSpec) -> spaces.Box:
+    return spaces.Box(low=0.0, high=OBS_HIGH, shape=(6, spec.width(video)), dtype=np.float32)
+
+
+class ABREnv(gym.Env[StateArray, np.int64]):
+    """One streaming session per episode over a trace set (scalar reference semantics).
+
+    Args:
+        traces: trace set (default: the embedded generated traces).
+        video: the video (default: the built-in synthetic video).
+        link: link parameters (default: `LinkConfig.training()`: noise, random traces and starts).
+        qoe: the reward's QoE variant (default QoE_lin).
+        spec: observation shape/normalisation.
+        initial_quality: level of chunk 0, fetched by `reset`.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(
+        self,
+        traces: Sequence[Trace] | None = None,
+        video: Video | None = None,
+        link: LinkConfig | None = None,
+        qoe: QoEConfig | None = None,
+        spec: ObservationSpec | None = None,
+        initial_quality: int = 1,
+    ) -> None:
+        self.traces, self.video = _defaults(traces, video)
+        self.link = link if link is not None else LinkConfig.training()
+        self.qoe = qoe if qoe is not None else QoEConfig()
+        self.obs_spec = spec if spec is not None else ObservationSpec()
+        if not 0 <= initial_quality < self.video.n_levels:
+            raise ValueError(f"initial_quality must be in [0, {self.video.n_levels}), got {initial_quality}")
+        self.initial_quality = initial_quality
+        self.observation_space = _observation_space(self.video, self.obs_spec)
+        self.action_space = spaces.Discrete(self.video.n_levels)
+        self._utilities = self.qoe.utilities(self.video)
+        self._builder = ObservationBuilder(1, self.video, self.obs_spec)
+        self._session: ScalarSession | None = None
+        self._next_trace = 0
+        self._last_quality = initial_quality
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[StateArray, dict[str, Any]]:
+        super().reset(seed=seed)
+        rng = self.np_random
+        n_traces = len(self.traces)
+        if self.link.trace_order == "random":
+            t = int(rng.integers(n_traces))
+        else:
+            t = self._next_trace % n_traces
+            self._next_trace += 1
+        trace = self.traces[t]
+        start = int(rng.integers(len(trace) - 1)) if self.link.start == "random" else 0
+        noise = None
+        if self.link.has_noise:
+            noise = rng.uniform(self.link.delay_noise_low, self.link.delay_noise_high, size=self.video.n_chunks)
+        self._session = ScalarSession(
+            trace, self.video, self.link, start_index=start, noise_factors=None if noise is None else noise.tolist()
+        )
+        self._trace_index = t
+        self._builder.reset()
+        outcome = self._session.download(self.initial_quality)
+        self._last_quality = self.initial_quality
+        self._push(outcome)
+        return self._builder.state()[0], self._info(outcome)
+
+    def step(self, action: Any) -> tuple[StateArray, float, bool, bool, dict[str, Any]]:
+        if self._session is None:
+            raise RuntimeError("call reset() before step()")
+        level = int(action)
+        if not self.action_space.contains(level):
+            raise ValueError(f"action must be a level in [0, {self.video.n_levels}), got {action!r}")
+        outcome = self._session.download(level)
+        util = self._utilities
+        reward = float(
+            util[level]
+            - self.qoe.rebuffer_weight * outcome.rebuf_s
+            - self.qoe.smooth_penalty * abs(util[level] - util[self._last_quality])
+        )
+        self._last_quality = level
+        self._push(outcome)
+        return self._builder.state()[0], reward, outcome.end_of_video, False, self._info(outcome)
+
+    def _push(self, o: ChunkOutcome) -> None:
+        self._builder.push(
+            slice(None),
+            quality=[o.quality],
+            buffer_s=[o.buffer_s],
+            chunk_bytes=[o.chunk_bytes],
+            delay_ms=[o.delay_ms],
+            chunk_index=[o.chunk_index],
+            chunks_remaining=[o.chunks_remaining],
+            next_chunk_bytes=[o.next_chunk_bytes],
+        )
+
+    def _info(self, o: ChunkOutcome) -> dict[str, Any]:
+        return {
+            "trace_index": self._trace_index,
+            "chunk_index": o.chunk_index,
+            "quality": o.quality,
+            "bitrate_kbps": self.video.bitrates_kbps[o.quality],
+            "chunk_bytes": o.chunk_bytes,
+            "delay_ms": o.delay_ms,
+            "sleep_ms": o.sleep_ms,
+            "buffer_s": o.buffer_s,
+            "rebuf_s": o.rebuf_s,
+        }
+
+
+class ABRVectorEnv(VectorEnv[StateArray, npt.NDArray[np.int64], npt.NDArray[np.float64]]):
+    """``num_envs`` sessions on the vectorised batch core; finished sessions reset in the same step.
+
+    Infos hold per-session arrays of `INFO_KEYS` and ``trace_index`` (with Gymnasium's ``_key`` masks);
+    when sessions finish, ``final_obs`` / ``final_info`` carry their last observation and info.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": [], "autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(
+        self,
+        num_envs: int,
+        traces: Sequence[Trace] | None = None,
+        video: Video | None = None,
+        link: LinkConfig | None = None,
+        qoe: QoEConfig | None = None,
+        spec: ObservationSpec | None = None,
+        initial_quality: int = 1,
+        device: Any = None,
+    ) -> None:
+        self.traces, self.video = _defaults(traces, video)
+        self.link = link if link is not None else LinkConfig.training()
+        self.qoe = qoe if qoe is not None else QoEConfig()
+        self.obs_spec = spec if spec is not None else ObservationSpec()
+        if not 0 <= initial_quality < self.video.n_levels:
+            raise ValueError(f"initial_quality must be in [0, {self.video.n_levels}), got {initial_quality}")
+        self.initial_quality = initial_quality
+        self.num_envs = num_envs
+        self.single_observation_space = _observation_space(self.video, self.obs_spec)
+        self.single_action_space = spaces.Discrete(self.video.n_levels)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.sim = BatchSimulator(self.traces, self.video, self.link, n_sessions=num_envs, device=device)
+        self._builder = ObservationBuilder(num_envs, self.video, self.obs_spec)
+        self._utilities = self.qoe.utilities(self.video)
+        self._last_quality = np.full(num_envs, initial_quality, dtype=np.int64)
+        self._kbps = np.asarray(self.video.bitrates_kbps, dtype=np.int64)
+
+    def reset(
+        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[StateArray, dict[str, Any]]:
+        if isinstance(seed, list):
+            raise ValueError("ABRVectorEnv takes one integer seed (sub-env i uses seed + i)")
+        self.sim.reset(seed=seed)
+        self._builder.reset()
+        result = self._first_chunks(np.ones(self.num_envs, dtype=bool))
+        return self._builder.state(), self._infos(result, np.ones(self.num_envs, dtype=bool))
+
+    def _first_chunks(self, mask: npt.NDArray[np.bool_]) -> ChunkResult:
+        levels = np.full(self.num_envs, self.initial_quality, dtype=np.int64)
+        result = self.sim.step(levels, active=None if mask.all() else mask)
+        self._builder.update(result)
+        self._last_quality[mask] = self.initial_quality
+        return result
+
+    def step(
+        self, actions: npt.ArrayLike
+    ) -> tuple[StateArray, npt.NDArray[np.float64], npt.NDArray[np.bool_], npt.NDArray[np.bool_], dict[str, Any]]:
+        levels = np.asarray(actions, dtype=np.int64).reshape(self.num_envs)
+        result = self.sim.step(levels)
+        util = self._utilities
+        rebuf_s = _np(result.rebuf_s)
+        rewards = (
+            util[levels]
+            - self.qoe.rebuffer_weight * rebuf_s
+            - self.qoe.smooth_penalty * np.abs(util[levels] - util[self._last_quality])
+        )
+        self._last_quality = levels.copy()
+        self._builder.update(result)
+        terminated = _np(result.end_of_video).astype(bool)
+        truncated = np.zeros(self.num_envs, dtype=bool)
+        all_rows = np.ones(self.num_envs, dtype=bool)
+        infos = self._infos(result, all_rows)
+        obs = self._builder.state()
+        if terminated.any():
+            final_obs = np.full(self.num_envs, None, dtype=object)
+            for i in np.flatnonzero(terminated):
+                final_obs[i] = obs[i]
+            final_info = self._infos(result, terminated)
+            self.sim.reset(terminated)
+            self._builder.reset(terminated)
+            first = self._first_chunks(terminated)
+            obs = self._builder.state()
+            # The reset sessions report their new chunk 0, as SyncVectorEnv reports the reset's info.
+            fresh = self._infos(first, terminated)
+            for key, value in fresh.items():
+                if not key.startswith("_"):
+                    infos[key][terminated] = value[terminated]
+            infos["final_obs"] = final_obs
+            infos["_final_obs"] = terminated.copy()
+            infos["final_info"] = final_info
+            infos["_final_info"] = terminated.copy()
+        return obs, rewards, terminated, truncated, infos
+
+    def _infos(self, result: ChunkResult, rows: npt.NDArray[np.bool_]) -> dict[str, Any]:
+        quality = _np(result.quality)
+        values: dict[str, npt.NDArray[Any]] = {
+            "trace_index": _np(result.trace_index),
+            "chunk_index": _np(result.chunk_index),
+            "quality": quality,
+            "bitrate_kbps": self._kbps[quality],
+            "chunk_bytes": _np(result.chunk_bytes),
+            "delay_ms": _np(result.delay_ms),
+            "sleep_ms": _np(result.sleep_ms),
+            "buffer_s": _np(result.buffer_s),
+            "rebuf_s": _np(result.rebuf_s),
+        }
+        infos: dict[str, Any] = {}
+        for key, value in values.items():
+            infos[key] = np.where(rows, value, np.zeros_like(value))
+            infos[f"_{key}"] = rows.copy()
+        return infos
+
+
+def _np(x: Any) -> npt.NDArray[Any]:
+    return x if isinstance(x, np.ndarray) else x.detach().cpu().numpy()
+
+
+def register_envs() -> None:
+    """Register `ENV_ID` with its scalar entry point and the native vector entry point (idempotent)."""
+    if ENV_ID in gym.registry:
+        return
+    gym.register(
+        id=ENV_ID,
+        entry_point="simulator.envs:ABREnv",
+        vector_entry_point="simulator.envs:ABRVectorEnv",
+        disable_env_checker=False,
+    )
