@@ -119,4 +119,3 @@ def make_policy(spec: str) -> Policy:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
         raise PolicySpecError(f"policy {spec!r}: {problems}") from None
     return cls(config)
-

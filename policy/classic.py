@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from policy.base import IntArray, Policy, PolicyConfig, PolicySpecError, register
 from simulator.observation import Observation
+from simulator.video import Video
 
 
 class FixedConfig(PolicyConfig):
@@ -35,10 +36,13 @@ class FixedPolicy(Policy):
         except ValueError:
             raise PolicySpecError(f"fixed:N needs an integer level, got {text!r}") from None
 
-    def select(self, obs: Observation) -> IntArray:
-        video = self._video()
+    def begin(self, n_sessions: int, video: Video) -> None:
         if self.config.level >= video.n_levels:
             raise PolicySpecError(f"fixed:{self.config.level}: the video has only {video.n_levels} levels")
+        super().begin(n_sessions, video)
+
+    def select(self, obs: Observation) -> IntArray:
+        self._video()
         return np.full(obs.n_sessions, self.config.level, dtype=np.int64)
 
 
@@ -68,5 +72,7 @@ class BBAPolicy(Policy):
         cfg = self.config
         buffer_s = obs.buffer_s
         linear = (top * (buffer_s - cfg.reservoir_s) / cfg.cushion_s).astype(np.int64)
-        levels = np.where(buffer_s < cfg.reservoir_s, 0, np.where(buffer_s >= cfg.reservoir_s + cfg.cushion_s, top, linear))
+        levels = np.where(
+            buffer_s < cfg.reservoir_s, 0, np.where(buffer_s >= cfg.reservoir_s + cfg.cushion_s, top, linear)
+        )
         return np.clip(levels, 0, top).astype(np.int64)

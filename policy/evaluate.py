@@ -8,8 +8,6 @@ score is the mean per-chunk QoE over chunks 2..N, averaged over traces.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from simulator.link import LinkConfig
 from simulator.observation import ObservationBuilder, ObservationSpec
 from simulator.qoe import QoEConfig, session_qoe, session_score
 from simulator.video import Video
+from traces.io import write_atomic
 from traces.trace import Trace
 
 FloatArray = npt.NDArray[np.float64]
@@ -177,9 +176,7 @@ class Summary:
     wall_s: float
 
 
-def summarize(
-    logs: SessionLogs, policy: str, traces: str, wall_s: float, qoe: QoEConfig | None = None
-) -> Summary:
+def summarize(logs: SessionLogs, policy: str, traces: str, wall_s: float, qoe: QoEConfig | None = None) -> Summary:
     """Mean score with a normal 95% interval, mean bitrate, rebuffering and switches per session."""
     scores = logs.scores(qoe)
     n = scores.size
@@ -198,16 +195,7 @@ def summarize(
 
 
 def write_jsonl(records: Sequence[dict[str, object]], path: str | Path) -> None:
-    """Write records as JSON lines atomically (a temp file in the same folder, then rename)."""
+    """Write records as JSON lines atomically (readers see the old file or the complete new one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            for record in records:
-                f.write(json.dumps(record))
-                f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())

@@ -12,9 +12,17 @@ interval boundary is repaired by exact comparisons against the un-normalised val
 Units: times in seconds (``_s``), buffer and delays in milliseconds (``_ms``) internally as in the
 reference, sizes in bytes, throughput in bytes/s after the payload fraction (``rate_bytes_per_s``).
 
+Search: a chunk usually ends a few intervals after it starts, so each session first compares its
+target against the following intervals one round at a time (exact comparisons); only the few
+sessions that run past that window or wrap around the trace fall back to the global search.
+
+Randomness (trace choice, start point, delay noise) is counter-based: the draws of a session's e-th
+episode are a pure function of the session's 64-bit key and e (`episode_uniforms`). Resets of many
+sessions are therefore one vectorised call, every backend sees the same numbers, and the scalar
+`simulator.envs.ABREnv`, whose key comes from its own ``np_random``, reproduces a vector session exactly.
+
 Backends: numpy (default) or torch (``device="cpu"|"cuda"``); both run the same code through a small
-operations shim. Random draws (trace choice, start points, delay noise) always come from per-session
-numpy Generators, so every backend sees the same random stream for the same seed.
+operations shim.
 """
 
 from __future__ import annotations
@@ -36,6 +44,64 @@ Array = Any
 
 #: Safety bound on boundary-repair iterations; each moves one interval, and rounding moves at most one.
 _MAX_REPAIR_STEPS = 64
+#: Rounds of stepping forward interval by interval before falling back to the global search.
+_NEAR_STEPS = 8
+#: Uniforms drawn per episode before the noise: trace choice, start point.
+_N_CHOICE_DRAWS = 2
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(z: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """SplitMix64's finaliser: a bijection on 64-bit integers with good avalanche."""
+    z = z ^ (z >> np.uint64(30))
+    z = z * np.uint64(0xBF58476D1CE4E5B9)
+    z = z ^ (z >> np.uint64(27))
+    z = z * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def episode_uniforms(keys: npt.ArrayLike, episodes: npt.ArrayLike, count: int) -> npt.NDArray[np.float64]:
+    """Uniforms in [0, 1), ``[n, count]``: draw ``c`` of episode ``episodes[i]`` of the session keyed ``keys[i]``.
+
+    Counter-based: ``mix64(key XOR mix64(episode * 2**20 + c))``, top 53 bits. Distinct (episode, c)
+    give distinct values per key because `_mix64` is a bijection.
+    """
+    if count >= 1 << 20:
+        raise ValueError(f"at most {(1 << 20) - 1} draws per episode, got {count}")
+    key = np.asarray(keys, dtype=np.uint64)[:, None]
+    episode = np.asarray(episodes, dtype=np.uint64)[:, None]
+    counter = np.asarray((episode << np.uint64(20)) + np.arange(count, dtype=np.uint64), dtype=np.uint64)
+    bits = _mix64(key ^ _mix64(counter))
+    return np.asarray((bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53)), dtype=np.float64)
+
+
+def session_key(rng: np.random.Generator) -> int:
+    """The 64-bit key of a session, drawn from a generator (how seeds become keys everywhere)."""
+    return int(rng.integers(0, 1 << 63, dtype=np.int64))
+
+
+def episode_draws(
+    keys: npt.ArrayLike,
+    episodes: npt.ArrayLike,
+    link: LinkConfig,
+    n_chunks: int,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Random trace choice (as a uniform), start uniform and noise factors for a batch of episodes.
+
+    Returns ``(trace_uniform, start_uniform, noise [n, n_chunks])``; `BatchSimulator.reset` and the
+    scalar env turn the uniforms into indices the same way (`uniform_index`).
+    """
+    u = episode_uniforms(keys, episodes, _N_CHOICE_DRAWS + n_chunks)
+    noise = link.delay_noise_low + (link.delay_noise_high - link.delay_noise_low) * u[:, _N_CHOICE_DRAWS:]
+    if not link.has_noise:
+        noise = np.ones_like(noise)
+    return u[:, 0], u[:, 1], noise
+
+
+def uniform_index(u: npt.ArrayLike, n: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    """``floor(u * n)`` clipped to ``[0, n - 1]`` (uniform over n choices for u uniform in [0, 1))."""
+    n_arr = np.asarray(n, dtype=np.int64)
+    return np.minimum((np.asarray(u) * n_arr).astype(np.int64), n_arr - 1)
 
 
 @dataclass(frozen=True)
@@ -68,6 +134,7 @@ class _NumpyOps:
         self.xp: Any = np
         self.float = np.float64
         self.int = np.int64
+        self.bool = np.bool_
 
     def asarray(self, x: Any, dtype: Any) -> Array:
         return np.asarray(x, dtype=dtype)
@@ -98,9 +165,10 @@ class _TorchOps:
         self.device = torch.device(device)
         self.float = torch.float64
         self.int = torch.int64
+        self.bool = torch.bool
 
     def asarray(self, x: Any, dtype: Any) -> Array:
-        return self.xp.as_tensor(np.asarray(x), dtype=dtype, device=self.device)
+        return self.xp.as_tensor(np.array(x, copy=True), dtype=dtype, device=self.device)
 
     def searchsorted_right(self, keys: Array, values: Array) -> Array:
         return self.xp.searchsorted(keys, values, right=True)
@@ -226,8 +294,8 @@ class BatchSimulator:
         video: the video every session streams.
         link: link/buffer parameters (`LinkConfig.evaluation()` or `.training()`).
         n_sessions: the batch size B.
-        seed: seeds the per-session generators (session i uses ``seed + i``, as Gymnasium's vector
-            envs do), which draw trace choice, start point and delay noise at each session reset.
+        seed: seeds the sessions' random streams (session i's key comes from ``seed + i``, as
+            Gymnasium's vector envs seed sub-env i); None draws fresh entropy.
         device: None for the numpy backend; "cpu", "cuda" or a torch.device for the torch backend.
 
     Sessions start un-initialised; call `reset` first. A session that finished its video must be reset
@@ -254,39 +322,32 @@ class BatchSimulator:
         self.table = TraceTable(self.traces, self.link)
         self.ops: _Ops = _NumpyOps() if device is None else _TorchOps(device)
         self._dev = _DeviceTable(self.table, self.ops)
-        ops, xp = self.ops, self.ops.xp
-        self._chunk_bytes = ops.asarray(video.chunk_bytes, ops.int)
-        self._rngs = self._make_rngs(seed, n_sessions)
-        self._next_sequential = np.arange(n_sessions, dtype=np.int64)
-        b = n_sessions
-        self.trace_index: Array = xp.zeros(b, dtype=ops.int) if ops.name == "numpy" else self._zeros_i(b)
-        self._interval = self._zeros_i(b)  # global interval index
-        self._clock_s = self._zeros_f(b)
-        self._buffer_ms = self._zeros_f(b)
-        self.chunk_index: Array = self._zeros_i(b)
-        self._noise = self._zeros_f((b, video.n_chunks)) + 1.0
+        ops, b = self.ops, n_sessions
+        # Sizes by [chunk, level], plus a row of zeros standing for "after the last chunk".
+        padded = np.concatenate([video.chunk_bytes.T, np.zeros((1, video.n_levels), dtype=np.int64)])
+        self._next_bytes = ops.asarray(padded, ops.int)
+        self._chunk_bytes_f = ops.asarray(video.chunk_bytes, ops.float)
+        self._keys = np.zeros(b, dtype=np.uint64)
+        self._episodes = np.zeros(b, dtype=np.uint64)
+        self._seed_sessions(np.arange(b), seed)
+        self._next_sequential = np.arange(b, dtype=np.int64)
+        self.trace_index: Array = ops.asarray(np.zeros(b), ops.int)
+        self.chunk_index: Array = ops.asarray(np.zeros(b), ops.int)
+        self._interval = ops.asarray(np.zeros(b), ops.int)  # global interval index
+        self._clock_s = ops.asarray(np.zeros(b), ops.float)
+        self._buffer_ms = ops.asarray(np.zeros(b), ops.float)
+        self._noise = ops.asarray(np.ones((b, video.n_chunks)), ops.float)
         self._ready = np.zeros(b, dtype=bool)  # host-side: reset at least once and not finished
+        self._all = np.ones(b, dtype=bool)
         self._arange = ops.asarray(np.arange(b), ops.int)
 
-    # -- helpers -----------------------------------------------------------------------------------
-    def _zeros_f(self, shape: Any) -> Array:
-        ops = self.ops
-        if ops.name == "numpy":
-            return np.zeros(shape, dtype=np.float64)
-        return ops.xp.zeros(shape, dtype=ops.float, device=ops.device)  # type: ignore[union-attr]
-
-    def _zeros_i(self, shape: Any) -> Array:
-        ops = self.ops
-        if ops.name == "numpy":
-            return np.zeros(shape, dtype=np.int64)
-        return ops.xp.zeros(shape, dtype=ops.int, device=ops.device)  # type: ignore[union-attr]
-
-    @staticmethod
-    def _make_rngs(seed: int | None, n: int) -> list[np.random.Generator]:
+    def _seed_sessions(self, sel: npt.NDArray[np.int64], seed: int | None) -> None:
         if seed is None:
-            root = np.random.SeedSequence()
-            return [np.random.default_rng(s) for s in root.spawn(n)]
-        return [np.random.default_rng(seed + i) for i in range(n)]
+            keys = np.random.SeedSequence().generate_state(sel.size, dtype=np.uint64)
+        else:
+            keys = np.array([session_key(np.random.default_rng(seed + int(i))) for i in sel], dtype=np.uint64)
+        self._keys[sel] = keys
+        self._episodes[sel] = 0
 
     @property
     def buffer_s(self) -> Array:
@@ -309,49 +370,45 @@ class BatchSimulator:
     ) -> None:
         """Start new sessions (all, or those in the boolean ``mask``): empty buffer, chunk 0.
 
-        Trace and start point come from ``trace_index``/``start_index`` when given (one value per reset
-        session), else from the link's ``trace_order``/``start`` modes. With ``seed``, the generators of
-        the reset sessions are re-seeded first (session i with ``seed + i``).
+        Trace and start point come from ``trace_index``/``start_index`` when given (one value, or one
+        per reset session), else from the link's ``trace_order``/``start`` modes. With ``seed`` the
+        reset sessions' random streams restart (session i from ``seed + i``).
         """
-        sel = np.arange(self.n_sessions) if mask is None else np.flatnonzero(np.asarray(mask, dtype=bool))
-        if mask is not None and np.asarray(mask).shape != (self.n_sessions,):
-            raise ValueError(f"mask must have shape ({self.n_sessions},), got {np.asarray(mask).shape}")
+        if mask is None:
+            sel = np.arange(self.n_sessions)
+        else:
+            m = np.asarray(mask, dtype=bool)
+            if m.shape != (self.n_sessions,):
+                raise ValueError(f"mask must have shape ({self.n_sessions},), got {m.shape}")
+            sel = np.flatnonzero(m)
         if sel.size == 0:
             return
         if seed is not None:
-            for i in sel:
-                self._rngs[i] = np.random.default_rng(seed + int(i))
-        table, link, n_chunks = self.table, self.link, self.video.n_chunks
-        traces = np.empty(sel.size, dtype=np.int64)
-        starts = np.empty(sel.size, dtype=np.int64)
-        noise = np.ones((sel.size, n_chunks))
-        given_traces = None if trace_index is None else np.broadcast_to(np.asarray(trace_index), sel.shape)
-        given_starts = None if start_index is None else np.broadcast_to(np.asarray(start_index), sel.shape)
-        for k, i in enumerate(sel):
-            rng = self._rngs[i]
-            if given_traces is not None:
-                t = int(given_traces[k])
-            elif link.trace_order == "random":
-                t = int(rng.integers(table.n_traces))
-            else:
-                t = int(self._next_sequential[i] % table.n_traces)
-                self._next_sequential[i] += self.n_sessions
-            if not 0 <= t < table.n_traces:
-                raise ValueError(f"trace_index {t} out of range [0, {table.n_traces})")
-            if given_starts is not None:
-                s = int(given_starts[k])
-            elif link.start == "random":
-                s = int(rng.integers(table.n_intervals[t]))
-            else:
-                s = 0
-            if not 0 <= s < table.n_intervals[t]:
-                raise ValueError(f"start_index {s} out of range [0, {table.n_intervals[t]}) for trace {t}")
-            if link.has_noise:
-                noise[k] = rng.uniform(link.delay_noise_low, link.delay_noise_high, size=n_chunks)
-            traces[k], starts[k] = t, s
-        first_clock = np.where(starts == 0, table.first_time_s[traces], 0.0)
-        later_clock = table.start_s[table.offset[traces] + starts]
-        clock = np.where(starts == 0, first_clock, later_clock)
+            self._seed_sessions(sel, seed)
+        table, link = self.table, self.link
+        trace_u, start_u, noise = episode_draws(self._keys[sel], self._episodes[sel], link, self.video.n_chunks)
+        self._episodes[sel] += np.uint64(1)
+        if trace_index is not None:
+            traces = np.broadcast_to(np.asarray(trace_index, dtype=np.int64), sel.shape).copy()
+            if np.any((traces < 0) | (traces >= table.n_traces)):
+                raise ValueError(f"trace_index must be in [0, {table.n_traces}), got {traces[:10].tolist()}")
+        elif link.trace_order == "random":
+            traces = uniform_index(trace_u, table.n_traces)
+        else:
+            traces = self._next_sequential[sel] % table.n_traces
+            self._next_sequential[sel] += self.n_sessions
+        n_intervals = table.n_intervals[traces]
+        if start_index is not None:
+            starts = np.broadcast_to(np.asarray(start_index, dtype=np.int64), sel.shape).copy()
+            if np.any((starts < 0) | (starts >= n_intervals)):
+                raise ValueError("start_index must be in [0, number of samples - 1) of each session's trace")
+        elif link.start == "random":
+            starts = uniform_index(start_u, n_intervals)
+        else:
+            starts = np.zeros(sel.size, dtype=np.int64)
+        # Interval 0 starts at clock 0 in cycle time, but a session starting there starts at the first
+        # sample's time (the reference's initial clock); any other interval starts at its own start.
+        clock = np.where(starts == 0, table.first_time_s[traces], table.start_s[table.offset[traces] + starts])
         ops = self.ops
         idx = ops.asarray(sel, ops.int)
         self.trace_index[idx] = ops.asarray(traces, ops.int)
@@ -367,112 +424,151 @@ class BatchSimulator:
         """Fetch the next chunk of every active session (all, or the boolean mask ``active``)."""
         ops, xp, dev, link = self.ops, self.ops.xp, self._dev, self.link
         b, n_levels = self.n_sessions, self.video.n_levels
-        act = np.ones(b, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+        act = self._all if active is None else np.asarray(active, dtype=bool)
         if act.shape != (b,):
             raise ValueError(f"active must have shape ({b},), got {act.shape}")
-        if np.any(act & ~self._ready):
+        if not self._ready[act].all():
             bad = np.flatnonzero(act & ~self._ready)[:5].tolist()
             raise RuntimeError(f"sessions {bad} have not been reset (or already finished their video)")
-        q_all = ops.asarray(ops.to_numpy(qualities) if ops.name == "torch" else qualities, ops.int)
-        if tuple(q_all.shape) != (b,):
-            raise ValueError(f"qualities must have shape ({b},), got {tuple(q_all.shape)}")
+        q_all = self._as_levels(qualities)
         full = bool(act.all())
-        sel = self._arange if full else ops.asarray(np.flatnonzero(act), ops.int)
-        q = q_all if full else q_all[sel]
+        sel = None if full else ops.asarray(np.flatnonzero(act), ops.int)
+
+        def rows(x: Array) -> Array:
+            return x if sel is None else x[sel]
+
+        q = rows(q_all)
         if ops.any((q < 0) | (q >= n_levels)):
             raise ValueError(f"qualities must be in [0, {n_levels}), got {ops.to_numpy(q).tolist()[:10]}")
-
-        trace = self.trace_index[sel]
-        chunk = self.chunk_index[sel]
-        g = self._interval[sel]
-        clock = self._clock_s[sel]
-        size = self._chunk_bytes[q, chunk].to(ops.float) if ops.name == "torch" else (
-            self._chunk_bytes[q, chunk].astype(np.float64)
+        trace, chunk, g, clock = (
+            rows(self.trace_index),
+            rows(self.chunk_index),
+            rows(self._interval),
+            rows(self._clock_s),
         )
+        size = self._chunk_bytes_f[q, chunk]
 
-        # Download: byte position on the cycle, plus the chunk, located by one search.
-        cycle_bytes = dev.cycle_bytes[trace]
-        period = dev.period_s[trace]
-        first, last = dev.offset[trace], dev.last[trace]
+        # Download: byte position on the cycle plus the chunk; find the interval where it completes.
+        cycle_bytes, period = dev.cycle_bytes[trace], dev.period_s[trace]
+        last = dev.last[trace]
         position = dev.cum_start[g] + dev.rate[g] * (clock - dev.start_s[g])
         cycles, target = _wrap(ops, position + size, cycle_bytes)
-        j = _locate(ops, dev.byte_key, dev.cum_end, trace, first, last, target, cycle_bytes)
+        j = self._search(dev.cum_end, dev.byte_key, g, trace, last, target, cycle_bytes, cycles == 0)
         end_clock = dev.start_s[j] + (target - dev.cum_start[j]) / dev.rate[j]
-        delay_s = cycles * period + (end_clock - clock)
-        delay_ms = delay_s * MS_PER_S + link.rtt_ms
+        delay_ms = (cycles * period + (end_clock - clock)) * MS_PER_S + link.rtt_ms
         if link.has_noise:
-            delay_ms = delay_ms * self._noise[sel, chunk]
+            delay_ms = delay_ms * self._noise[self._arange if sel is None else sel, chunk]
 
-        buffer_ms = self._buffer_ms[sel]
+        buffer_ms = rows(self._buffer_ms)
         rebuf_ms = ops.clip_min(delay_ms - buffer_ms, 0.0)
         buffer_ms = ops.clip_min(buffer_ms - delay_ms, 0.0) + self.video.chunk_duration_s * MS_PER_S
         excess_ms = buffer_ms - link.max_buffer_s * MS_PER_S
         sleep_ms = xp.where(excess_ms > 0, xp.ceil(excess_ms / link.drain_step_ms) * link.drain_step_ms, 0.0)
         buffer_ms = buffer_ms - sleep_ms
 
-        # Sleep: advance the clock without downloading, located by one search on interval ends.
-        if ops.any(sleep_ms > 0):
-            _, woke = _wrap(ops, end_clock + sleep_ms / MS_PER_S, period)
-            sleeping = sleep_ms > 0
-            j_woke = _locate(ops, dev.time_key, dev.end_s, trace, first, last, woke, period)
-            j = xp.where(sleeping, j_woke, j)
-            end_clock = xp.where(sleeping, woke, end_clock)
+        # Sleep: advance the clock without downloading; find the interval where the sleep ends.
+        sleeping = self._nonzero(sleep_ms > 0)
+        if sleeping.shape[0]:
+            s_trace, s_period = trace[sleeping], period[sleeping]
+            cycles_slept, woke = _wrap(ops, end_clock[sleeping] + sleep_ms[sleeping] / MS_PER_S, s_period)
+            j[sleeping] = self._search(
+                dev.end_s,
+                dev.time_key,
+                j[sleeping],
+                s_trace,
+                last[sleeping],
+                woke,
+                s_period,
+                cycles_slept == 0,
+            )
+            end_clock[sleeping] = woke
 
         chunk = chunk + 1
         remaining = self.video.n_chunks - chunk
         ended = remaining <= 0
-        next_index = xp.minimum(chunk, self.video.n_chunks - 1)
-        next_sizes = self._chunk_bytes[:, next_index].T * ops.to_int(~ended)[:, None]
+        next_sizes = self._next_bytes[chunk]
 
-        self._interval[sel] = j
-        self._clock_s[sel] = end_clock
-        self._buffer_ms[sel] = buffer_ms
-        self.chunk_index[sel] = chunk
-        ended_host = ops.to_numpy(ended).astype(bool)
-        self._ready[np.flatnonzero(act)[ended_host]] = False
+        if sel is None:
+            self._interval, self._clock_s, self._buffer_ms, self.chunk_index = j, end_clock, buffer_ms, chunk
+        else:
+            self._interval[sel] = j
+            self._clock_s[sel] = end_clock
+            self._buffer_ms[sel] = buffer_ms
+            self.chunk_index[sel] = chunk
+        self._ready[np.flatnonzero(act)[ops.to_numpy(ended).astype(bool)]] = False
 
-        if full:
-            return ChunkResult(
-                active=ops.asarray(act, bool if ops.name == "numpy" else xp.bool),
-                trace_index=trace,
-                chunk_index=chunk - 1,
-                quality=q,
-                chunk_bytes=ops.to_int(size),
-                delay_ms=delay_ms,
-                sleep_ms=sleep_ms,
-                buffer_s=buffer_ms / MS_PER_S,
-                rebuf_s=rebuf_ms / MS_PER_S,
-                end_of_video=ended,
-                chunks_remaining=remaining,
-                next_chunk_bytes=next_sizes,
-            )
-        return self._scatter(act, sel, trace, chunk - 1, q, size, delay_ms, sleep_ms, buffer_ms, rebuf_ms,
-                             ended, remaining, next_sizes)
-
-    def _scatter(self, act: npt.NDArray[np.bool_], sel: Array, *values: Array) -> ChunkResult:
-        ops, xp, b = self.ops, self.ops.xp, self.n_sessions
-        trace, chunk, q, size, delay_ms, sleep_ms, buffer_ms, rebuf_ms, ended, remaining, next_sizes = values
-
-        def put(v: Array, dtype: Any, width: int | None = None) -> Array:
-            out = self._zeros_f(b if width is None else (b, width)) if dtype is ops.float else (
-                self._zeros_i(b if width is None else (b, width))
-            )
-            out[sel] = v if dtype is ops.float else ops.to_int(v)
-            return out
-
-        booltype = bool if ops.name == "numpy" else xp.bool
-        ended_full = put(ended, ops.int) > 0
-        return ChunkResult(
-            active=ops.asarray(act, booltype),
-            trace_index=put(trace, ops.int),
-            chunk_index=put(chunk, ops.int),
-            quality=put(q, ops.int),
-            chunk_bytes=put(size, ops.int),
-            delay_ms=put(delay_ms, ops.float),
-            sleep_ms=put(sleep_ms, ops.float),
-            buffer_s=put(buffer_ms / MS_PER_S, ops.float),
-            rebuf_s=put(rebuf_ms / MS_PER_S, ops.float),
-            end_of_video=ended_full,
-            chunks_remaining=put(remaining, ops.int),
-            next_chunk_bytes=put(next_sizes, ops.int, self.video.n_levels),
+        values = (
+            trace + 0,
+            chunk - 1,
+            q + 0,
+            ops.to_int(size),
+            delay_ms,
+            sleep_ms,
+            buffer_ms / MS_PER_S,
+            rebuf_ms / MS_PER_S,
+            ended,
+            remaining,
+            next_sizes,
         )
+        if sel is None:
+            return ChunkResult(ops.asarray(act, ops.bool), *values)
+        return ChunkResult(ops.asarray(act, ops.bool), *(self._scatter(sel, v) for v in values))
+
+    def _as_levels(self, qualities: Any) -> Array:
+        ops = self.ops
+        if ops.name == "torch" and not isinstance(qualities, np.ndarray) and hasattr(qualities, "to"):
+            q = qualities.to(device=ops.device, dtype=ops.int)  # type: ignore[union-attr]
+        else:
+            q = ops.asarray(qualities, ops.int)
+        if tuple(q.shape) != (self.n_sessions,):
+            raise ValueError(f"qualities must have shape ({self.n_sessions},), got {tuple(q.shape)}")
+        return q
+
+    def _search(
+        self,
+        values: Array,
+        keys: Array,
+        g: Array,
+        trace: Array,
+        last: Array,
+        target: Array,
+        scale: Array,
+        same_cycle: Array,
+    ) -> Array:
+        """First interval (global index) of each session's row whose ``values`` exceed ``target``.
+
+        When ``same_cycle``, the answer is at or after interval ``g``: sessions step forward together
+        (a shrinking set, usually empty after a few rounds); those still unresolved after
+        `_NEAR_STEPS` rounds, and those that wrapped around the trace, use the global key search.
+        """
+        ops, xp = self.ops, self.ops.xp
+        j = g + 0
+        idx = self._nonzero(same_cycle)
+        for _ in range(_NEAR_STEPS):
+            if idx.shape[0] == 0:
+                break
+            idx = idx[values[j[idx]] <= target[idx]]
+            j[idx] += 1
+        far = ~same_cycle
+        if idx.shape[0]:
+            far[idx] = True
+        if ops.any(far):
+            f = self._nonzero(far)
+            j[f] = _locate(ops, keys, values, trace[f], self._dev.offset[trace[f]], last[f], target[f], scale[f])
+        del xp
+        return j
+
+    def _nonzero(self, mask: Array) -> Array:
+        if self.ops.name == "numpy":
+            return np.flatnonzero(mask)
+        return mask.nonzero().flatten()
+
+    def _scatter(self, sel: Array, value: Array) -> Array:
+        ops = self.ops
+        shape = (self.n_sessions, *tuple(value.shape[1:]))
+        if ops.name == "numpy":
+            out = np.zeros(shape, dtype=value.dtype)
+        else:
+            out = ops.xp.zeros(shape, dtype=value.dtype, device=ops.device)  # type: ignore[union-attr]
+        out[sel] = value
+        return out

@@ -29,16 +29,23 @@ from traces.trace import Trace
 
 ENV_ID = "resin-abr/ABR-v0"
 #: Keys of the per-step info dict (all scalars), shared by both envs.
-INFO_KEYS = ("chunk_index", "quality", "bitrate_kbps", "chunk_bytes", "delay_ms", "sleep_ms", "buffer_s", "rebuf_s")
+INFO_KEYS = (
+    "chunk_index",
+    "quality",
+    "bitrate_kbps",
+    "chunk_bytes",
+    "delay_ms",
+    "sleep_ms",
+    "buffer_s",
+    "rebuf_s",
+)
 
 StateArray = npt.NDArray[np.float32]
 
 
-def _defaults(
-    traces: Sequence[Trace] | None, video: Video | None
-) -> tuple[list[Trace], Video]:
+def _defaults(traces: Sequence[Trace] | None, video: Video | None) -> tuple[list[Trace], Video]:
     if traces is None:
-        from traces.generate import default_traces
+        from traces.sources import default_traces
 
         traces = default_traces()
     return list(traces), video if video is not None else Video.builtin()
@@ -83,7 +90,7 @@ class ABREnv(gym.Env[StateArray, np.int64]):
         if not 0 <= initial_quality < self.video.n_levels:
             raise ValueError(f"initial_quality must be in [0, {self.video.n_levels}), got {initial_quality}")
         self.initial_quality = initial_quality
-        self.observation_space = _observation_space(self.video, self.obs_spec)
+        self.observation_space: spaces.Box = _observation_space(self.video, self.obs_spec)  # type: ignore[assignment]
         self.action_space = spaces.Discrete(self.video.n_levels)
         self._utilities = self.qoe.utilities(self.video)
         self._builder = ObservationBuilder(1, self.video, self.obs_spec)
@@ -91,7 +98,9 @@ class ABREnv(gym.Env[StateArray, np.int64]):
         self._next_trace = 0
         self._last_quality = initial_quality
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[StateArray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[StateArray, dict[str, Any]]:
         super().reset(seed=seed)
         rng = self.np_random
         n_traces = len(self.traces)
@@ -106,7 +115,11 @@ class ABREnv(gym.Env[StateArray, np.int64]):
         if self.link.has_noise:
             noise = rng.uniform(self.link.delay_noise_low, self.link.delay_noise_high, size=self.video.n_chunks)
         self._session = ScalarSession(
-            trace, self.video, self.link, start_index=start, noise_factors=None if noise is None else noise.tolist()
+            trace,
+            self.video,
+            self.link,
+            start_index=start,
+            noise_factors=None if noise is None else noise.tolist(),
         )
         self._trace_index = t
         self._builder.reset()
@@ -213,7 +226,7 @@ class ABRVectorEnv(VectorEnv[StateArray, npt.NDArray[np.int64], npt.NDArray[np.f
         self._last_quality[mask] = self.initial_quality
         return result
 
-    def step(
+    def step(  # type: ignore[override]  # Gymnasium annotates terminations as float arrays
         self, actions: npt.ArrayLike
     ) -> tuple[StateArray, npt.NDArray[np.float64], npt.NDArray[np.bool_], npt.NDArray[np.bool_], dict[str, Any]]:
         levels = np.asarray(actions, dtype=np.int64).reshape(self.num_envs)

@@ -19,7 +19,9 @@ row   content                                                  unit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -217,12 +219,12 @@ class ObservationBuilder:
         return self.observation().to_state(self.video, self.spec)
 
 
-def _host(result: ChunkResult):  # type: ignore[no-untyped-def]
-    """A converter from the result's array type to numpy."""
+def _host(result: ChunkResult) -> Callable[[Any], npt.NDArray[Any]]:
+    """A converter from the result's array type (numpy or torch) to numpy."""
     if isinstance(result.active, np.ndarray):
         return np.asarray
 
-    def to_numpy(x):  # type: ignore[no-untyped-def]
-        return x.detach().cpu().numpy()
+    def to_numpy(x: Any) -> npt.NDArray[Any]:
+        return np.asarray(x.detach().cpu().numpy())
 
     return to_numpy

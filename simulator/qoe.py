@@ -78,7 +78,9 @@ class QoEConfig(BaseModel):
         q = util[np.asarray(quality, dtype=np.int64)]
         prev = util[np.asarray(previous_quality, dtype=np.int64)]
         return np.asarray(
-            q - self.rebuffer_weight * np.asarray(rebuffer_s, dtype=np.float64) - self.smooth_penalty * np.abs(q - prev),
+            q
+            - self.rebuffer_weight * np.asarray(rebuffer_s, dtype=np.float64)
+            - self.smooth_penalty * np.abs(q - prev),
             dtype=np.float64,
         )
 

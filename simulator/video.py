@@ -55,8 +55,7 @@ class Video:
             raise VideoError(f"{self.name}: chunk_duration_s must be > 0, got {self.chunk_duration_s}")
         if sizes.ndim != 2 or sizes.shape[0] != ladder.size or sizes.shape[1] < 1:
             raise VideoError(
-                f"{self.name}: chunk_bytes must have shape [n_levels={ladder.size}, n_chunks>=1],"
-                f" got {sizes.shape}"
+                f"{self.name}: chunk_bytes must have shape [n_levels={ladder.size}, n_chunks>=1], got {sizes.shape}"
             )
         if np.any(sizes <= 0):
             level, chunk = (int(i) for i in np.argwhere(sizes <= 0)[0])

@@ -1,0 +1,72 @@
+"""`abr bench`: performance benchmarks (recorded in BENCHMARKS.md, never asserted in tests)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from abr_cli.common import console, load_video, user_errors
+from simulator.benchmark import SimBenchResult, bench_batch, bench_scalar, machine_description
+from simulator.link import LinkConfig
+from traces.io import write_atomic
+from traces.sources import DEFAULT_TRACE_SPEC, label, resolve
+
+app = typer.Typer(help="Performance benchmarks.", no_args_is_help=True)
+
+
+@app.command("sim")
+def bench_sim(
+    traces: Annotated[str, typer.Option(help="Trace file, folder or generator spec.")] = DEFAULT_TRACE_SPEC,
+    video: Annotated[str, typer.Option(help="'builtin' or a folder of video_size_N files.")] = "builtin",
+    batch: Annotated[list[int] | None, typer.Option(help="Batch sizes of the vector core (repeatable).")] = None,
+    device: Annotated[
+        list[str] | None, typer.Option(help="Also run the torch backend on this device, e.g. cpu or cuda.")
+    ] = None,
+    mode: Annotated[
+        str, typer.Option(help="'training' (noise, random starts) or 'evaluation' semantics.")
+    ] = "training",
+    seconds: Annotated[float, typer.Option(help="Minimum wall time per measurement.")] = 3.0,
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
+) -> None:
+    """Chunk-steps per second of the scalar reference and the vector core at several batch sizes."""
+    with user_errors():
+        if mode not in ("training", "evaluation"):
+            raise ValueError(f"--mode must be training or evaluation, got {mode!r}")
+        link = LinkConfig.training() if mode == "training" else LinkConfig.evaluation()
+        trace_set = resolve(traces)
+        the_video = load_video(video)
+        sizes = batch or [1, 64, 4096]
+        results: list[SimBenchResult] = [bench_scalar(trace_set, the_video, link, seconds)]
+        for b in sizes:
+            results.append(bench_batch(trace_set, the_video, link, b, seconds))
+        for dev in device or []:
+            for b in sizes:
+                results.append(bench_batch(trace_set, the_video, link, b, seconds, device=dev))
+        scalar = results[0].steps_per_s
+        table = Table(title=f"abr bench sim: {label(traces)} ({len(trace_set)} traces), {mode} semantics")
+        for col in ("implementation", "B", "chunk-steps/s", "x scalar"):
+            table.add_column(col, justify="left" if col == "implementation" else "right")
+        for r in results:
+            table.add_row(
+                r.implementation,
+                str(r.batch_sessions),
+                f"{r.steps_per_s:,.0f}",
+                f"{r.steps_per_s / scalar:.1f}",
+            )
+        console.print(table)
+        console.print(f"machine: {machine_description()}")
+        if out is not None:
+            doc = {
+                "benchmark": "sim",
+                "date": dt.date.today().isoformat(),
+                "machine": machine_description(),
+                "traces": label(traces),
+                "mode": mode,
+                "results": [r.to_dict() for r in results],
+            }
+            write_atomic(out, json.dumps(doc, indent=2).encode())

@@ -1,0 +1,66 @@
+"""Shared CLI plumbing: the console, error reporting and argument resolution."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from policy.base import PolicySpecError
+from simulator.video import Video, VideoError
+from traces.trace import TraceError
+
+#: Tables keep their columns readable when output goes to a file or CI log (rich assumes 80 there).
+_MIN_WIDTH = 140
+console = Console()
+if not console.is_terminal:
+    console = Console(width=_MIN_WIDTH)
+err_console = Console(stderr=True)
+
+#: Exit code for bad user input (files, specs, options).
+EXIT_BAD_INPUT = 2
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the library's input errors into a red one-line message and exit code 2 (no traceback)."""
+    try:
+        yield
+    except (TraceError, VideoError, PolicySpecError, ValueError, FileNotFoundError) as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
+
+
+def load_video(source: str) -> Video:
+    """``builtin`` or a folder of ``video_size_N`` files."""
+    if source == "builtin":
+        return Video.builtin()
+    path = Path(source)
+    if not path.exists():
+        raise VideoError(f"{source}: no such folder (use 'builtin' or a folder of video_size_N files)")
+    return Video.from_size_files(path)
+
+
+def progress() -> Progress:
+    """A rich progress bar (hidden when output is not a terminal, e.g. in CI logs)."""
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    )

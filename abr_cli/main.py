@@ -1,0 +1,23 @@
+"""The `abr` command: a thin shell over the libraries."""
+
+from __future__ import annotations
+
+import typer
+
+from abr_cli import bench_cmd, traces_cmd
+from abr_cli.simulate_cmd import simulate
+
+app = typer.Typer(
+    name="abr",
+    help="resin-abr: trace-driven ABR simulation, classic and learned bitrate policies.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("simulate")(simulate)
+app.add_typer(traces_cmd.app, name="traces")
+app.add_typer(bench_cmd.app, name="bench")
+
+
+if __name__ == "__main__":
+    app()
