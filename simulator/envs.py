@@ -2,8 +2,9 @@
 
 An episode is one video: `reset` fetches chunk 0 at ``initial_quality`` (the reference convention) and
 returns the observation after it; each `step(level)` fetches the next chunk and returns its QoE as the
-reward; the episode terminates after the last chunk. Both envs draw trace choice, start point and delay
-noise at each reset from their own generator in the same order, so ``ABRVectorEnv(n, seed=s)`` equals
+reward; the episode terminates after the last chunk. Both envs take trace choice, start point and delay
+noise from the same counter-based stream (a key drawn from the env's ``np_random`` when seeded, then
+one counter per episode; see `simulator.batch`), so ``ABRVectorEnv(n, seed=s)`` equals
 ``SyncVectorEnv([ABREnv] * n)`` reset with seed s (sub-env i uses seed s + i).
 """
 
@@ -19,7 +20,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from simulator.batch import BatchSimulator, ChunkResult
+from simulator.batch import BatchSimulator, ChunkResult, episode_draws, session_key, uniform_index
 from simulator.link import LinkConfig
 from simulator.observation import ObservationBuilder, ObservationSpec
 from simulator.qoe import QoEConfig
@@ -96,30 +97,33 @@ class ABREnv(gym.Env[StateArray, np.int64]):
         self._builder = ObservationBuilder(1, self.video, self.obs_spec)
         self._session: ScalarSession | None = None
         self._next_trace = 0
+        self._key: int | None = None
+        self._episode = 0
         self._last_quality = initial_quality
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[StateArray, dict[str, Any]]:
         super().reset(seed=seed)
-        rng = self.np_random
+        if seed is not None or self._key is None:
+            # The session's random stream: a key drawn from np_random, then one counter per episode.
+            self._key, self._episode = session_key(self.np_random), 0
+        trace_u, start_u, noise = episode_draws([self._key], [self._episode], self.link, self.video.n_chunks)
+        self._episode += 1
         n_traces = len(self.traces)
         if self.link.trace_order == "random":
-            t = int(rng.integers(n_traces))
+            t = int(uniform_index(trace_u, n_traces)[0])
         else:
             t = self._next_trace % n_traces
             self._next_trace += 1
         trace = self.traces[t]
-        start = int(rng.integers(len(trace) - 1)) if self.link.start == "random" else 0
-        noise = None
-        if self.link.has_noise:
-            noise = rng.uniform(self.link.delay_noise_low, self.link.delay_noise_high, size=self.video.n_chunks)
+        start = int(uniform_index(start_u, len(trace) - 1)[0]) if self.link.start == "random" else 0
         self._session = ScalarSession(
             trace,
             self.video,
             self.link,
             start_index=start,
-            noise_factors=None if noise is None else noise.tolist(),
+            noise_factors=noise[0].tolist() if self.link.has_noise else None,
         )
         self._trace_index = t
         self._builder.reset()

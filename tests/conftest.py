@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from simulator.video import Video
-from traces.trace import Trace
 
 #: ../shared/traces relative to the project root (present in CI, maybe absent elsewhere).
 SHARED_TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
@@ -26,14 +24,3 @@ def shared_traces_path(*parts: str) -> Path:
 def envivio_video() -> Video:
     """The Envivio-Dash3 test video from ../shared/traces/video-sizes (skips where absent)."""
     return Video.from_size_files(shared_traces_path("video-sizes"))
-
-
-def make_trace(times_s: list[float], throughput_mbps: list[float], name: str = "t") -> Trace:
-    """A trace from literal lists."""
-    return Trace(name, np.array(times_s, dtype=float), np.array(throughput_mbps, dtype=float))
-
-
-def make_video(sizes: list[list[int]], bitrates_kbps: tuple[int, ...] | None = None, chunk_s: float = 4.0) -> Video:
-    """A video from literal chunk sizes ``[levels][chunks]``."""
-    ladder = bitrates_kbps or tuple(300 * (i + 1) for i in range(len(sizes)))
-    return Video(ladder, chunk_s, np.array(sizes, dtype=np.int64), name="hand")
