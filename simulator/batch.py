@@ -3,22 +3,22 @@
 Same semantics as `simulator.reference` (see its docstring). Instead of walking a trace interval by
 interval, the core works in *cycle coordinates*: after the first wrap a trace repeats with period
 ``times_s[-1]`` and its interval 1 starts at clock 0, so a position on the trace is (cycles, clock).
-Prefix sums of deliverable payload bytes turn "when is this chunk complete?" into one binary search
-(``searchsorted``) for the byte target, and "where does a sleep end?" into one search on interval
-end times. All traces of a set live in one flat table; a session's row is found by adding its trace
-number to a normalised key, so a single ``searchsorted`` serves the whole batch. Rounding near an
-interval boundary is repaired by exact comparisons against the un-normalised values.
+Prefix sums of deliverable payload bytes turn "when is this chunk complete?" into a search for a byte
+target among interval ends, and "where does a sleep end?" into a search among interval end times.
+
+Search: every trace row has a bucket index (a uniform grid over its cycle's bytes, and one over its
+period) that names, for each bucket, the first interval that can contain a target falling in it.
+A session looks up its bucket and then steps forward over the (usually zero or one) interval ends
+left before its target; the few still unresolved after `_NEAR_STEPS` rounds use a global
+``searchsorted`` over all rows (keys ``row + value / row maximum``) with exact boundary repair.
+All comparisons that decide an interval are exact comparisons of un-normalised values.
 
 Units: times in seconds (``_s``), buffer and delays in milliseconds (``_ms``) internally as in the
 reference, sizes in bytes, throughput in bytes/s after the payload fraction (``rate_bytes_per_s``).
 
-Search: a chunk usually ends a few intervals after it starts, so each session first compares its
-target against the following intervals one round at a time (exact comparisons); only the few
-sessions that run past that window or wrap around the trace fall back to the global search.
-
-Randomness (trace choice, start point, delay noise) is counter-based: the draws of a session's e-th
-episode are a pure function of the session's 64-bit key and e (`episode_uniforms`). Resets of many
-sessions are therefore one vectorised call, every backend sees the same numbers, and the scalar
+Randomness (trace choice, start point, delay noise) is counter-based: draw ``c`` of a session's e-th
+episode is a pure function of the session's 64-bit key, e and c (`episode_uniforms`). Resets of many
+sessions are one vectorised call, every backend sees the same numbers, and the scalar
 `simulator.envs.ABREnv`, whose key comes from its own ``np_random``, reproduces a vector session exactly.
 
 Backends: numpy (default) or torch (``device="cpu"|"cuda"``); both run the same code through a small
@@ -44,11 +44,15 @@ Array = Any
 
 #: Safety bound on boundary-repair iterations; each moves one interval, and rounding moves at most one.
 _MAX_REPAIR_STEPS = 64
-#: Rounds of stepping forward interval by interval before falling back to the global search.
-_NEAR_STEPS = 8
-#: Uniforms drawn per episode before the noise: trace choice, start point.
-_N_CHOICE_DRAWS = 2
-_MASK64 = (1 << 64) - 1
+#: Rounds of stepping forward from the bucket's first interval before the global search takes over.
+_NEAR_STEPS = 4
+#: Buckets per interval in the byte index (byte shares of intervals vary with their rates).
+_BYTE_BUCKETS_PER_INTERVAL = 4
+#: Buckets per interval in the time index.
+_TIME_BUCKETS_PER_INTERVAL = 2
+#: Buckets start this fraction of a bucket early, so rounding never puts a target before its bucket's
+#: first candidate interval.
+_BUCKET_MARGIN = 1e-6
 
 
 def _mix64(z: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
@@ -60,18 +64,24 @@ def _mix64(z: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     return z ^ (z >> np.uint64(31))
 
 
-def episode_uniforms(keys: npt.ArrayLike, episodes: npt.ArrayLike, count: int) -> npt.NDArray[np.float64]:
-    """Uniforms in [0, 1), ``[n, count]``: draw ``c`` of episode ``episodes[i]`` of the session keyed ``keys[i]``.
+#: SplitMix64's increment (odd, so ``key + n * _GOLDEN`` is a bijection of n for a fixed key).
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+#: Draw counters per episode: draw c of episode e is SplitMix64 output number ``e * 2**20 + c``.
+_DRAWS_PER_EPISODE_BITS = 20
 
-    Counter-based: ``mix64(key XOR mix64(episode * 2**20 + c))``, top 53 bits. Distinct (episode, c)
-    give distinct values per key because `_mix64` is a bijection.
+
+def episode_uniforms(keys: npt.ArrayLike, episodes: npt.ArrayLike, draws: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Uniforms in [0, 1): draw ``draws`` of episode ``episodes`` of the session keyed ``keys`` (broadcast).
+
+    Counter-based SplitMix64: output number ``n = episode * 2**20 + draw`` of the stream seeded with
+    the key is ``mix64(key + (n + 1) * golden)``; its top 53 bits make the uniform.
     """
-    if count >= 1 << 20:
-        raise ValueError(f"at most {(1 << 20) - 1} draws per episode, got {count}")
-    key = np.asarray(keys, dtype=np.uint64)[:, None]
-    episode = np.asarray(episodes, dtype=np.uint64)[:, None]
-    counter = np.asarray((episode << np.uint64(20)) + np.arange(count, dtype=np.uint64), dtype=np.uint64)
-    bits = _mix64(key ^ _mix64(counter))
+    draw = np.asarray(draws, dtype=np.uint64)
+    if np.any(draw >= np.uint64(1 << _DRAWS_PER_EPISODE_BITS)):
+        raise ValueError(f"at most {(1 << _DRAWS_PER_EPISODE_BITS) - 1} draws per episode")
+    with np.errstate(over="ignore"):  # arithmetic modulo 2**64 is the point
+        n = (np.asarray(episodes, dtype=np.uint64) << np.uint64(_DRAWS_PER_EPISODE_BITS)) + draw + np.uint64(1)
+        bits = _mix64(np.asarray(np.asarray(keys, dtype=np.uint64) + n * _GOLDEN, dtype=np.uint64))
     return np.asarray((bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53)), dtype=np.float64)
 
 
@@ -80,22 +90,13 @@ def session_key(rng: np.random.Generator) -> int:
     return int(rng.integers(0, 1 << 63, dtype=np.int64))
 
 
-def episode_draws(
-    keys: npt.ArrayLike,
-    episodes: npt.ArrayLike,
-    link: LinkConfig,
-    n_chunks: int,
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Random trace choice (as a uniform), start uniform and noise factors for a batch of episodes.
+#: Draw numbers within an episode: the trace choice, the start point, then one per chunk for noise.
+TRACE_DRAW, START_DRAW, NOISE_DRAW0 = 0, 1, 2
 
-    Returns ``(trace_uniform, start_uniform, noise [n, n_chunks])``; `BatchSimulator.reset` and the
-    scalar env turn the uniforms into indices the same way (`uniform_index`).
-    """
-    u = episode_uniforms(keys, episodes, _N_CHOICE_DRAWS + n_chunks)
-    noise = link.delay_noise_low + (link.delay_noise_high - link.delay_noise_low) * u[:, _N_CHOICE_DRAWS:]
-    if not link.has_noise:
-        noise = np.ones_like(noise)
-    return u[:, 0], u[:, 1], noise
+
+def noise_factors(link: LinkConfig, uniforms: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Map uniforms in [0, 1) to the link's multiplicative delay noise."""
+    return link.delay_noise_low + (link.delay_noise_high - link.delay_noise_low) * uniforms
 
 
 def uniform_index(u: npt.ArrayLike, n: npt.ArrayLike) -> npt.NDArray[np.int64]:
@@ -189,11 +190,20 @@ class _TorchOps:
 _Ops = _NumpyOps | _TorchOps
 
 
+def _bucket_index(ends: npt.NDArray[np.float64], total: float, n_buckets: int) -> npt.NDArray[np.int64]:
+    """For each of ``n_buckets`` equal buckets of [0, total): the first interval whose end exceeds its start."""
+    width = total / n_buckets
+    starts = np.arange(n_buckets) * width - _BUCKET_MARGIN * width
+    return np.minimum(np.searchsorted(ends, starts, side="right"), ends.size - 1).astype(np.int64)
+
+
 class TraceTable:
     """All intervals of a trace set in flat arrays (cycle coordinates), ready for batched lookups.
 
     Interval ``k`` of a trace (0-based; the reference's pointer ``k + 1``) runs from ``start_s`` to
     ``end_s`` in cycle time; interval 0 starts at 0, which is where the reference's wrap puts the clock.
+    ``cum_end_bytes`` are the payload bytes delivered from the cycle start to each interval's end.
+    ``byte_bucket``/``time_bucket`` hold global interval indices per bucket (see the module docstring).
     """
 
     def __init__(self, traces: Sequence[Trace], link: LinkConfig) -> None:
@@ -203,7 +213,13 @@ class TraceTable:
         self.n_traces = len(traces)
         self.offset = np.concatenate([[0], np.cumsum(n_intervals)[:-1]]).astype(np.int64)
         self.n_intervals = n_intervals
-        starts, ends, rates, cum_starts, cum_ends, byte_keys, time_keys = ([] for _ in range(7))
+        self.n_byte_buckets = n_intervals * _BYTE_BUCKETS_PER_INTERVAL
+        self.n_time_buckets = n_intervals * _TIME_BUCKETS_PER_INTERVAL
+        self.byte_bucket_offset = np.concatenate([[0], np.cumsum(self.n_byte_buckets)[:-1]]).astype(np.int64)
+        self.time_bucket_offset = np.concatenate([[0], np.cumsum(self.n_time_buckets)[:-1]]).astype(np.int64)
+        columns: dict[str, list[npt.NDArray[Any]]] = {
+            k: [] for k in ("start", "end", "rate", "cum_start", "cum_end", "byte_key", "time_key", "bb", "tb")
+        }
         self.period_s = np.empty(self.n_traces)
         self.cycle_bytes = np.empty(self.n_traces)
         self.first_time_s = np.empty(self.n_traces)
@@ -213,26 +229,30 @@ class TraceTable:
             start = np.concatenate([[0.0], times[1:-1]])
             rate = trace.throughput_mbps[1:] * (BITS_PER_MBIT / BITS_PER_BYTE) * link.payload_fraction
             cum_end = np.cumsum(rate * (end - start))
-            cum_start = np.concatenate([[0.0], cum_end[:-1]])
             self.period_s[row] = times[-1]
             self.cycle_bytes[row] = cum_end[-1]
             self.first_time_s[row] = times[0]
-            starts.append(start)
-            ends.append(end)
-            rates.append(rate)
-            cum_starts.append(cum_start)
-            cum_ends.append(cum_end)
-            byte_keys.append(row + cum_end / cum_end[-1])
-            time_keys.append(row + end / times[-1])
-        self.start_s = np.concatenate(starts)
-        self.end_s = np.concatenate(ends)
-        self.rate_bytes_per_s = np.concatenate(rates)
-        self.cum_start_bytes = np.concatenate(cum_starts)
-        self.cum_end_bytes = np.concatenate(cum_ends)
+            off = self.offset[row]
+            columns["start"].append(start)
+            columns["end"].append(end)
+            columns["rate"].append(rate)
+            columns["cum_start"].append(np.concatenate([[0.0], cum_end[:-1]]))
+            columns["cum_end"].append(cum_end)
+            columns["byte_key"].append(row + cum_end / cum_end[-1])
+            columns["time_key"].append(row + end / times[-1])
+            columns["bb"].append(off + _bucket_index(cum_end, cum_end[-1], int(self.n_byte_buckets[row])))
+            columns["tb"].append(off + _bucket_index(end, times[-1], int(self.n_time_buckets[row])))
+        self.start_s = np.concatenate(columns["start"])
+        self.end_s = np.concatenate(columns["end"])
+        self.rate_bytes_per_s = np.concatenate(columns["rate"])
+        self.cum_start_bytes = np.concatenate(columns["cum_start"])
+        self.cum_end_bytes = np.concatenate(columns["cum_end"])
         # Keys are non-decreasing across rows (row r spans (r, r + 1]); np.maximum.accumulate guards
         # against a last key of a row rounding above the next row's first key.
-        self.byte_key = np.maximum.accumulate(np.concatenate(byte_keys))
-        self.time_key = np.maximum.accumulate(np.concatenate(time_keys))
+        self.byte_key = np.maximum.accumulate(np.concatenate(columns["byte_key"]))
+        self.time_key = np.maximum.accumulate(np.concatenate(columns["time_key"]))
+        self.byte_bucket = np.concatenate(columns["bb"])
+        self.time_bucket = np.concatenate(columns["tb"])
 
 
 class _DeviceTable:
@@ -240,10 +260,6 @@ class _DeviceTable:
 
     def __init__(self, table: TraceTable, ops: _Ops) -> None:
         f, i = ops.float, ops.int
-        self.offset = ops.asarray(table.offset, i)
-        self.last = ops.asarray(table.offset + table.n_intervals - 1, i)
-        self.period_s = ops.asarray(table.period_s, f)
-        self.cycle_bytes = ops.asarray(table.cycle_bytes, f)
         self.start_s = ops.asarray(table.start_s, f)
         self.end_s = ops.asarray(table.end_s, f)
         self.rate = ops.asarray(table.rate_bytes_per_s, f)
@@ -251,6 +267,36 @@ class _DeviceTable:
         self.cum_end = ops.asarray(table.cum_end_bytes, f)
         self.byte_key = ops.asarray(table.byte_key, f)
         self.time_key = ops.asarray(table.time_key, f)
+        self.byte_bucket = ops.asarray(table.byte_bucket, i)
+        self.time_bucket = ops.asarray(table.time_bucket, i)
+
+
+class _RowConstants:
+    """Per-session copies of the constants of the session's trace row (refreshed at reset)."""
+
+    def __init__(self, ops: _Ops, n: int) -> None:
+        def ints(fill: int) -> Array:
+            return ops.asarray(np.full(n, fill, dtype=np.int64), ops.int)
+
+        def floats(fill: float) -> Array:
+            return ops.asarray(np.full(n, fill), ops.float)
+
+        self.trace, self.first, self.last = ints(0), ints(0), ints(0)
+        self.period_s, self.cycle_bytes = floats(1.0), floats(1.0)
+        self.byte_bucket_offset, self.n_byte_buckets = ints(0), ints(1)
+        self.time_bucket_offset, self.n_time_buckets = ints(0), ints(1)
+
+    def assign(self, ops: _Ops, idx: Array, table: TraceTable, traces: npt.NDArray[np.int64]) -> None:
+        f, i = ops.float, ops.int
+        self.trace[idx] = ops.asarray(traces, i)
+        self.first[idx] = ops.asarray(table.offset[traces], i)
+        self.last[idx] = ops.asarray(table.offset[traces] + table.n_intervals[traces] - 1, i)
+        self.period_s[idx] = ops.asarray(table.period_s[traces], f)
+        self.cycle_bytes[idx] = ops.asarray(table.cycle_bytes[traces], f)
+        self.byte_bucket_offset[idx] = ops.asarray(table.byte_bucket_offset[traces], i)
+        self.n_byte_buckets[idx] = ops.asarray(table.n_byte_buckets[traces], i)
+        self.time_bucket_offset[idx] = ops.asarray(table.time_bucket_offset[traces], i)
+        self.n_time_buckets[idx] = ops.asarray(table.n_time_buckets[traces], i)
 
 
 def _wrap(ops: _Ops, value: Array, period: Array) -> tuple[Array, Array]:
@@ -328,18 +374,18 @@ class BatchSimulator:
         self._next_bytes = ops.asarray(padded, ops.int)
         self._chunk_bytes_f = ops.asarray(video.chunk_bytes, ops.float)
         self._keys = np.zeros(b, dtype=np.uint64)
-        self._episodes = np.zeros(b, dtype=np.uint64)
+        self._next_episode = np.zeros(b, dtype=np.uint64)
+        self._episode = np.zeros(b, dtype=np.uint64)  # of the running episode, for the noise draws
         self._seed_sessions(np.arange(b), seed)
         self._next_sequential = np.arange(b, dtype=np.int64)
-        self.trace_index: Array = ops.asarray(np.zeros(b), ops.int)
+        self._rows = _RowConstants(ops, b)
         self.chunk_index: Array = ops.asarray(np.zeros(b), ops.int)
         self._interval = ops.asarray(np.zeros(b), ops.int)  # global interval index
         self._clock_s = ops.asarray(np.zeros(b), ops.float)
         self._buffer_ms = ops.asarray(np.zeros(b), ops.float)
-        self._noise = ops.asarray(np.ones((b, video.n_chunks)), ops.float)
         self._ready = np.zeros(b, dtype=bool)  # host-side: reset at least once and not finished
         self._all = np.ones(b, dtype=bool)
-        self._arange = ops.asarray(np.arange(b), ops.int)
+        self._host_chunk = np.zeros(b, dtype=np.int64)  # host copy of chunk_index, for the noise draws
 
     def _seed_sessions(self, sel: npt.NDArray[np.int64], seed: int | None) -> None:
         if seed is None:
@@ -347,7 +393,17 @@ class BatchSimulator:
         else:
             keys = np.array([session_key(np.random.default_rng(seed + int(i))) for i in sel], dtype=np.uint64)
         self._keys[sel] = keys
-        self._episodes[sel] = 0
+        self._next_episode[sel] = 0
+
+    @property
+    def trace_index(self) -> Array:
+        """Index (into ``traces``) of the trace each session is playing."""
+        return self._rows.trace
+
+    @property
+    def start_index(self) -> Array:
+        """Interval each session is in now, relative to its trace (0 = the first interval)."""
+        return self._interval - self._rows.first
 
     @property
     def buffer_s(self) -> Array:
@@ -358,6 +414,10 @@ class BatchSimulator:
     def done(self) -> npt.NDArray[np.bool_]:
         """Host-side mask of sessions that must be reset before their next step."""
         return ~self._ready
+
+    def episode_key(self) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+        """(key, episode number) of every session's running episode: what its random draws depend on."""
+        return self._keys.copy(), self._episode.copy()
 
     # -- reset -------------------------------------------------------------------------------------
     def reset(
@@ -386,14 +446,15 @@ class BatchSimulator:
         if seed is not None:
             self._seed_sessions(sel, seed)
         table, link = self.table, self.link
-        trace_u, start_u, noise = episode_draws(self._keys[sel], self._episodes[sel], link, self.video.n_chunks)
-        self._episodes[sel] += np.uint64(1)
+        episodes = self._next_episode[sel]
+        self._episode[sel] = episodes
+        self._next_episode[sel] += np.uint64(1)
         if trace_index is not None:
             traces = np.broadcast_to(np.asarray(trace_index, dtype=np.int64), sel.shape).copy()
             if np.any((traces < 0) | (traces >= table.n_traces)):
                 raise ValueError(f"trace_index must be in [0, {table.n_traces}), got {traces[:10].tolist()}")
         elif link.trace_order == "random":
-            traces = uniform_index(trace_u, table.n_traces)
+            traces = uniform_index(episode_uniforms(self._keys[sel], episodes, TRACE_DRAW), table.n_traces)
         else:
             traces = self._next_sequential[sel] % table.n_traces
             self._next_sequential[sel] += self.n_sessions
@@ -403,7 +464,7 @@ class BatchSimulator:
             if np.any((starts < 0) | (starts >= n_intervals)):
                 raise ValueError("start_index must be in [0, number of samples - 1) of each session's trace")
         elif link.start == "random":
-            starts = uniform_index(start_u, n_intervals)
+            starts = uniform_index(episode_uniforms(self._keys[sel], episodes, START_DRAW), n_intervals)
         else:
             starts = np.zeros(sel.size, dtype=np.int64)
         # Interval 0 starts at clock 0 in cycle time, but a session starting there starts at the first
@@ -411,12 +472,12 @@ class BatchSimulator:
         clock = np.where(starts == 0, table.first_time_s[traces], table.start_s[table.offset[traces] + starts])
         ops = self.ops
         idx = ops.asarray(sel, ops.int)
-        self.trace_index[idx] = ops.asarray(traces, ops.int)
+        self._rows.assign(ops, idx, table, traces)
         self._interval[idx] = ops.asarray(table.offset[traces] + starts, ops.int)
         self._clock_s[idx] = ops.asarray(clock, ops.float)
         self._buffer_ms[idx] = 0.0
         self.chunk_index[idx] = 0
-        self._noise[idx] = ops.asarray(noise, ops.float)
+        self._host_chunk[sel] = 0
         self._ready[sel] = True
 
     # -- step --------------------------------------------------------------------------------------
@@ -432,7 +493,8 @@ class BatchSimulator:
             raise RuntimeError(f"sessions {bad} have not been reset (or already finished their video)")
         q_all = self._as_levels(qualities)
         full = bool(act.all())
-        sel = None if full else ops.asarray(np.flatnonzero(act), ops.int)
+        host_sel = None if full else np.flatnonzero(act)
+        sel = None if host_sel is None else ops.asarray(host_sel, ops.int)
 
         def rows(x: Array) -> Array:
             return x if sel is None else x[sel]
@@ -440,24 +502,21 @@ class BatchSimulator:
         q = rows(q_all)
         if ops.any((q < 0) | (q >= n_levels)):
             raise ValueError(f"qualities must be in [0, {n_levels}), got {ops.to_numpy(q).tolist()[:10]}")
-        trace, chunk, g, clock = (
-            rows(self.trace_index),
-            rows(self.chunk_index),
-            rows(self._interval),
-            rows(self._clock_s),
-        )
+        r = self._rows
+        trace, first, last = rows(r.trace), rows(r.first), rows(r.last)
+        chunk, g, clock = rows(self.chunk_index), rows(self._interval), rows(self._clock_s)
         size = self._chunk_bytes_f[q, chunk]
 
         # Download: byte position on the cycle plus the chunk; find the interval where it completes.
-        cycle_bytes, period = dev.cycle_bytes[trace], dev.period_s[trace]
-        last = dev.last[trace]
+        cycle_bytes, period = rows(r.cycle_bytes), rows(r.period_s)
         position = dev.cum_start[g] + dev.rate[g] * (clock - dev.start_s[g])
         cycles, target = _wrap(ops, position + size, cycle_bytes)
-        j = self._search(dev.cum_end, dev.byte_key, g, trace, last, target, cycle_bytes, cycles == 0)
+        bucket = rows(r.byte_bucket_offset) + self._bucket(target, cycle_bytes, rows(r.n_byte_buckets))
+        j = self._search(dev.cum_end, dev.byte_key, dev.byte_bucket[bucket], trace, first, last, target, cycle_bytes)
         end_clock = dev.start_s[j] + (target - dev.cum_start[j]) / dev.rate[j]
         delay_ms = (cycles * period + (end_clock - clock)) * MS_PER_S + link.rtt_ms
         if link.has_noise:
-            delay_ms = delay_ms * self._noise[self._arange if sel is None else sel, chunk]
+            delay_ms = delay_ms * self._noise(host_sel)
 
         buffer_ms = rows(self._buffer_ms)
         rebuf_ms = ops.clip_min(delay_ms - buffer_ms, 0.0)
@@ -469,18 +528,14 @@ class BatchSimulator:
         # Sleep: advance the clock without downloading; find the interval where the sleep ends.
         sleeping = self._nonzero(sleep_ms > 0)
         if sleeping.shape[0]:
-            s_trace, s_period = trace[sleeping], period[sleeping]
-            cycles_slept, woke = _wrap(ops, end_clock[sleeping] + sleep_ms[sleeping] / MS_PER_S, s_period)
+            s_rows = sleeping if sel is None else sel[sleeping]
+            s_period = period[sleeping]
+            _, woke = _wrap(ops, end_clock[sleeping] + sleep_ms[sleeping] / MS_PER_S, s_period)
+            s_bucket = r.time_bucket_offset[s_rows] + self._bucket(woke, s_period, r.n_time_buckets[s_rows])
             j[sleeping] = self._search(
-                dev.end_s,
-                dev.time_key,
-                j[sleeping],
-                s_trace,
-                last[sleeping],
-                woke,
-                s_period,
-                cycles_slept == 0,
-            )
+                dev.end_s, dev.time_key, dev.time_bucket[s_bucket], trace[sleeping], first[sleeping],
+                last[sleeping], woke, s_period,
+            )  # fmt: skip
             end_clock[sleeping] = woke
 
         chunk = chunk + 1
@@ -490,11 +545,13 @@ class BatchSimulator:
 
         if sel is None:
             self._interval, self._clock_s, self._buffer_ms, self.chunk_index = j, end_clock, buffer_ms, chunk
+            self._host_chunk += 1
         else:
             self._interval[sel] = j
             self._clock_s[sel] = end_clock
             self._buffer_ms[sel] = buffer_ms
             self.chunk_index[sel] = chunk
+            self._host_chunk[host_sel] += 1
         self._ready[np.flatnonzero(act)[ops.to_numpy(ended).astype(bool)]] = False
 
         values = (
@@ -514,6 +571,18 @@ class BatchSimulator:
             return ChunkResult(ops.asarray(act, ops.bool), *values)
         return ChunkResult(ops.asarray(act, ops.bool), *(self._scatter(sel, v) for v in values))
 
+    def _noise(self, host_sel: npt.NDArray[np.int64] | None) -> Array:
+        """This chunk's delay noise factor for the stepped sessions (draw ``NOISE_DRAW0 + chunk``)."""
+        rows = slice(None) if host_sel is None else host_sel
+        u = episode_uniforms(self._keys[rows], self._episode[rows], NOISE_DRAW0 + self._host_chunk[rows])
+        return self.ops.asarray(noise_factors(self.link, u), self.ops.float)
+
+    def _bucket(self, value: Array, total: Array, n_buckets: Array) -> Array:
+        """Bucket number of ``value`` in [0, total) split into ``n_buckets`` equal buckets."""
+        ops = self.ops
+        raw = ops.to_int(ops.xp.floor(value / total * n_buckets))
+        return ops.xp.minimum(ops.clip_min(raw, 0), n_buckets - 1)
+
     def _as_levels(self, qualities: Any) -> Array:
         ops = self.ops
         if ops.name == "torch" and not isinstance(qualities, np.ndarray) and hasattr(qualities, "to"):
@@ -528,34 +597,27 @@ class BatchSimulator:
         self,
         values: Array,
         keys: Array,
-        g: Array,
+        j0: Array,
         trace: Array,
+        first: Array,
         last: Array,
         target: Array,
         scale: Array,
-        same_cycle: Array,
     ) -> Array:
         """First interval (global index) of each session's row whose ``values`` exceed ``target``.
 
-        When ``same_cycle``, the answer is at or after interval ``g``: sessions step forward together
-        (a shrinking set, usually empty after a few rounds); those still unresolved after
-        `_NEAR_STEPS` rounds, and those that wrapped around the trace, use the global key search.
+        ``j0`` (from the bucket index) never lies past the answer; sessions step forward together (a
+        shrinking set); those left after `_NEAR_STEPS` rounds use the global key search.
         """
-        ops, xp = self.ops, self.ops.xp
-        j = g + 0
-        idx = self._nonzero(same_cycle)
+        j = j0 + 0
+        idx = self._nonzero(values[j] <= target)
         for _ in range(_NEAR_STEPS):
             if idx.shape[0] == 0:
-                break
-            idx = idx[values[j[idx]] <= target[idx]]
+                return j
             j[idx] += 1
-        far = ~same_cycle
+            idx = idx[values[j[idx]] <= target[idx]]
         if idx.shape[0]:
-            far[idx] = True
-        if ops.any(far):
-            f = self._nonzero(far)
-            j[f] = _locate(ops, keys, values, trace[f], self._dev.offset[trace[f]], last[f], target[f], scale[f])
-        del xp
+            j[idx] = _locate(self.ops, keys, values, trace[idx], first[idx], last[idx], target[idx], scale[idx])
         return j
 
     def _nonzero(self, mask: Array) -> Array:

@@ -20,7 +20,17 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from simulator.batch import BatchSimulator, ChunkResult, episode_draws, session_key, uniform_index
+from simulator.batch import (
+    NOISE_DRAW0,
+    START_DRAW,
+    TRACE_DRAW,
+    BatchSimulator,
+    ChunkResult,
+    episode_uniforms,
+    noise_factors,
+    session_key,
+    uniform_index,
+)
 from simulator.link import LinkConfig
 from simulator.observation import ObservationBuilder, ObservationSpec
 from simulator.qoe import QoEConfig
@@ -108,22 +118,28 @@ class ABREnv(gym.Env[StateArray, np.int64]):
         if seed is not None or self._key is None:
             # The session's random stream: a key drawn from np_random, then one counter per episode.
             self._key, self._episode = session_key(self.np_random), 0
-        trace_u, start_u, noise = episode_draws([self._key], [self._episode], self.link, self.video.n_chunks)
+        key, episode = self._key, self._episode
         self._episode += 1
         n_traces = len(self.traces)
         if self.link.trace_order == "random":
-            t = int(uniform_index(trace_u, n_traces)[0])
+            t = int(uniform_index(episode_uniforms(key, episode, TRACE_DRAW), n_traces))
         else:
             t = self._next_trace % n_traces
             self._next_trace += 1
         trace = self.traces[t]
-        start = int(uniform_index(start_u, len(trace) - 1)[0]) if self.link.start == "random" else 0
+        start = 0
+        if self.link.start == "random":
+            start = int(uniform_index(episode_uniforms(key, episode, START_DRAW), len(trace) - 1))
+        noise = None
+        if self.link.has_noise:
+            draws = NOISE_DRAW0 + np.arange(self.video.n_chunks)
+            noise = noise_factors(self.link, episode_uniforms(key, episode, draws)).tolist()
         self._session = ScalarSession(
             trace,
             self.video,
             self.link,
             start_index=start,
-            noise_factors=noise[0].tolist() if self.link.has_noise else None,
+            noise_factors=noise,
         )
         self._trace_index = t
         self._builder.reset()

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simulator.batch import BatchSimulator, episode_uniforms
+from simulator.batch import NOISE_DRAW0, BatchSimulator, episode_uniforms, noise_factors
 from simulator.link import LinkConfig
 from simulator.reference import ScalarSession
 from simulator.video import Video
@@ -110,9 +110,10 @@ def test_training_mode_noise_and_starts_match_scalar_with_same_draws(scenario, s
     sim = BatchSimulator(trace_set, video, link, n_sessions=b, seed=seed)
     sim.reset()
     traces_now = sim.trace_index.tolist()
-    starts = (sim._interval - sim.table.offset[sim.trace_index]).tolist()
-    keys = sim._keys.copy()
-    noise = episode_uniforms(keys, np.zeros(b), 2 + video.n_chunks)[:, 2:] * 0.2 + 0.9
+    starts = sim.start_index.tolist()
+    keys, episodes = sim.episode_key()
+    draws = NOISE_DRAW0 + np.arange(video.n_chunks)
+    noise = noise_factors(link, episode_uniforms(keys[:, None], episodes[:, None], draws[None, :]))
     sessions = [
         ScalarSession(trace_set[t], video, link, start_index=s, noise_factors=noise[i].tolist())
         for i, (t, s) in enumerate(zip(traces_now, starts, strict=True))
@@ -127,14 +128,16 @@ def test_training_mode_noise_and_starts_match_scalar_with_same_draws(scenario, s
 
 def test_episode_uniforms_are_uniform_and_distinct() -> None:
     keys = np.arange(1, 5, dtype=np.uint64)
-    u = episode_uniforms(np.repeat(keys, 1000), np.tile(np.arange(1000), 4), 50)
+    u = episode_uniforms(np.repeat(keys, 1000)[:, None], np.tile(np.arange(1000), 4)[:, None], np.arange(50))
     assert u.min() >= 0.0
     assert u.max() < 1.0
     assert abs(u.mean() - 0.5) < 0.01
     assert np.unique(u).size == u.size
     # Same key and episode: the same numbers; another episode: different numbers.
-    np.testing.assert_array_equal(episode_uniforms([7], [3], 10), episode_uniforms([7], [3], 10))
-    assert not np.array_equal(episode_uniforms([7], [3], 10), episode_uniforms([7], [4], 10))
+    draws = np.arange(10)
+    np.testing.assert_array_equal(episode_uniforms(7, 3, draws), episode_uniforms(7, 3, draws))
+    assert not np.array_equal(episode_uniforms(7, 3, draws), episode_uniforms(7, 4, draws))
+    assert not np.array_equal(episode_uniforms(7, 3, draws), episode_uniforms(8, 3, draws))
 
 
 def test_same_seed_same_sessions_and_reseeding_restarts_the_stream() -> None:
