@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from abr_cli.common import console, load_video, user_errors
+from abr_cli.common import console, load_video, output_path, user_errors
 from simulator.benchmark import SimBenchResult, bench_batch, bench_scalar, machine_description
 from simulator.link import LinkConfig
 from traces.io import write_atomic
@@ -37,6 +37,7 @@ def bench_sim(
     with user_errors():
         if mode not in ("training", "evaluation"):
             raise ValueError(f"--mode must be training or evaluation, got {mode!r}")
+        output_path(out, "--out")
         link = LinkConfig.training() if mode == "training" else LinkConfig.evaluation()
         trace_set = resolve(traces)
         the_video = load_video(video)

@@ -37,9 +37,23 @@ def user_errors() -> Iterator[None]:
     """Turn the library's input errors into a red one-line message and exit code 2 (no traceback)."""
     try:
         yield
-    except (TraceError, VideoError, PolicySpecError, ValueError, FileNotFoundError) as err:
+    except (TraceError, VideoError, PolicySpecError, ValueError, OSError) as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=EXIT_BAD_INPUT) from None
+
+
+def output_path(path: Path | None, option: str) -> Path | None:
+    """Check an output path before any work is done, so a bad path fails fast and loses nothing."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise ValueError(f"{option} {path}: is a folder, expected a file path")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+    return path
 
 
 def load_video(source: str) -> Video:

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from abr_cli.common import console, load_video, progress, user_errors
+from abr_cli.common import console, load_video, output_path, progress, user_errors
 from policy import make_policy
 from policy.evaluate import DEFAULT_INITIAL_QUALITY, Summary, run_policy, summarize, write_jsonl
 from simulator.link import LinkConfig
@@ -43,6 +43,8 @@ def simulate(
         if qoe not in ("lin", "log", "hd"):
             raise ValueError(f"--qoe must be lin, log or hd, got {qoe!r}")
         kind: QoEKind = qoe  # type: ignore[assignment]
+        output_path(log, "--log")
+        output_path(json_out, "--json")
         qoe_config = QoEConfig(kind=kind)
         sources = traces or [DEFAULT_TRACE_SPEC]
         trace_sets = [(label(s), resolve(s)) for s in sources]
@@ -72,7 +74,6 @@ def simulate(
             write_jsonl(records, log)
         if json_out is not None:
             doc = {"qoe_kind": qoe, "video": the_video.name, "results": [asdict(s) for s in summaries]}
-            json_out.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(json_out, json.dumps(doc, indent=2).encode())
         console.print(summary_table(summaries, qoe, the_video.name))
         if log is not None:

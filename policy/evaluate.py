@@ -196,6 +196,4 @@ def summarize(logs: SessionLogs, policy: str, traces: str, wall_s: float, qoe: Q
 
 def write_jsonl(records: Sequence[dict[str, object]], path: str | Path) -> None:
     """Write records as JSON lines atomically (readers see the old file or the complete new one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+    write_atomic(Path(path), "".join(json.dumps(r) + "\n" for r in records).encode())

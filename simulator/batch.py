@@ -260,6 +260,8 @@ class _DeviceTable:
 
     def __init__(self, table: TraceTable, ops: _Ops) -> None:
         f, i = ops.float, ops.int
+        # start, payload rate and bytes-before of each interval, packed so one gather fetches all three.
+        self.params = ops.asarray(np.stack([table.start_s, table.rate_bytes_per_s, table.cum_start_bytes], axis=1), f)
         self.start_s = ops.asarray(table.start_s, f)
         self.end_s = ops.asarray(table.end_s, f)
         self.rate = ops.asarray(table.rate_bytes_per_s, f)
@@ -300,17 +302,12 @@ class _RowConstants:
 
 
 def _wrap(ops: _Ops, value: Array, period: Array) -> tuple[Array, Array]:
-    """Split ``value`` into (whole periods, remainder in [0, period)), robust to rounding."""
-    xp = ops.xp
-    cycles = xp.floor(value / period)
-    rest = value - cycles * period
-    over = rest >= period
-    cycles = xp.where(over, cycles + 1, cycles)
-    rest = xp.where(over, rest - period, rest)
-    under = rest < 0
-    cycles = xp.where(under, cycles - 1, cycles)
-    rest = xp.where(under, rest + period, rest)
-    return cycles, rest
+    """Split ``value >= 0`` into (whole periods, remainder in [0, period)).
+
+    ``fmod`` is exact in IEEE arithmetic, so the remainder is exactly in range with no repair step.
+    """
+    rest = ops.xp.fmod(value, period)
+    return ops.xp.round((value - rest) / period), rest
 
 
 def _locate(
@@ -330,6 +327,12 @@ def _locate(
             return j
         j = j + ops.to_int(right) - ops.to_int(left)
     raise RuntimeError("interval search did not converge (trace table corrupted?)")
+
+
+def _broadcast_rows(ops: _Ops, row: Array, n: int) -> Array:
+    if ops.name == "numpy":
+        return np.broadcast_to(row, (n, row.shape[0]))
+    return row.expand(n, row.shape[0])
 
 
 class BatchSimulator:
@@ -500,7 +503,7 @@ class BatchSimulator:
             return x if sel is None else x[sel]
 
         q = rows(q_all)
-        if ops.any((q < 0) | (q >= n_levels)):
+        if int(q.min()) < 0 or int(q.max()) >= n_levels:
             raise ValueError(f"qualities must be in [0, {n_levels}), got {ops.to_numpy(q).tolist()[:10]}")
         r = self._rows
         trace, first, last = rows(r.trace), rows(r.first), rows(r.last)
@@ -509,11 +512,13 @@ class BatchSimulator:
 
         # Download: byte position on the cycle plus the chunk; find the interval where it completes.
         cycle_bytes, period = rows(r.cycle_bytes), rows(r.period_s)
-        position = dev.cum_start[g] + dev.rate[g] * (clock - dev.start_s[g])
+        here = dev.params[g]
+        position = here[:, 2] + here[:, 1] * (clock - here[:, 0])
         cycles, target = _wrap(ops, position + size, cycle_bytes)
         bucket = rows(r.byte_bucket_offset) + self._bucket(target, cycle_bytes, rows(r.n_byte_buckets))
         j = self._search(dev.cum_end, dev.byte_key, dev.byte_bucket[bucket], trace, first, last, target, cycle_bytes)
-        end_clock = dev.start_s[j] + (target - dev.cum_start[j]) / dev.rate[j]
+        there = dev.params[j]
+        end_clock = there[:, 0] + (target - there[:, 2]) / there[:, 1]
         delay_ms = (cycles * period + (end_clock - clock)) * MS_PER_S + link.rtt_ms
         if link.has_noise:
             delay_ms = delay_ms * self._noise(host_sel)
@@ -522,7 +527,7 @@ class BatchSimulator:
         rebuf_ms = ops.clip_min(delay_ms - buffer_ms, 0.0)
         buffer_ms = ops.clip_min(buffer_ms - delay_ms, 0.0) + self.video.chunk_duration_s * MS_PER_S
         excess_ms = buffer_ms - link.max_buffer_s * MS_PER_S
-        sleep_ms = xp.where(excess_ms > 0, xp.ceil(excess_ms / link.drain_step_ms) * link.drain_step_ms, 0.0)
+        sleep_ms = xp.ceil(ops.clip_min(excess_ms, 0.0) / link.drain_step_ms) * link.drain_step_ms
         buffer_ms = buffer_ms - sleep_ms
 
         # Sleep: advance the clock without downloading; find the interval where the sleep ends.
@@ -541,7 +546,12 @@ class BatchSimulator:
         chunk = chunk + 1
         remaining = self.video.n_chunks - chunk
         ended = remaining <= 0
-        next_sizes = self._next_bytes[chunk]
+        stepped_chunks = self._host_chunk if host_sel is None else self._host_chunk[host_sel]
+        if stepped_chunks.size and (stepped_chunks == stepped_chunks[0]).all():
+            # Sessions in lockstep (the usual case): one row, broadcast (read-only) instead of gathered.
+            next_sizes = _broadcast_rows(ops, self._next_bytes[int(stepped_chunks[0]) + 1], q.shape[0])
+        else:
+            next_sizes = self._next_bytes[chunk]
 
         if sel is None:
             self._interval, self._clock_s, self._buffer_ms, self.chunk_index = j, end_clock, buffer_ms, chunk

@@ -75,8 +75,13 @@ class QoEConfig(BaseModel):
     ) -> FloatArray:
         """Per-chunk QoE for arrays of levels, previous levels and rebuffer times (broadcast)."""
         util = self.utilities(video)
-        q = util[np.asarray(quality, dtype=np.int64)]
-        prev = util[np.asarray(previous_quality, dtype=np.int64)]
+        levels = np.asarray(quality, dtype=np.int64)
+        previous = np.asarray(previous_quality, dtype=np.int64)
+        for name, arr in (("quality", levels), ("previous_quality", previous)):
+            if arr.size and (arr.min() < 0 or arr.max() >= video.n_levels):
+                raise ValueError(f"{name} must be in [0, {video.n_levels}), got values in [{arr.min()}, {arr.max()}]")
+        q = util[levels]
+        prev = util[previous]
         return np.asarray(
             q
             - self.rebuffer_weight * np.asarray(rebuffer_s, dtype=np.float64)

@@ -20,7 +20,7 @@ Buffer arithmetic is kept in milliseconds, as in the reference, so results agree
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from simulator.link import LinkConfig
 from simulator.video import Video
@@ -31,8 +31,7 @@ BITS_PER_BYTE = 8.0
 BITS_PER_MBIT = 1e6
 
 
-@dataclass(frozen=True)
-class ChunkOutcome:
+class ChunkOutcome(NamedTuple):
     """What happened while one chunk was fetched (units in the names)."""
 
     quality: int
@@ -78,6 +77,9 @@ class ScalarSession:
         self._times_s = [float(t) for t in trace.times_s]
         self._tput_mbps = [float(b) for b in trace.throughput_mbps]
         self._noise = noise_factors
+        # Plain Python lists: the scalar path is the readable oracle, but it should not be needlessly slow.
+        self._sizes = video.chunk_bytes.tolist()
+        self._next_sizes = [tuple(col) for col in video.chunk_bytes.T.tolist()] + [(0,) * video.n_levels]
         self.pointer = start_index + 1
         self.clock_s = self._times_s[start_index]
         self.buffer_ms = 0.0
@@ -102,7 +104,7 @@ class ScalarSession:
         if not 0 <= quality < self.video.n_levels:
             raise ValueError(f"quality must be in [0, {self.video.n_levels}), got {quality}")
         link = self.link
-        chunk_bytes = int(self.video.chunk_bytes[quality, self.chunk_index])
+        chunk_bytes = self._sizes[quality][self.chunk_index]
 
         delay_s = 0.0
         sent_bytes = 0.0
@@ -143,10 +145,6 @@ class ScalarSession:
         fetched = self.chunk_index
         self.chunk_index += 1
         remaining = self.video.n_chunks - self.chunk_index
-        if remaining > 0:
-            next_sizes = tuple(int(s) for s in self.video.chunk_bytes[:, self.chunk_index])
-        else:
-            next_sizes = (0,) * self.video.n_levels
         return ChunkOutcome(
             quality=quality,
             chunk_index=fetched,
@@ -157,5 +155,5 @@ class ScalarSession:
             rebuf_s=rebuf_ms / MS_PER_S,
             end_of_video=remaining == 0,
             chunks_remaining=remaining,
-            next_chunk_bytes=next_sizes,
+            next_chunk_bytes=self._next_sizes[self.chunk_index],
         )

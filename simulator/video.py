@@ -42,7 +42,12 @@ class Video:
     name: str = "video"
 
     def __post_init__(self) -> None:
-        sizes = np.array(self.chunk_bytes, dtype=np.int64, copy=True)
+        raw = np.asarray(self.chunk_bytes)
+        if raw.dtype.kind == "f" and np.any(raw != np.round(raw)):
+            raise VideoError(f"{self.name}: chunk_bytes must be whole byte counts")
+        if raw.dtype.kind not in "iuf":
+            raise VideoError(f"{self.name}: chunk_bytes must be numbers, got dtype {raw.dtype}")
+        sizes = np.array(raw, dtype=np.int64, copy=True)
         sizes.setflags(write=False)
         object.__setattr__(self, "chunk_bytes", sizes)
         object.__setattr__(self, "bitrates_kbps", tuple(int(b) for b in self.bitrates_kbps))

@@ -15,6 +15,7 @@ from simulator.video import Video
 from tests.conftest import shared_traces_path
 from tests.helpers import make_trace, make_video
 from traces.io import load
+from traces.trace import Trace
 
 # 8 Mbit/s = 1e6 bytes/s on the wire, of which 95% is payload.
 PAYLOAD_BYTES_PER_S_AT_8MBPS = 950_000.0
@@ -147,7 +148,7 @@ def test_labels() -> None:
 # run_policy and summaries
 
 
-def constant_8mbps(name: str = "flat") -> list:  # type: ignore[type-arg]
+def constant_8mbps(name: str = "flat") -> list[Trace]:
     return [make_trace([0.0, 1000.0], [8.0, 8.0], name=name)]
 
 

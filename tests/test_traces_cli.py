@@ -105,8 +105,10 @@ def test_describe_skip_bad_warns(tmp_path: Path) -> None:
 
 def test_describe_unwritable_plot(tmp_path: Path) -> None:
     save_many(_hand_traces(), tmp_path / "set")
-    result = runner.invoke(app, ["describe", str(tmp_path / "set"), "--plot", str(tmp_path / "no" / "h.png")])
+    (tmp_path / "afile").write_text("")
+    result = runner.invoke(app, ["describe", str(tmp_path / "set"), "--plot", str(tmp_path / "afile" / "h.png")])
     assert result.exit_code == 2
+    assert "afile" in result.stderr
     assert "error:" in result.stderr
     assert "Traceback" not in result.output
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from tests.helpers import make_video
 LADDER_2 = (300, 750)
 
 
-def write_sizes(folder: Path, rows: list[list[object]]) -> Path:
+def write_sizes(folder: Path, rows: Sequence[Sequence[object]]) -> Path:
     """Write ``video_size_<level>`` files, one line per entry of each row."""
     folder.mkdir(parents=True, exist_ok=True)
     for level, row in enumerate(rows):
@@ -287,7 +288,7 @@ def test_rebuffer_weight_defaults_and_override() -> None:
 
 def test_qoe_config_is_validated_and_frozen() -> None:
     with pytest.raises(ValidationError):
-        QoEConfig(kind="cubic")  # type: ignore[arg-type]
+        QoEConfig(kind="cubic")
     with pytest.raises(ValidationError):
         QoEConfig(rebuffer_penalty=-1.0)
     with pytest.raises(ValidationError):
@@ -348,7 +349,7 @@ def test_link_validation() -> None:
     with pytest.raises(ValidationError, match="payload_fraction"):
         LinkConfig(payload_fraction=1.5)
     with pytest.raises(ValidationError, match="start"):
-        LinkConfig(start="middle")  # type: ignore[arg-type]
+        LinkConfig(start="middle")
     with pytest.raises(ValidationError, match="extra"):
         LinkConfig(rtt=10.0)  # type: ignore[call-arg]
     with pytest.raises(ValidationError, match="frozen"):

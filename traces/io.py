@@ -616,11 +616,23 @@ def save_many(traces: Iterable[Trace], folder: str | os.PathLike[str], *, format
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one."""
+    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one.
+
+    Missing parent folders are created. Errors name ``path`` (not the hidden temporary file).
+    """
     target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(f"{target}: is a folder, expected a file path")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"{target}: cannot create its folder ({err.strerror or err})") from None
     temporary = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
-    # os.open with mode 0o666 lets the umask set the permissions, as for a plainly created file.
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        # os.open with mode 0o666 lets the umask set the permissions, as for a plainly created file.
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as err:
+        raise OSError(f"{target}: cannot write ({err.strerror or err})") from None
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
