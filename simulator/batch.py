@@ -70,19 +70,29 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _DRAWS_PER_EPISODE_BITS = 20
 
 
+def _stream_states(keys: npt.ArrayLike, episodes: npt.ArrayLike, draws: npt.ArrayLike) -> npt.NDArray[np.uint64]:
+    """SplitMix64 states of draw ``draws`` of episode ``episodes`` for sessions keyed ``keys`` (broadcast)."""
+    draw = np.asarray(draws, dtype=np.uint64)
+    if np.any(draw >= np.uint64(1 << _DRAWS_PER_EPISODE_BITS)):
+        raise ValueError(f"at most {(1 << _DRAWS_PER_EPISODE_BITS) - 1} draws per episode")
+    with np.errstate(over="ignore"):  # arithmetic modulo 2**64 is the point
+        n = (np.asarray(episodes, dtype=np.uint64) << np.uint64(_DRAWS_PER_EPISODE_BITS)) + draw + np.uint64(1)
+        return np.asarray(np.asarray(keys, dtype=np.uint64) + n * _GOLDEN, dtype=np.uint64)
+
+
+def _uniform_from_state(state: npt.NDArray[np.uint64]) -> npt.NDArray[np.float64]:
+    with np.errstate(over="ignore"):
+        bits = _mix64(state)
+    return np.asarray((bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53)), dtype=np.float64)
+
+
 def episode_uniforms(keys: npt.ArrayLike, episodes: npt.ArrayLike, draws: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """Uniforms in [0, 1): draw ``draws`` of episode ``episodes`` of the session keyed ``keys`` (broadcast).
 
     Counter-based SplitMix64: output number ``n = episode * 2**20 + draw`` of the stream seeded with
     the key is ``mix64(key + (n + 1) * golden)``; its top 53 bits make the uniform.
     """
-    draw = np.asarray(draws, dtype=np.uint64)
-    if np.any(draw >= np.uint64(1 << _DRAWS_PER_EPISODE_BITS)):
-        raise ValueError(f"at most {(1 << _DRAWS_PER_EPISODE_BITS) - 1} draws per episode")
-    with np.errstate(over="ignore"):  # arithmetic modulo 2**64 is the point
-        n = (np.asarray(episodes, dtype=np.uint64) << np.uint64(_DRAWS_PER_EPISODE_BITS)) + draw + np.uint64(1)
-        bits = _mix64(np.asarray(np.asarray(keys, dtype=np.uint64) + n * _GOLDEN, dtype=np.uint64))
-    return np.asarray((bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53)), dtype=np.float64)
+    return _uniform_from_state(_stream_states(keys, episodes, draws))
 
 
 def session_key(rng: np.random.Generator) -> int:
@@ -260,8 +270,6 @@ class _DeviceTable:
 
     def __init__(self, table: TraceTable, ops: _Ops) -> None:
         f, i = ops.float, ops.int
-        # start, payload rate and bytes-before of each interval, packed so one gather fetches all three.
-        self.params = ops.asarray(np.stack([table.start_s, table.rate_bytes_per_s, table.cum_start_bytes], axis=1), f)
         self.start_s = ops.asarray(table.start_s, f)
         self.end_s = ops.asarray(table.end_s, f)
         self.rate = ops.asarray(table.rate_bytes_per_s, f)
@@ -285,8 +293,9 @@ class _RowConstants:
 
         self.trace, self.first, self.last = ints(0), ints(0), ints(0)
         self.period_s, self.cycle_bytes = floats(1.0), floats(1.0)
-        self.byte_bucket_offset, self.n_byte_buckets = ints(0), ints(1)
-        self.time_bucket_offset, self.n_time_buckets = ints(0), ints(1)
+        # Bucket of a value v in [0, total): min(int(v * scale + first bucket), last bucket).
+        self.byte_bucket_scale, self.byte_bucket_first, self.byte_bucket_last = floats(1.0), floats(0.0), ints(0)
+        self.time_bucket_scale, self.time_bucket_first, self.time_bucket_last = floats(1.0), floats(0.0), ints(0)
 
     def assign(self, ops: _Ops, idx: Array, table: TraceTable, traces: npt.NDArray[np.int64]) -> None:
         f, i = ops.float, ops.int
@@ -295,10 +304,12 @@ class _RowConstants:
         self.last[idx] = ops.asarray(table.offset[traces] + table.n_intervals[traces] - 1, i)
         self.period_s[idx] = ops.asarray(table.period_s[traces], f)
         self.cycle_bytes[idx] = ops.asarray(table.cycle_bytes[traces], f)
-        self.byte_bucket_offset[idx] = ops.asarray(table.byte_bucket_offset[traces], i)
-        self.n_byte_buckets[idx] = ops.asarray(table.n_byte_buckets[traces], i)
-        self.time_bucket_offset[idx] = ops.asarray(table.time_bucket_offset[traces], i)
-        self.n_time_buckets[idx] = ops.asarray(table.n_time_buckets[traces], i)
+        for kind, total in (("byte", table.cycle_bytes[traces]), ("time", table.period_s[traces])):
+            first = getattr(table, f"{kind}_bucket_offset")[traces]
+            count = getattr(table, f"n_{kind}_buckets")[traces]
+            getattr(self, f"{kind}_bucket_scale")[idx] = ops.asarray(count / total, f)
+            getattr(self, f"{kind}_bucket_first")[idx] = ops.asarray(first, f)
+            getattr(self, f"{kind}_bucket_last")[idx] = ops.asarray(first + count - 1, i)
 
 
 def _wrap(ops: _Ops, value: Array, period: Array) -> tuple[Array, Array]:
@@ -378,7 +389,8 @@ class BatchSimulator:
         self._chunk_bytes_f = ops.asarray(video.chunk_bytes, ops.float)
         self._keys = np.zeros(b, dtype=np.uint64)
         self._next_episode = np.zeros(b, dtype=np.uint64)
-        self._episode = np.zeros(b, dtype=np.uint64)  # of the running episode, for the noise draws
+        self._episode = np.zeros(b, dtype=np.uint64)  # of the running episode
+        self._noise_state0 = np.zeros(b, dtype=np.uint64)  # stream state of the running episode's chunk-0 noise
         self._seed_sessions(np.arange(b), seed)
         self._next_sequential = np.arange(b, dtype=np.int64)
         self._rows = _RowConstants(ops, b)
@@ -451,6 +463,7 @@ class BatchSimulator:
         table, link = self.table, self.link
         episodes = self._next_episode[sel]
         self._episode[sel] = episodes
+        self._noise_state0[sel] = _stream_states(self._keys[sel], episodes, NOISE_DRAW0)
         self._next_episode[sel] += np.uint64(1)
         if trace_index is not None:
             traces = np.broadcast_to(np.asarray(trace_index, dtype=np.int64), sel.shape).copy()
@@ -508,17 +521,18 @@ class BatchSimulator:
         r = self._rows
         trace, first, last = rows(r.trace), rows(r.first), rows(r.last)
         chunk, g, clock = rows(self.chunk_index), rows(self._interval), rows(self._clock_s)
-        size = self._chunk_bytes_f[q, chunk]
+        stepped_chunks = self._host_chunk if host_sel is None else self._host_chunk[host_sel]
+        lockstep = bool(stepped_chunks.size) and bool((stepped_chunks == stepped_chunks[0]).all())
+        # Lockstep (every stepped session at the same chunk) is the usual case: gather from one column.
+        size = self._chunk_bytes_f[:, int(stepped_chunks[0])][q] if lockstep else self._chunk_bytes_f[q, chunk]
 
         # Download: byte position on the cycle plus the chunk; find the interval where it completes.
         cycle_bytes, period = rows(r.cycle_bytes), rows(r.period_s)
-        here = dev.params[g]
-        position = here[:, 2] + here[:, 1] * (clock - here[:, 0])
+        position = dev.cum_start[g] + dev.rate[g] * (clock - dev.start_s[g])
         cycles, target = _wrap(ops, position + size, cycle_bytes)
-        bucket = rows(r.byte_bucket_offset) + self._bucket(target, cycle_bytes, rows(r.n_byte_buckets))
+        bucket = self._bucket(target, rows(r.byte_bucket_scale), rows(r.byte_bucket_first), rows(r.byte_bucket_last))
         j = self._search(dev.cum_end, dev.byte_key, dev.byte_bucket[bucket], trace, first, last, target, cycle_bytes)
-        there = dev.params[j]
-        end_clock = there[:, 0] + (target - there[:, 2]) / there[:, 1]
+        end_clock = dev.start_s[j] + (target - dev.cum_start[j]) / dev.rate[j]
         delay_ms = (cycles * period + (end_clock - clock)) * MS_PER_S + link.rtt_ms
         if link.has_noise:
             delay_ms = delay_ms * self._noise(host_sel)
@@ -536,7 +550,9 @@ class BatchSimulator:
             s_rows = sleeping if sel is None else sel[sleeping]
             s_period = period[sleeping]
             _, woke = _wrap(ops, end_clock[sleeping] + sleep_ms[sleeping] / MS_PER_S, s_period)
-            s_bucket = r.time_bucket_offset[s_rows] + self._bucket(woke, s_period, r.n_time_buckets[s_rows])
+            s_bucket = self._bucket(
+                woke, r.time_bucket_scale[s_rows], r.time_bucket_first[s_rows], r.time_bucket_last[s_rows]
+            )
             j[sleeping] = self._search(
                 dev.end_s, dev.time_key, dev.time_bucket[s_bucket], trace[sleeping], first[sleeping],
                 last[sleeping], woke, s_period,
@@ -546,9 +562,7 @@ class BatchSimulator:
         chunk = chunk + 1
         remaining = self.video.n_chunks - chunk
         ended = remaining <= 0
-        stepped_chunks = self._host_chunk if host_sel is None else self._host_chunk[host_sel]
-        if stepped_chunks.size and (stepped_chunks == stepped_chunks[0]).all():
-            # Sessions in lockstep (the usual case): one row, broadcast (read-only) instead of gathered.
+        if lockstep:  # one row, broadcast (read-only) instead of gathered
             next_sizes = _broadcast_rows(ops, self._next_bytes[int(stepped_chunks[0]) + 1], q.shape[0])
         else:
             next_sizes = self._next_bytes[chunk]
@@ -562,7 +576,11 @@ class BatchSimulator:
             self._buffer_ms[sel] = buffer_ms
             self.chunk_index[sel] = chunk
             self._host_chunk[host_sel] += 1
-        self._ready[np.flatnonzero(act)[ops.to_numpy(ended).astype(bool)]] = False
+        ended_host = ops.to_numpy(ended).astype(bool)
+        if host_sel is None:
+            self._ready &= ~ended_host
+        else:
+            self._ready[host_sel[ended_host]] = False
 
         values = (
             trace + 0,
@@ -584,14 +602,16 @@ class BatchSimulator:
     def _noise(self, host_sel: npt.NDArray[np.int64] | None) -> Array:
         """This chunk's delay noise factor for the stepped sessions (draw ``NOISE_DRAW0 + chunk``)."""
         rows = slice(None) if host_sel is None else host_sel
-        u = episode_uniforms(self._keys[rows], self._episode[rows], NOISE_DRAW0 + self._host_chunk[rows])
+        # Same numbers as episode_uniforms(key, episode, NOISE_DRAW0 + chunk), one multiply-add cheaper.
+        with np.errstate(over="ignore"):
+            state = self._noise_state0[rows] + self._host_chunk[rows].astype(np.uint64) * _GOLDEN
+        u = _uniform_from_state(state)
         return self.ops.asarray(noise_factors(self.link, u), self.ops.float)
 
-    def _bucket(self, value: Array, total: Array, n_buckets: Array) -> Array:
-        """Bucket number of ``value`` in [0, total) split into ``n_buckets`` equal buckets."""
+    def _bucket(self, value: Array, scale: Array, first: Array, last: Array) -> Array:
+        """Global bucket of ``value`` in its row's index (see `_RowConstants`)."""
         ops = self.ops
-        raw = ops.to_int(ops.xp.floor(value / total * n_buckets))
-        return ops.xp.minimum(ops.clip_min(raw, 0), n_buckets - 1)
+        return ops.xp.minimum(ops.to_int(value * scale + first), last)
 
     def _as_levels(self, qualities: Any) -> Array:
         ops = self.ops
