@@ -21,6 +21,7 @@ from rich.text import Text
 from traces import generate as gen
 from traces import io as trace_io
 from traces.stats import describe as describe_traces
+from traces.sources import is_generator_spec
 from traces.stats import plot_histogram
 from traces.trace import Trace, TraceError
 
@@ -55,7 +56,9 @@ class Generator(StrEnum):
     regime = "regime"
 
 
-PathArgument = Annotated[Path, typer.Argument(help="A trace file or a folder of trace files.")]
+PathArgument = Annotated[
+    Path, typer.Argument(help="A trace file, a folder of trace files, or a generator spec (markov:..., regime:...).")
+]
 FromOption = Annotated[InputFormat, typer.Option("--from", help="Input format; auto detects each file's format.")]
 WindowOption = Annotated[
     float,
@@ -88,6 +91,8 @@ def _reported_errors() -> Iterator[None]:
 def _load(path: Path, input_format: InputFormat, mahimahi_window_ms: float, skip_bad: bool) -> list[Trace]:
     if not mahimahi_window_ms > 0:
         raise TraceError(f"--mahimahi-window-ms must be > 0, got {mahimahi_window_ms}")
+    if is_generator_spec(str(path)):
+        return gen.generate_from_spec(str(path))
     return trace_io.load(path, format=input_format.value, mahimahi_window_ms=mahimahi_window_ms, skip_bad=skip_bad)
 
 
