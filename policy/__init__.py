@@ -1,6 +1,7 @@
 """ABR policies: the batched `Policy` interface, a registry, classic rules and evaluation."""
 
 from policy import classic as classic  # registers the classic rules
+from policy import mpc as mpc  # registers mpc, robustmpc
 from policy.base import Policy, PolicyConfig, PolicySpecError, available_policies, make_policy, register
 
 __all__ = ["Policy", "PolicyConfig", "PolicySpecError", "available_policies", "make_policy", "register"]

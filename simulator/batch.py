@@ -136,6 +136,20 @@ class ChunkResult:
     next_chunk_bytes: Array  # [B, n_levels]; zeros after the last chunk
 
 
+@dataclass(frozen=True)
+class SessionState:
+    """Where B sessions are (host numpy arrays): enough to resume them exactly (evaluation semantics).
+
+    ``interval`` is relative to the session's trace (0 = its first interval); ``clock_s`` is cycle time.
+    """
+
+    trace_index: npt.NDArray[np.int64]
+    interval: npt.NDArray[np.int64]
+    clock_s: npt.NDArray[np.float64]
+    buffer_s: npt.NDArray[np.float64]
+    chunk_index: npt.NDArray[np.int64]
+
+
 class _NumpyOps:
     """The handful of operations whose spelling differs between numpy and torch."""
 
@@ -433,6 +447,50 @@ class BatchSimulator:
     def episode_key(self) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
         """(key, episode number) of every session's running episode: what its random draws depend on."""
         return self._keys.copy(), self._episode.copy()
+
+    def state(self) -> SessionState:
+        """A copy of every session's position (trace, interval, clock, buffer, next chunk)."""
+        ops = self.ops
+        return SessionState(
+            trace_index=ops.to_numpy(self._rows.trace).astype(np.int64),
+            interval=ops.to_numpy(self._interval - self._rows.first).astype(np.int64),
+            clock_s=ops.to_numpy(self._clock_s).astype(np.float64),
+            buffer_s=ops.to_numpy(self._buffer_ms).astype(np.float64) / MS_PER_S,
+            chunk_index=ops.to_numpy(self.chunk_index).astype(np.int64),
+        )
+
+    def load_state(self, state: SessionState) -> None:
+        """Put every session at ``state`` (e.g. to branch a search from saved positions).
+
+        Random streams are untouched: with delay noise, the noise of the loaded chunk indices is drawn
+        from the sessions' current episodes.
+        """
+        table, ops, b = self.table, self.ops, self.n_sessions
+        fields = {
+            k: np.asarray(getattr(state, k)) for k in ("trace_index", "interval", "clock_s", "buffer_s", "chunk_index")
+        }
+        for name, value in fields.items():
+            if value.shape != (b,):
+                raise ValueError(f"state.{name} must have shape ({b},), got {value.shape}")
+        traces = fields["trace_index"].astype(np.int64)
+        if np.any((traces < 0) | (traces >= table.n_traces)):
+            raise ValueError(f"state.trace_index must be in [0, {table.n_traces})")
+        interval = fields["interval"].astype(np.int64)
+        if np.any((interval < 0) | (interval >= table.n_intervals[traces])):
+            raise ValueError("state.interval must be within each session's trace")
+        chunk = fields["chunk_index"].astype(np.int64)
+        if np.any((chunk < 0) | (chunk >= self.video.n_chunks)):
+            raise ValueError(f"state.chunk_index must be in [0, {self.video.n_chunks}) (a chunk still to fetch)")
+        if np.any(fields["buffer_s"] < 0) or not np.all(np.isfinite(fields["clock_s"])):
+            raise ValueError("state.buffer_s must be >= 0 and state.clock_s finite")
+        idx = ops.asarray(np.arange(b), ops.int)
+        self._rows.assign(ops, idx, table, traces)
+        self._interval = ops.asarray(table.offset[traces] + interval, ops.int)
+        self._clock_s = ops.asarray(fields["clock_s"], ops.float)
+        self._buffer_ms = ops.asarray(fields["buffer_s"] * MS_PER_S, ops.float)
+        self.chunk_index = ops.asarray(chunk, ops.int)
+        self._host_chunk = chunk.copy()
+        self._ready[:] = True
 
     # -- reset -------------------------------------------------------------------------------------
     def reset(

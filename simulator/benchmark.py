@@ -47,7 +47,11 @@ def bench_scalar(
     while time.perf_counter() - started < min_wall_s:
         trace = traces[episode % len(traces)]
         start = int(rng.integers(len(trace) - 1)) if link.start == "random" else 0
-        noise = rng.uniform(link.delay_noise_low, link.delay_noise_high, video.n_chunks).tolist() if link.has_noise else None
+        noise = (
+            rng.uniform(link.delay_noise_low, link.delay_noise_high, video.n_chunks).tolist()
+            if link.has_noise
+            else None
+        )
         session = ScalarSession(trace, video, link, start_index=start, noise_factors=noise)
         for level in levels[episode % len(levels)]:
             session.download(level)
