@@ -20,8 +20,8 @@ from rich.text import Text
 
 from traces import generate as gen
 from traces import io as trace_io
-from traces.stats import describe as describe_traces
 from traces.sources import is_generator_spec
+from traces.stats import describe as describe_traces
 from traces.stats import plot_histogram
 from traces.trace import Trace, TraceError
 

@@ -9,15 +9,17 @@ pydantic config, so a typo names the key that is wrong.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from simulator.link import LinkConfig
 from simulator.observation import Observation
 from simulator.video import Video
+from traces.trace import Trace
 
 IntArray = npt.NDArray[np.int64]
 
@@ -39,6 +41,8 @@ class Policy(ABC):
     name: ClassVar[str] = ""
     #: The config model of this policy's parameters.
     config_type: ClassVar[type[PolicyConfig]] = PolicyConfig
+    #: Offline policies see the whole trace in advance (`plan_sessions`); they cannot serve live players.
+    offline: ClassVar[bool] = False
 
     def __init__(self, config: PolicyConfig | None = None) -> None:
         self.config = config if config is not None else self.config_type()
@@ -56,6 +60,10 @@ class Policy(ABC):
     def parse_shorthand(cls, text: str) -> dict[str, Any]:
         """Parameters from a spec's positional shorthand (``fixed:3``); most policies have none."""
         raise PolicySpecError(f"policy {cls.name!r} takes key=value parameters, got {text!r}")
+
+    def plan_sessions(self, traces: Sequence[Trace], video: Video, link: LinkConfig, initial_quality: int) -> object:
+        """Offline policies only: plan one session per trace before they start (the evaluation loop calls it)."""
+        raise NotImplementedError(f"policy {self.name!r} is online: it has no plan_sessions()")
 
     def begin(self, n_sessions: int, video: Video) -> None:
         """Called before B new sessions start streaming ``video``; resets any per-session state."""

@@ -125,6 +125,8 @@ def run_policy(
         sim = BatchSimulator(batch, video, link, n_sessions=b, seed=seed + first)
         sim.reset()
         builder = ObservationBuilder(b, video, spec)
+        if policy.offline:
+            policy.plan_sessions(batch, video, link, initial_quality)
         policy.begin(b, video)
         levels = np.full(b, initial_quality, dtype=np.int64)
         columns: dict[str, list[npt.NDArray[np.generic]]] = {k: [] for k in fields}

@@ -19,8 +19,11 @@ face (almost) the same future, so the one with less QoE so far is dropped.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
@@ -36,13 +39,17 @@ from traces.trace import Trace
 
 FloatArray = npt.NDArray[np.float64]
 
+#: Below twice this many traces, planning stays in this process (a pool costs more than it saves).
+_MIN_TRACES_PER_WORKER = 8
+
 
 class OptimalConfig(PolicyConfig):
     """Cell size of the label merge (smaller: closer to the exact optimum, slower)."""
 
-    time_step_s: float = Field(0.05, gt=0, description="Cell width in elapsed wall-clock time.")
+    time_step_s: float = Field(4.0, gt=0, description="Cell width in elapsed wall-clock time.")
     qoe: QoEKind = Field("lin", description="QoE variant maximised.")
     max_labels: int = Field(2_000_000, ge=1, description="Safety cap on labels per step (memory).")
+    workers: int = Field(0, ge=0, description="Processes planning traces in parallel; 0: one per CPU core.")
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,7 @@ def optimal_plan(
     *,
     qoe: QoEConfig | None = None,
     initial_quality: int = 1,
-    time_step_s: float = 0.05,
+    time_step_s: float = 4.0,
     max_labels: int = 2_000_000,
 ) -> Plan:
     """Best level sequence for ``trace`` (evaluation semantics) by label-merging dynamic programming."""
@@ -90,9 +97,7 @@ def optimal_plan(
         assert state is not None
         n = reward.size
         if n * n_levels > max_labels:
-            raise ValueError(
-                f"{trace.name}: {n * n_levels} labels exceed max_labels={max_labels}; use larger cells"
-            )
+            raise ValueError(f"{trace.name}: {n * n_levels} labels exceed max_labels={max_labels}; use larger cells")
         parent = np.repeat(np.arange(n), n_levels)
         level = np.tile(np.arange(n_levels), n)
         branch = BatchSimulator([trace], video, link, n_sessions=parent.size)
@@ -157,7 +162,9 @@ def _merge(
     buffer, but by less than ``rebuffer_weight`` per second: usually a handful of labels.
     """
     n = reward.size
-    group = level * (int(np.floor(elapsed_s.max() / time_step_s)) + 1) + np.floor(elapsed_s / time_step_s).astype(np.int64)
+    group = level * (int(np.floor(elapsed_s.max() / time_step_s)) + 1) + np.floor(elapsed_s / time_step_s).astype(
+        np.int64
+    )
     potential = reward + rebuffer_weight * buffer_s
     # Sort by group, then buffer ascending, then reward descending (the best of equal buffers first).
     order = np.lexsort((-reward, buffer_s, group))
@@ -200,18 +207,21 @@ class OptimalPolicy(Policy):
     ) -> list[Plan]:
         """Plan every session (one per trace) and remember the levels for `select`."""
         cfg = self.config
-        plans = [
-            optimal_plan(
-                t,
-                video,
-                link,
-                qoe=QoEConfig(kind=cfg.qoe),
-                initial_quality=initial_quality,
-                time_step_s=cfg.time_step_s,
-                max_labels=cfg.max_labels,
-            )
-            for t in traces
-        ]
+        plan = partial(
+            optimal_plan,
+            video=video,
+            link=link,
+            qoe=QoEConfig(kind=cfg.qoe),
+            initial_quality=initial_quality,
+            time_step_s=cfg.time_step_s,
+            max_labels=cfg.max_labels,
+        )
+        workers = min(cfg.workers or os.cpu_count() or 1, len(traces))
+        if workers <= 1 or len(traces) < _MIN_TRACES_PER_WORKER * 2:
+            plans = [plan(t) for t in traces]
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                plans = list(pool.map(plan, traces, chunksize=max(1, len(traces) // (4 * workers))))
         self._levels = np.stack([p.levels for p in plans])
         return plans
 

@@ -418,7 +418,10 @@ class BatchSimulator:
 
     def _seed_sessions(self, sel: npt.NDArray[np.int64], seed: int | None) -> None:
         if seed is None:
-            keys = np.random.SeedSequence().generate_state(sel.size, dtype=np.uint64)
+            # Fresh entropy once, then distinct keys along a SplitMix64 stream (cheap for large batches).
+            base = np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0]
+            with np.errstate(over="ignore"):
+                keys = _mix64(base + (np.arange(sel.size, dtype=np.uint64) + np.uint64(1)) * _GOLDEN)
         else:
             keys = np.array([session_key(np.random.default_rng(seed + int(i))) for i in sel], dtype=np.uint64)
         self._keys[sel] = keys
