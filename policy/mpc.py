@@ -33,6 +33,8 @@ from simulator.video import Video
 
 FloatArray = npt.NDArray[np.float64]
 
+#: Relative score difference below which two plans tie.
+_TIE_TOLERANCE = 1e-9
 #: Sessions planned together; bounds memory to about sessions x 7,776 x 8 bytes per array.
 _PLAN_BATCH_SESSIONS = 256
 
@@ -132,7 +134,10 @@ class _MPCBase(Policy):
             - self._plans.switch_penalty[h][current]
         )
         # The last best combination in enumeration order (the reference keeps ties' later combination).
-        best = score.shape[1] - 1 - np.argmax(score[:, ::-1], axis=1)
+        # Scores equal up to rounding count as ties: summation order must not decide the level.
+        top = score.max(axis=1, keepdims=True)
+        tied = score >= top - _TIE_TOLERANCE * np.maximum(1.0, np.abs(top))
+        best = score.shape[1] - 1 - np.argmax(tied[:, ::-1], axis=1)
         return (best // n ** (h - 1)).astype(np.int64)
 
 
