@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +14,7 @@ import typer
 from rich.table import Table
 
 from abr_cli.common import console, load_video, output_path, user_errors
+from policy.optimal import refinement_study
 from simulator.benchmark import SimBenchResult, bench_batch, bench_scalar, machine_description
 from simulator.link import LinkConfig
 from traces.io import write_atomic
@@ -80,4 +82,43 @@ def bench_sim(
                 "repeats": repeats,
                 "results": [r.to_dict() for r in results],
             }
+            write_atomic(out, json.dumps(doc, indent=2).encode())
+
+
+@app.command("optimal")
+def bench_optimal(
+    traces: Annotated[list[str] | None, typer.Option("--traces", "-t", help="Trace set (repeatable).")] = None,
+    video: Annotated[str, typer.Option(help="'builtin' or a folder of video_size_N files.")] = "builtin",
+    cells: Annotated[str, typer.Option(help="Comma-separated cell sizes (s), coarse to fine.")] = "8,4,2,1",
+    workers: Annotated[int, typer.Option(min=0, help="Planning processes; 0: one per core.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
+) -> None:
+    """Refinement study of the offline optimum: its mean score as the DP's merge cells shrink."""
+    with user_errors():
+        output_path(out, "--out")
+        try:
+            steps = [float(c) for c in cells.split(",")]
+        except ValueError:
+            raise ValueError(f"--cells must be comma-separated numbers, got {cells!r}") from None
+        if not steps or min(steps) <= 0:
+            raise ValueError("--cells must be positive")
+        the_video = load_video(video)
+        table = Table(title="abr bench optimal: mean optimal QoE_lin score per cell size")
+        for col in ("traces", "cell s", "QoE_lin", "max labels/step", "wall s"):
+            table.add_column(col, justify="left" if col == "traces" else "right")
+        doc: dict[str, object] = {
+            "benchmark": "optimal-refinement",
+            "date": dt.date.today().isoformat(),
+            "machine": machine_description(),
+            "results": [],
+        }
+        for source in traces or [DEFAULT_TRACE_SPEC]:
+            rows = refinement_study(resolve(source), the_video, steps, workers=workers)
+            for r in rows:
+                table.add_row(
+                    label(source), f"{r.time_step_s:g}", f"{r.mean_score:.4f}", str(r.max_labels), f"{r.wall_s:.1f}"
+                )
+                doc["results"].append({"traces": label(source), **asdict(r)})  # type: ignore[attr-defined]
+        console.print(table)
+        if out is not None:
             write_atomic(out, json.dumps(doc, indent=2).encode())

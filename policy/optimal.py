@@ -234,3 +234,41 @@ class OptimalPolicy(Policy):
 
 
 register("optimal")(OptimalPolicy)
+
+
+@dataclass(frozen=True)
+class RefinementRow:
+    """The mean optimal score of a trace set at one cell size."""
+
+    time_step_s: float
+    mean_score: float
+    max_labels: int
+    wall_s: float
+
+
+def refinement_study(
+    traces: Sequence[Trace],
+    video: Video,
+    time_steps_s: Sequence[float],
+    *,
+    link: LinkConfig | None = None,
+    initial_quality: int = 1,
+    workers: int = 0,
+) -> list[RefinementRow]:
+    """Mean optimal score at each cell size (coarse to fine): a converged value shows the merge is exact enough."""
+    import time
+
+    rows = []
+    for step in time_steps_s:
+        policy = OptimalPolicy(OptimalConfig(time_step_s=step, workers=workers))
+        started = time.perf_counter()
+        plans = policy.plan_sessions(traces, video, link or LinkConfig.evaluation(), initial_quality)
+        rows.append(
+            RefinementRow(
+                time_step_s=step,
+                mean_score=float(np.mean([p.score for p in plans])),
+                max_labels=max(max(p.labels_per_step) for p in plans),
+                wall_s=time.perf_counter() - started,
+            )
+        )
+    return rows
