@@ -50,7 +50,11 @@ class ObservationSpec(BaseModel):
 
     def width(self, video: Video) -> int:
         """Number of state columns for ``video``."""
-        return max(self.history_len, video.n_levels)
+        return self.width_for(video.n_levels)
+
+    def width_for(self, n_levels: int) -> int:
+        """Number of state columns for a ladder of ``n_levels``."""
+        return max(self.history_len, n_levels)
 
     def to_metadata(self) -> dict[str, object]:
         """JSON-ready description (checkpoints record it)."""

@@ -1,0 +1,83 @@
+"""Learned policies behind the common `Policy` interface: ``checkpoint:PATH`` and ``default``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from policy.base import IntArray, Policy, PolicyConfig, PolicySpecError, register
+from policy.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from simulator.observation import Observation
+from simulator.video import Video
+
+#: The model shipped in the package (produced by `abr train`, see BENCHMARKS.md).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
+
+
+class LearnedConfig(PolicyConfig):
+    """Where the model is and how it acts."""
+
+    path: str = Field("", description="Checkpoint folder.")
+    sample: bool = Field(False, description="Sample from the policy instead of taking the most likely level.")
+    seed: int = Field(0, description="Seed of the sampling generator.")
+    device: str = Field("cpu", description="Inference device.")
+
+
+@register("checkpoint")
+class LearnedPolicy(Policy):
+    """An actor-critic checkpoint (``checkpoint:PATH``); greedy by default, ``sample=true`` samples."""
+
+    config: LearnedConfig
+    config_type = LearnedConfig
+
+    @classmethod
+    def parse_shorthand(cls, text: str) -> dict[str, Any]:
+        return {"path": text}
+
+    @property
+    def label(self) -> str:
+        return f"checkpoint:{self.config.path}" + (":sample" if self.config.sample else "")
+
+    def begin(self, n_sessions: int, video: Video) -> None:
+        try:
+            self.checkpoint: Checkpoint = load_checkpoint(self._path(), video, self.config.device)
+        except CheckpointError as err:
+            raise PolicySpecError(str(err)) from None
+        self._generator = torch.Generator(device=self.config.device).manual_seed(self.config.seed)
+        super().begin(n_sessions, video)
+
+    def _path(self) -> Path:
+        if not self.config.path:
+            raise PolicySpecError("checkpoint:PATH needs a checkpoint folder")
+        return Path(self.config.path)
+
+    @torch.no_grad()
+    def select(self, obs: Observation) -> IntArray:
+        video = self._video()
+        state = torch.as_tensor(obs.to_state(video, self.checkpoint.spec), device=self.config.device)
+        logits = self.checkpoint.model.logits(state)
+        if self.config.sample:
+            levels = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=self._generator).squeeze(-1)
+        else:
+            levels = logits.argmax(dim=-1)
+        return np.asarray(levels.cpu().numpy(), dtype=np.int64)
+
+
+@register("default")
+class DefaultPolicy(LearnedPolicy):
+    """The learned model shipped with the package."""
+
+    @classmethod
+    def parse_shorthand(cls, text: str) -> dict[str, Any]:
+        raise PolicySpecError(f"'default' takes key=value parameters (e.g. default:sample=true), got {text!r}")
+
+    @property
+    def label(self) -> str:
+        return "default" + (":sample" if self.config.sample else "")
+
+    def _path(self) -> Path:
+        return Path(self.config.path) if self.config.path else DEFAULT_MODEL_DIR

@@ -1,0 +1,121 @@
+"""The Pensieve-style actor-critic over the 6 x W observation (see `simulator.observation`).
+
+Each of actor and critic has its own trunk (``shared_trunk=False``, the default) or they share one:
+
+- dense branches (``hidden`` units) for the last bitrate (row 0), the buffer (row 1) and the chunks
+  remaining (row 5), each read from the newest column;
+- 1-D convolutions (``filters`` channels, kernel ``kernel``) over the throughput history (row 2), the
+  delay history (row 3) and the next chunk's sizes (row 4, first ``n_levels`` columns);
+- the concatenation goes through one hidden layer (``hidden`` units), then to the softmax policy
+  (actor) or to the value (critic).
+
+The published Pensieve code feeds row 4 into the branch meant for row 5 (chunks remaining); here each
+branch reads its own row. All layers are initialised orthogonally through `layer_init`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.distributions import Categorical
+
+#: Rows of the observation (see simulator.observation).
+ROW_BITRATE, ROW_BUFFER, ROW_THROUGHPUT, ROW_DELAY, ROW_SIZES, ROW_REMAINING = range(6)
+
+
+class NetworkConfig(BaseModel):
+    """Shape of the actor-critic."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hidden: int = Field(128, ge=1, description="Units of the dense branches and of the merged hidden layer.")
+    filters: int = Field(128, ge=1, description="Channels of the 1-D convolutions.")
+    kernel: int = Field(4, ge=1, description="Kernel width of the 1-D convolutions.")
+    shared_trunk: bool = Field(False, description="One trunk for actor and critic instead of one each.")
+
+
+def layer_init(layer: nn.Module, gain: float = math.sqrt(2.0), bias: float = 0.0) -> nn.Module:
+    """Orthogonal weights with ``gain`` and constant bias: the one initialiser every layer goes through."""
+    weight = getattr(layer, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        nn.init.orthogonal_(weight, gain)
+    layer_bias = getattr(layer, "bias", None)
+    if isinstance(layer_bias, torch.Tensor):
+        nn.init.constant_(layer_bias, bias)
+    return layer
+
+
+class Trunk(nn.Module):
+    """Branches plus the merged hidden layer: observation ``[B, 6, W]`` -> features ``[B, hidden]``."""
+
+    def __init__(self, width: int, n_levels: int, config: NetworkConfig) -> None:
+        super().__init__()
+        if config.kernel > min(width, n_levels):
+            raise ValueError(f"kernel {config.kernel} is wider than the history ({width}) or the ladder ({n_levels})")
+        self.n_levels = n_levels
+        h, f, k = config.hidden, config.filters, config.kernel
+        self.bitrate = layer_init(nn.Linear(1, h))
+        self.buffer = layer_init(nn.Linear(1, h))
+        self.remaining = layer_init(nn.Linear(1, h))
+        self.throughput = layer_init(nn.Conv1d(1, f, k))
+        self.delay = layer_init(nn.Conv1d(1, f, k))
+        self.sizes = layer_init(nn.Conv1d(1, f, k))
+        merged = 3 * h + 2 * f * (width - k + 1) + f * (n_levels - k + 1)
+        self.hidden = layer_init(nn.Linear(merged, h))
+        self.act = nn.ReLU()
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        act = self.act
+        parts = [
+            act(self.bitrate(obs[:, ROW_BITRATE, -1:])),
+            act(self.buffer(obs[:, ROW_BUFFER, -1:])),
+            act(self.remaining(obs[:, ROW_REMAINING, -1:])),
+            act(self.throughput(obs[:, ROW_THROUGHPUT : ROW_THROUGHPUT + 1, :])).flatten(1),
+            act(self.delay(obs[:, ROW_DELAY : ROW_DELAY + 1, :])).flatten(1),
+            act(self.sizes(obs[:, ROW_SIZES : ROW_SIZES + 1, : self.n_levels])).flatten(1),
+        ]
+        return act(self.hidden(torch.cat(parts, dim=1)))
+
+
+class ActorCritic(nn.Module):
+    """Softmax policy over ladder levels and a state-value estimate."""
+
+    def __init__(self, width: int, n_levels: int, config: NetworkConfig | None = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else NetworkConfig()
+        self.width, self.n_levels = width, n_levels
+        self.actor_trunk = Trunk(width, n_levels, self.config)
+        self.critic_trunk = None if self.config.shared_trunk else Trunk(width, n_levels, self.config)
+        self.actor_head = layer_init(nn.Linear(self.config.hidden, n_levels), gain=0.01)
+        self.critic_head = layer_init(nn.Linear(self.config.hidden, 1), gain=1.0)
+
+    def _critic_features(self, obs: torch.Tensor, actor_features: torch.Tensor | None = None) -> torch.Tensor:
+        if self.critic_trunk is None:
+            return actor_features if actor_features is not None else self.actor_trunk(obs)
+        return self.critic_trunk(obs)
+
+    def get_value(self, obs: torch.Tensor) -> torch.Tensor:
+        """State values ``[B]``."""
+        return self.critic_head(self._critic_features(obs)).squeeze(-1)
+
+    def logits(self, obs: torch.Tensor) -> torch.Tensor:
+        """Unnormalised action log-probabilities ``[B, n_levels]``."""
+        return self.actor_head(self.actor_trunk(obs))
+
+    def get_action_and_value(
+        self, obs: torch.Tensor, action: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample (or score) actions: returns ``(action, log_prob, entropy, value)``, each ``[B]``."""
+        features = self.actor_trunk(obs)
+        dist = Categorical(logits=self.actor_head(features))
+        if action is None:
+            action = dist.sample()
+        value = self.critic_head(self._critic_features(obs, features)).squeeze(-1)
+        return action, dist.log_prob(action), dist.entropy(), value
+
+    def act_greedy(self, obs: torch.Tensor) -> torch.Tensor:
+        """The most likely level per observation (deterministic evaluation)."""
+        return self.logits(obs).argmax(dim=-1)

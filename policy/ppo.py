@@ -1,0 +1,245 @@
+"""PPO for the actor-critic, on the native vector environment (many sessions per step).
+
+Reads top to bottom like a CleanRL script: config, seeding, vector env, preallocated rollout buffers,
+GAE under ``torch.no_grad()``, the clipped update, metrics named ``charts/*`` and ``losses/*``.
+Rollouts run on the numpy batch core; learning runs on ``device`` (CPU or CUDA). With the same seed
+on the CPU two runs are identical.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from policy.network import ActorCritic, NetworkConfig
+from simulator.envs import ABRVectorEnv
+from simulator.link import LinkConfig
+from simulator.observation import ObservationSpec
+from simulator.qoe import QoEConfig, QoEKind
+from simulator.video import Video
+from traces.trace import Trace
+
+
+class PPOConfig(BaseModel):
+    """Hyper-parameters of a training run (recorded in every checkpoint)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    total_steps: int = Field(2_000_000, ge=1, description="Environment steps (chunks, all sessions) to train for.")
+    num_envs: int = Field(128, ge=1, description="Sessions simulated in parallel.")
+    num_steps: int = Field(96, ge=1, description="Steps per session per rollout (rollout = num_envs x num_steps).")
+    learning_rate: float = Field(3e-4, gt=0, description="Adam step size (linearly annealed to 0 if anneal_lr).")
+    anneal_lr: bool = Field(True, description="Anneal the learning rate linearly over training.")
+    gamma: float = Field(0.99, ge=0, le=1, description="Discount per chunk.")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    num_minibatches: int = Field(4, ge=1, description="Minibatches per epoch.")
+    update_epochs: int = Field(4, ge=1, description="Passes over each rollout.")
+    clip_coef: float = Field(0.2, gt=0, description="PPO ratio clip.")
+    clip_vloss: bool = Field(True, description="Clip the value loss as PPO's reference implementation does.")
+    ent_coef_start: float = Field(0.05, ge=0, description="Entropy bonus at the start (decays linearly).")
+    ent_coef_end: float = Field(0.002, ge=0, description="Entropy bonus at the end of training.")
+    vf_coef: float = Field(0.5, ge=0, description="Weight of the value loss.")
+    max_grad_norm: float = Field(0.5, gt=0, description="Gradient-norm clip.")
+    norm_adv: bool = Field(True, description="Normalise advantages per minibatch.")
+    reward_scale: float = Field(0.1, gt=0, description="Rewards (QoE per chunk) are multiplied by this.")
+    qoe: QoEKind = Field("lin", description="QoE variant used as the reward.")
+    seed: int = Field(1, description="Seeds torch, the sessions' random streams and minibatch shuffling.")
+    torch_threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default).")
+    network: NetworkConfig = Field(default_factory=NetworkConfig, description="Actor-critic shape.")
+
+    @property
+    def batch_size(self) -> int:
+        """Transitions per rollout."""
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        """Rollout/update iterations for ``total_steps``."""
+        return max(1, self.total_steps // self.batch_size)
+
+
+@dataclass
+class TrainState:
+    """Everything a run needs to continue exactly where it stopped."""
+
+    model: ActorCritic
+    optimizer: torch.optim.Adam
+    update: int = 0
+    global_step: int = 0
+    metrics: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` fails clearly where there is no GPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here (use auto or cpu)")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+    return torch.device(device)
+
+
+def new_state(config: PPOConfig, video: Video, spec: ObservationSpec, device: torch.device) -> TrainState:
+    """A freshly initialised model and optimizer (seeded)."""
+    torch.manual_seed(config.seed)
+    model = ActorCritic(spec.width(video), video.n_levels, config.network).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-5)
+    return TrainState(model, optimizer)
+
+
+def entropy_coef(config: PPOConfig, progress: float) -> float:
+    """Linear decay from ``ent_coef_start`` to ``ent_coef_end`` as ``progress`` goes 0 -> 1."""
+    return config.ent_coef_start + (config.ent_coef_end - config.ent_coef_start) * min(max(progress, 0.0), 1.0)
+
+
+MetricsCallback = Callable[[TrainState, dict[str, float]], None]
+
+
+def train(
+    config: PPOConfig,
+    traces: Sequence[Trace],
+    video: Video,
+    *,
+    state: TrainState | None = None,
+    device: torch.device | None = None,
+    link: LinkConfig | None = None,
+    spec: ObservationSpec | None = None,
+    on_update: MetricsCallback | None = None,
+    stop_after_updates: int | None = None,
+) -> TrainState:
+    """Train (or continue training ``state``) with PPO; ``on_update`` sees metrics after every update."""
+    device = device or torch.device("cpu")
+    spec = spec or ObservationSpec()
+    link = link or LinkConfig.training()
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    state = state or new_state(config, video, spec, device)
+    model, optimizer = state.model, state.optimizer
+
+    # The environment's random streams are keyed by (seed, update) so a resumed run continues exactly.
+    envs = ABRVectorEnv(config.num_envs, traces, video, link=link, qoe=QoEConfig(kind=config.qoe), spec=spec)
+    next_obs_np, _ = envs.reset(seed=config.seed * 1_000_003 + state.update)
+    next_obs = torch.as_tensor(next_obs_np, device=device)
+    shuffle = np.random.default_rng(config.seed * 7_919 + state.update)
+    torch.manual_seed(config.seed * 104_729 + state.update)
+
+    obs_shape = envs.single_observation_space.shape
+    assert obs_shape is not None
+    n, t = config.num_envs, config.num_steps
+    obs_buf = torch.zeros((t, n, *obs_shape), device=device)
+    actions = torch.zeros((t, n), dtype=torch.long, device=device)
+    logprobs = torch.zeros((t, n), device=device)
+    rewards = torch.zeros((t, n), device=device)
+    dones = torch.zeros((t, n), device=device)
+    values = torch.zeros((t, n), device=device)
+    next_done = torch.zeros(n, device=device)
+    ladder_kbps = np.asarray(video.bitrates_kbps, dtype=np.float64)
+
+    last_update = (
+        config.num_updates if stop_after_updates is None else min(config.num_updates, state.update + stop_after_updates)
+    )
+    while state.update < last_update:
+        started = time.perf_counter()
+        progress = state.update / config.num_updates
+        if config.anneal_lr:
+            optimizer.param_groups[0]["lr"] = config.learning_rate * (1.0 - progress)
+        qoe_sum, qoe_count, bitrate_sum = 0.0, 0, 0.0
+        for step in range(t):
+            obs_buf[step] = next_obs
+            dones[step] = next_done
+            with torch.no_grad():
+                action, logprob, _, value = model.get_action_and_value(next_obs)
+            values[step] = value
+            actions[step] = action
+            logprobs[step] = logprob
+            next_obs_np, reward, terminated, truncated, _ = envs.step(action.cpu().numpy())
+            rewards[step] = torch.as_tensor(reward * config.reward_scale, dtype=torch.float32, device=device)
+            next_obs = torch.as_tensor(next_obs_np, device=device)
+            next_done = torch.as_tensor(np.logical_or(terminated, truncated), dtype=torch.float32, device=device)
+            qoe_sum += float(reward.sum())
+            qoe_count += reward.size
+            bitrate_sum += float(ladder_kbps[action.cpu().numpy()].sum())
+        state.global_step += n * t
+
+        with torch.no_grad():
+            next_value = model.get_value(next_obs)
+            advantages = torch.zeros_like(rewards)
+            last_gae = torch.zeros(n, device=device)
+            for step in reversed(range(t)):
+                if step == t - 1:
+                    not_done, following = 1.0 - next_done, next_value
+                else:
+                    not_done, following = 1.0 - dones[step + 1], values[step + 1]
+                delta = rewards[step] + config.gamma * following * not_done - values[step]
+                last_gae = delta + config.gamma * config.gae_lambda * not_done * last_gae
+                advantages[step] = last_gae
+            returns = advantages + values
+
+        b_obs = obs_buf.reshape((-1, *obs_shape))
+        b_actions, b_logprobs = actions.reshape(-1), logprobs.reshape(-1)
+        b_adv, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
+        ent_coef = entropy_coef(config, progress)
+        minibatch = config.batch_size // config.num_minibatches
+        clip_fracs: list[float] = []
+        for _ in range(config.update_epochs):
+            order = shuffle.permutation(config.batch_size)
+            for start in range(0, config.batch_size, minibatch):
+                mb = torch.as_tensor(order[start : start + minibatch], device=device)
+                _, new_logprob, entropy, new_value = model.get_action_and_value(b_obs[mb], b_actions[mb])
+                log_ratio = new_logprob - b_logprobs[mb]
+                ratio = log_ratio.exp()
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - log_ratio).mean()
+                    clip_fracs.append(float(((ratio - 1.0).abs() > config.clip_coef).float().mean()))
+                mb_adv = b_adv[mb]
+                if config.norm_adv and mb_adv.numel() > 1:
+                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                pg_loss = torch.max(
+                    -mb_adv * ratio, -mb_adv * torch.clamp(ratio, 1 - config.clip_coef, 1 + config.clip_coef)
+                ).mean()
+                if config.clip_vloss:
+                    v_unclipped = (new_value - b_returns[mb]) ** 2
+                    v_clipped = b_values[mb] + torch.clamp(
+                        new_value - b_values[mb], -config.clip_coef, config.clip_coef
+                    )
+                    v_loss = 0.5 * torch.max(v_unclipped, (v_clipped - b_returns[mb]) ** 2).mean()
+                else:
+                    v_loss = 0.5 * ((new_value - b_returns[mb]) ** 2).mean()
+                entropy_loss = entropy.mean()
+                loss = pg_loss - ent_coef * entropy_loss + config.vf_coef * v_loss
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+
+        with torch.no_grad():
+            var_y = b_returns.var()
+            explained_var = float("nan") if var_y == 0 else float(1 - (b_returns - b_values).var() / var_y)
+        state.update += 1
+        wall_s = time.perf_counter() - started
+        metrics: dict[str, float] = {
+            "update": float(state.update),
+            "global_step": float(state.global_step),
+            "charts/qoe": qoe_sum / max(qoe_count, 1),
+            "charts/bitrate_kbps": bitrate_sum / max(qoe_count, 1),
+            "charts/learning_rate": float(optimizer.param_groups[0]["lr"]),
+            "charts/entropy_coef": ent_coef,
+            "charts/steps_per_s": n * t / wall_s,
+            "losses/policy": float(pg_loss.detach()),
+            "losses/value": float(v_loss.detach()),
+            "losses/entropy": float(entropy_loss.detach()),
+            "losses/approx_kl": float(approx_kl),
+            "losses/clip_fraction": float(np.mean(clip_fracs)),
+            "losses/explained_variance": explained_var,
+        }
+        state.metrics.append(metrics)
+        if on_update is not None:
+            on_update(state, metrics)
+    return state
