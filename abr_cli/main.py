@@ -6,6 +6,7 @@ import typer
 
 from abr_cli import bench_cmd, traces_cmd
 from abr_cli.simulate_cmd import simulate
+from abr_cli.train_cmd import train_command
 
 app = typer.Typer(
     name="abr",
@@ -15,6 +16,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("simulate")(simulate)
+app.command("train")(train_command)
 app.add_typer(traces_cmd.app, name="traces")
 app.add_typer(bench_cmd.app, name="bench")
 

@@ -11,7 +11,8 @@ from pydantic import Field
 
 from policy.base import IntArray, Policy, PolicyConfig, PolicySpecError, register
 from policy.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from simulator.observation import Observation
+from policy.network import ActorCritic
+from simulator.observation import Observation, ObservationSpec
 from simulator.video import Video
 
 #: The model shipped in the package (produced by `abr train`, see BENCHMARKS.md).
@@ -25,6 +26,37 @@ class LearnedConfig(PolicyConfig):
     sample: bool = Field(False, description="Sample from the policy instead of taking the most likely level.")
     seed: int = Field(0, description="Seed of the sampling generator.")
     device: str = Field("cpu", description="Inference device.")
+
+
+class ModelPolicy(Policy):
+    """An in-memory actor-critic as a policy (used for evaluation during training)."""
+
+    name = "model"
+
+    def __init__(self, model: ActorCritic, spec: ObservationSpec, *, sample: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        self.model, self.spec, self.sample = model, spec, sample
+        self._device = next(model.parameters()).device
+        self._generator = torch.Generator(device=self._device).manual_seed(seed)
+
+    @torch.no_grad()
+    def select(self, obs: Observation) -> IntArray:
+        return act(self.model, obs.to_state(self._video(), self.spec), self.sample, self._generator)
+
+
+def act(model: ActorCritic, state: np.ndarray, sample: bool, generator: torch.Generator) -> IntArray:
+    """Levels for a batch of Pensieve states: the most likely, or sampled from the policy."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model.logits(torch.as_tensor(state, device=device))
+        if sample:
+            levels = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+        else:
+            levels = logits.argmax(dim=-1)
+    model.train(was_training)
+    return np.asarray(levels.cpu().numpy(), dtype=np.int64)
 
 
 @register("checkpoint")
@@ -55,16 +87,9 @@ class LearnedPolicy(Policy):
             raise PolicySpecError("checkpoint:PATH needs a checkpoint folder")
         return Path(self.config.path)
 
-    @torch.no_grad()
     def select(self, obs: Observation) -> IntArray:
-        video = self._video()
-        state = torch.as_tensor(obs.to_state(video, self.checkpoint.spec), device=self.config.device)
-        logits = self.checkpoint.model.logits(state)
-        if self.config.sample:
-            levels = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=self._generator).squeeze(-1)
-        else:
-            levels = logits.argmax(dim=-1)
-        return np.asarray(levels.cpu().numpy(), dtype=np.int64)
+        state = obs.to_state(self._video(), self.checkpoint.spec)
+        return act(self.checkpoint.model, state, self.config.sample, self._generator)
 
 
 @register("default")

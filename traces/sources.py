@@ -42,3 +42,11 @@ def label(source: str) -> str:
 def default_traces() -> list[Trace]:
     """The embedded default trace set (`DEFAULT_TRACE_SPEC`)."""
     return resolve(DEFAULT_TRACE_SPEC)
+
+
+def split_sources(value: str) -> list[str]:
+    """``PATH[,PATH...]`` into sources; a generator spec (which has commas of its own) stays whole."""
+    value = value.strip()
+    if is_generator_spec(value) or Path(value).exists():
+        return [value]
+    return [part.strip() for part in value.split(",") if part.strip()]

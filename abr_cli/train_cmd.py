@@ -1,0 +1,162 @@
+"""`abr train`: PPO training of the actor-critic, with metrics, periodic evaluation and checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from abr_cli.common import console, err_console, load_video, output_path, user_errors
+from policy.checkpoint import META_FILE, load_checkpoint, load_optimizer_state, save_checkpoint
+from policy.evaluate import run_policy
+from policy.learned import ModelPolicy
+from policy.network import NetworkConfig
+from policy.ppo import PPOConfig, TrainState, new_state, resolve_device, train
+from simulator.observation import ObservationSpec
+from traces.io import write_atomic
+from traces.sources import DEFAULT_TRACE_SPEC, label, resolve, split_sources
+from traces.trace import Trace
+
+#: Network presets: Pensieve's size, and a smaller one that trains several times faster on a CPU.
+NETWORKS = {"pensieve": NetworkConfig(), "small": NetworkConfig(hidden=64, filters=32)}
+
+
+def _split(values: list[str] | None, default: str) -> list[str]:
+    out = [source for value in (values or [default]) for source in split_sources(value)]
+    if not out:
+        raise ValueError("no trace source given")
+    return out
+
+
+def train_command(
+    traces: Annotated[
+        list[str] | None,
+        typer.Option("--traces", "-t", help="Training traces: paths or generator specs, comma-separated or repeated."),
+    ] = None,
+    steps: Annotated[
+        int, typer.Option(min=1, help="Environment steps (chunks over all sessions) to train for.")
+    ] = 2_000_000,
+    out: Annotated[Path, typer.Option(help="Run folder: metrics.csv, last/ and best/ checkpoints.")] = Path(
+        "runs/train"
+    ),
+    video: Annotated[str, typer.Option(help="'builtin' or a folder of video_size_N files.")] = "builtin",
+    eval_traces: Annotated[
+        list[str] | None, typer.Option("--eval-traces", help="Test traces for periodic evaluation (repeatable).")
+    ] = None,
+    eval_every: Annotated[int, typer.Option(min=1, help="Evaluate and checkpoint every this many updates.")] = 20,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda: where learning runs.")] = "auto",
+    network: Annotated[str, typer.Option(help="Network preset: pensieve or small.")] = "small",
+    num_envs: Annotated[int, typer.Option(min=1, help="Sessions simulated in parallel.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed (runs on the CPU are reproducible).")] = 1,
+    config: Annotated[Path | None, typer.Option(help="JSON file with PPOConfig fields (overrides the above).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its last checkpoint.")] = False,
+) -> None:
+    """Train the actor-critic with PPO in the simulator (delay noise and random start points on)."""
+    with user_errors():
+        if network not in NETWORKS:
+            raise ValueError(f"--network must be one of {', '.join(NETWORKS)}, got {network!r}")
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out}: is a file, expected a run folder")
+        fields: dict[str, Any] = {
+            "total_steps": steps,
+            "num_envs": num_envs,
+            "seed": seed,
+            "network": NETWORKS[network],
+        }
+        if config is not None:
+            try:
+                fields.update(json.loads(config.read_text()))
+            except (OSError, json.JSONDecodeError) as err:
+                raise ValueError(f"--config {config}: {err}") from None
+        ppo = PPOConfig(**fields)
+        the_video = load_video(video)
+        sources = _split(traces, DEFAULT_TRACE_SPEC)
+        train_set: list[Trace] = [t for s in sources for t in resolve(s)]
+        eval_sets = [(label(s), resolve(s)) for s in (eval_traces or [])]
+        dev = resolve_device(device)
+        spec = ObservationSpec()
+        state = new_state(ppo, the_video, spec, dev)
+        last_dir, best_dir = out / "last", out / "best"
+        best_score = -np.inf
+        if resume:
+            if not (last_dir / META_FILE).is_file():
+                raise ValueError(f"--resume: {last_dir} has no checkpoint to resume from")
+            ckpt = load_checkpoint(last_dir, the_video, dev)
+            state.model.load_state_dict(ckpt.model.state_dict())
+            state.model.train()
+            load_optimizer_state(last_dir, state.model, state.optimizer)
+            state.update = int(ckpt.meta["progress"]["update"])
+            state.global_step = int(ckpt.meta["progress"]["global_step"])
+            best_score = float(ckpt.meta["progress"].get("best_score", -np.inf))
+            if ckpt.meta["train_config"] != json.loads(ppo.model_dump_json()):
+                raise ValueError(f"--resume: the options differ from the run in {out} (see {last_dir / META_FILE})")
+        elif (last_dir / META_FILE).exists():
+            raise ValueError(f"--out {out} already holds a run; use --resume to continue it or another folder")
+        output_path(out / "metrics.csv", "--out")
+
+        rows: list[dict[str, float]] = []
+        metrics_path = out / "metrics.csv"
+        if resume and metrics_path.is_file():
+            with metrics_path.open() as f:
+                rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        started = time.perf_counter()
+        console.print(
+            f"training on {len(train_set)} traces ({', '.join(label(s) for s in sources)}), "
+            f"{ppo.num_updates} updates of {ppo.batch_size} steps, device {dev}"
+        )
+
+        def evaluate(st: TrainState) -> dict[str, float]:
+            scores = {}
+            for name, trace_set in eval_sets:
+                logs = run_policy(ModelPolicy(st.model, spec), trace_set, the_video)
+                scores[f"eval/{name}"] = float(logs.scores().mean())
+            return scores
+
+        def checkpoint(st: TrainState, folder: Path, scores: dict[str, float], best: float) -> None:
+            save_checkpoint(
+                folder, st.model, the_video, spec, qoe_kind=ppo.qoe, train_config=json.loads(ppo.model_dump_json()),
+                progress={"update": st.update, "global_step": st.global_step, "best_score": best,
+                          "wall_s": time.perf_counter() - started},
+                scores=scores, optimizer=st.optimizer,
+            )  # fmt: skip
+
+        def on_update(st: TrainState, metrics: dict[str, float]) -> None:
+            nonlocal best_score
+            if st.update % eval_every == 0 or st.update == ppo.num_updates:
+                scores = evaluate(st)
+                metrics.update(scores)
+                if scores:
+                    mean = float(np.mean(list(scores.values())))
+                    if mean > best_score:
+                        best_score = mean
+                        checkpoint(st, best_dir, scores, best_score)
+                checkpoint(st, last_dir, scores, best_score)
+                shown = " ".join(f"{k.split('/', 1)[1]}={v:.3f}" for k, v in scores.items())
+                err_console.print(
+                    f"update {st.update}/{ppo.num_updates} step {st.global_step:,} "
+                    f"qoe/chunk {metrics['charts/qoe']:.3f} {metrics['charts/steps_per_s']:,.0f} steps/s {shown}"
+                )
+            rows.append(metrics)
+            _write_csv(metrics_path, rows)
+
+        train(ppo, train_set, the_video, state=state, device=dev, spec=spec, on_update=on_update)
+        if not eval_sets:
+            checkpoint(state, best_dir, {}, best_score)
+        console.print(f"done in {time.perf_counter() - started:.0f} s: {out / 'best'} (best), {last_dir} (last)")
+
+
+def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
+    keys: list[str] = []
+    for row in rows:
+        keys.extend(k for k in row if k not in keys)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue().encode())
