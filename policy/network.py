@@ -48,6 +48,22 @@ def layer_init(layer: nn.Module, gain: float = math.sqrt(2.0), bias: float = 0.0
     return layer
 
 
+class HistoryConv(nn.Module):
+    """A 1-D convolution over one observation row (one input channel): ``[B, W]`` -> ``[B, (W-k+1) * f]``.
+
+    Computed as a linear layer on the sliding windows, which is the same function as ``nn.Conv1d``
+    with one input channel and 2-3x faster on a CPU at these sizes.
+    """
+
+    def __init__(self, kernel: int, filters: int) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.linear = layer_init(nn.Linear(kernel, filters))
+
+    def forward(self, row: torch.Tensor) -> torch.Tensor:
+        return self.linear(row.unfold(1, self.kernel, 1)).flatten(1)
+
+
 class Trunk(nn.Module):
     """Branches plus the merged hidden layer: observation ``[B, 6, W]`` -> features ``[B, hidden]``."""
 
@@ -60,9 +76,9 @@ class Trunk(nn.Module):
         self.bitrate = layer_init(nn.Linear(1, h))
         self.buffer = layer_init(nn.Linear(1, h))
         self.remaining = layer_init(nn.Linear(1, h))
-        self.throughput = layer_init(nn.Conv1d(1, f, k))
-        self.delay = layer_init(nn.Conv1d(1, f, k))
-        self.sizes = layer_init(nn.Conv1d(1, f, k))
+        self.throughput = HistoryConv(k, f)
+        self.delay = HistoryConv(k, f)
+        self.sizes = HistoryConv(k, f)
         merged = 3 * h + 2 * f * (width - k + 1) + f * (n_levels - k + 1)
         self.hidden = layer_init(nn.Linear(merged, h))
         self.act = nn.ReLU()
@@ -73,9 +89,9 @@ class Trunk(nn.Module):
             act(self.bitrate(obs[:, ROW_BITRATE, -1:])),
             act(self.buffer(obs[:, ROW_BUFFER, -1:])),
             act(self.remaining(obs[:, ROW_REMAINING, -1:])),
-            act(self.throughput(obs[:, ROW_THROUGHPUT : ROW_THROUGHPUT + 1, :])).flatten(1),
-            act(self.delay(obs[:, ROW_DELAY : ROW_DELAY + 1, :])).flatten(1),
-            act(self.sizes(obs[:, ROW_SIZES : ROW_SIZES + 1, : self.n_levels])).flatten(1),
+            act(self.throughput(obs[:, ROW_THROUGHPUT, :])),
+            act(self.delay(obs[:, ROW_DELAY, :])),
+            act(self.sizes(obs[:, ROW_SIZES, : self.n_levels])),
         ]
         return act(self.hidden(torch.cat(parts, dim=1)))
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from simulator.video import Video
+
+# Tests run in parallel processes (pytest -n 2): one torch thread each avoids oversubscribing the cores,
+# which makes small-tensor work many times slower.
+torch.set_num_threads(1)
 
 #: ../shared/traces relative to the project root (present in CI, maybe absent elsewhere).
 SHARED_TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
