@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from abr_cli.common import console, err_console, load_video, output_path, user_errors
+from abr_cli.common import console, err_console, load_video, output_path, progress, user_errors
 from policy.checkpoint import META_FILE, load_checkpoint, load_optimizer_state, save_checkpoint
 from policy.evaluate import run_policy
 from policy.learned import ModelPolicy
@@ -88,14 +88,14 @@ def train_command(
             if not (last_dir / META_FILE).is_file():
                 raise ValueError(f"--resume: {last_dir} has no checkpoint to resume from")
             ckpt = load_checkpoint(last_dir, the_video, dev)
+            if ckpt.meta["train_config"] != json.loads(ppo.model_dump_json()):
+                raise ValueError(f"--resume: the options differ from the run in {out} (see {last_dir / META_FILE})")
             state.model.load_state_dict(ckpt.model.state_dict())
             state.model.train()
             load_optimizer_state(last_dir, state.model, state.optimizer)
             state.update = int(ckpt.meta["progress"]["update"])
             state.global_step = int(ckpt.meta["progress"]["global_step"])
             best_score = float(ckpt.meta["progress"].get("best_score", -np.inf))
-            if ckpt.meta["train_config"] != json.loads(ppo.model_dump_json()):
-                raise ValueError(f"--resume: the options differ from the run in {out} (see {last_dir / META_FILE})")
         elif (last_dir / META_FILE).exists():
             raise ValueError(f"--out {out} already holds a run; use --resume to continue it or another folder")
         output_path(out / "metrics.csv", "--out")
@@ -104,7 +104,7 @@ def train_command(
         metrics_path = out / "metrics.csv"
         if resume and metrics_path.is_file():
             with metrics_path.open() as f:
-                rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+                rows = [{k: float(v) for k, v in r.items() if v} for r in csv.DictReader(f)]
         started = time.perf_counter()
         console.print(
             f"training on {len(train_set)} traces ({', '.join(label(s) for s in sources)}), "
@@ -145,7 +145,14 @@ def train_command(
             rows.append(metrics)
             _write_csv(metrics_path, rows)
 
-        train(ppo, train_set, the_video, state=state, device=dev, spec=spec, on_update=on_update)
+        with progress() as bar:
+            task = bar.add_task("training", total=ppo.num_updates, completed=state.update)
+
+            def on_update_with_bar(st: TrainState, metrics: dict[str, float]) -> None:
+                on_update(st, metrics)
+                bar.update(task, completed=st.update)
+
+            train(ppo, train_set, the_video, state=state, device=dev, spec=spec, on_update=on_update_with_bar)
         if not eval_sets:
             checkpoint(state, best_dir, {}, best_score)
         console.print(f"done in {time.perf_counter() - started:.0f} s: {out / 'best'} (best), {last_dir} (last)")

@@ -1,0 +1,66 @@
+"""`abr train` end to end at tiny scale: outputs, evaluation, resume, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from abr_cli.main import app
+
+runner = CliRunner()
+TINY = {"network": {"hidden": 8, "filters": 4}, "num_steps": 8, "num_minibatches": 2, "update_epochs": 1}
+
+
+def _run(tmp_path: Path, *extra: str) -> object:
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    args = ["train", "-t", "markov:n=4,seed=1", "--steps", "256", "--num-envs", "8", "--out", str(tmp_path / "run")]
+    args += ["--config", str(config), "--eval-traces", "markov:n=3,seed=2", "--eval-every", "2", "--device", "cpu"]
+    return runner.invoke(app, args + list(extra))
+
+
+def test_train_writes_metrics_and_checkpoints(tmp_path: Path) -> None:
+    result = _run(tmp_path)
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    run = tmp_path / "run"
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert len(rows) == 4  # 256 steps / (8 envs x 8 steps)
+    assert {"charts/qoe", "losses/policy", "losses/value", "losses/entropy"} <= set(rows[0])
+    assert rows[1]["eval/markov:n=3,seed=2"] != ""
+    for sub in ("best", "last"):
+        meta = json.loads((run / sub / "meta.json").read_text())
+        assert meta["train_config"]["num_envs"] == 8
+        assert meta["network"] == {"hidden": 8, "filters": 4, "kernel": 4, "shared_trunk": False}
+    assert json.loads((run / "last" / "meta.json").read_text())["progress"]["global_step"] == 256
+    # The checkpoint serves as a policy.
+    result = runner.invoke(app, ["simulate", "-t", "markov:n=2,seed=5", "-p", f"checkpoint:{run / 'best'}"])
+    assert result.exit_code == 0, result.output
+
+
+def test_train_refuses_to_overwrite_and_resumes(tmp_path: Path) -> None:
+    assert _run(tmp_path).exit_code == 0  # type: ignore[attr-defined]
+    again = _run(tmp_path)
+    assert again.exit_code == 2  # type: ignore[attr-defined]
+    assert "--resume" in again.stderr  # type: ignore[attr-defined]
+    resumed = _run(tmp_path, "--resume")
+    assert resumed.exit_code == 0, resumed.output  # type: ignore[attr-defined]
+    other = runner.invoke(
+        app, ["train", "-t", "markov:n=4,seed=1", "--steps", "512", "--out", str(tmp_path / "run"), "--resume"]
+    )
+    assert other.exit_code == 2
+    assert "differ" in other.stderr
+
+
+def test_train_bad_input(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--network", "huge", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "--network" in result.stderr
+    result = runner.invoke(app, ["train", "-t", "nope", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "nope" in result.stderr
+    result = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path / "none")])
+    assert result.exit_code == 2
+    assert "nothing" in result.stderr or "no checkpoint" in result.stderr
