@@ -95,7 +95,7 @@ def train_command(
             load_optimizer_state(last_dir, state.model, state.optimizer)
             state.update = int(ckpt.meta["progress"]["update"])
             state.global_step = int(ckpt.meta["progress"]["global_step"])
-            best_score = float(ckpt.meta["progress"].get("best_score", -np.inf))
+            best_score = float(ckpt.meta["progress"].get("best_score") or -np.inf)
         elif (last_dir / META_FILE).exists():
             raise ValueError(f"--out {out} already holds a run; use --resume to continue it or another folder")
         output_path(out / "metrics.csv", "--out")
@@ -121,7 +121,8 @@ def train_command(
         def checkpoint(st: TrainState, folder: Path, scores: dict[str, float], best: float) -> None:
             save_checkpoint(
                 folder, st.model, the_video, spec, qoe_kind=ppo.qoe, train_config=json.loads(ppo.model_dump_json()),
-                progress={"update": st.update, "global_step": st.global_step, "best_score": best,
+                progress={"update": st.update, "global_step": st.global_step,
+                          "best_score": best if np.isfinite(best) else None,
                           "wall_s": time.perf_counter() - started},
                 scores=scores, optimizer=st.optimizer,
             )  # fmt: skip
