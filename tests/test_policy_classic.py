@@ -116,7 +116,7 @@ def test_fixed_level_beyond_the_ladder_fails_at_begin() -> None:
 def test_make_policy_errors_name_the_problem() -> None:
     with pytest.raises(
         PolicySpecError,
-        match=r"unknown policy 'nope' in 'nope:x=1'; available: bba, bola, fixed, mpc, optimal, rb, robustmpc",
+        match=r"unknown policy 'nope' in 'nope:x=1'; available: bba, bola, checkpoint, default, fixed, mpc, optimal, rb, robustmpc",
     ):
         make_policy("nope:x=1")
     with pytest.raises(PolicySpecError, match=r"policy 'bba:reservoir=4': reservoir: Extra inputs are not permitted"):
