@@ -32,7 +32,7 @@ RECORD_FIELDS = {
 def test_simulate_defaults_prints_a_table() -> None:
     result = runner.invoke(app, ["simulate"])
     assert result.exit_code == 0, result.output
-    for text in ("QoE_lin", "fixed:0", "fixed:2", "bba", "markov:n=100,seed=0", "video builtin"):
+    for text in ("QoE_lin", "bba", "rb", "bola", "robustmpc", "markov:n=100,seed=0", "video builtin"):
         assert text in result.stdout
 
 
