@@ -54,12 +54,28 @@ INFO_KEYS = (
 StateArray = npt.NDArray[np.float32]
 
 
-def _defaults(traces: Sequence[Trace] | None, video: Video | None) -> tuple[list[Trace], Video]:
+def _configure(
+    env: ABREnv | ABRVectorEnv,
+    traces: Sequence[Trace] | None,
+    video: Video | None,
+    link: LinkConfig | None,
+    qoe: QoEConfig | None,
+    spec: ObservationSpec | None,
+    initial_quality: int,
+) -> None:
+    """The settings both envs share, with their defaults (generated traces, built-in video, training link)."""
     if traces is None:
         from traces.sources import default_traces
 
         traces = default_traces()
-    return list(traces), video if video is not None else Video.builtin()
+    env.traces = list(traces)
+    env.video = video if video is not None else Video.builtin()
+    env.link = link if link is not None else LinkConfig.training()
+    env.qoe = qoe if qoe is not None else QoEConfig()
+    env.obs_spec = spec if spec is not None else ObservationSpec()
+    if not 0 <= initial_quality < env.video.n_levels:
+        raise ValueError(f"initial_quality must be in [0, {env.video.n_levels}), got {initial_quality}")
+    env.initial_quality = initial_quality
 
 
 #: Upper bound of every observation entry. Finite so the space can be sampled; no real value comes close
@@ -84,6 +100,12 @@ class ABREnv(gym.Env[StateArray, np.int64]):
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
+    traces: list[Trace]
+    video: Video
+    link: LinkConfig
+    qoe: QoEConfig
+    obs_spec: ObservationSpec
+    initial_quality: int
 
     def __init__(
         self,
@@ -94,13 +116,7 @@ class ABREnv(gym.Env[StateArray, np.int64]):
         spec: ObservationSpec | None = None,
         initial_quality: int = 1,
     ) -> None:
-        self.traces, self.video = _defaults(traces, video)
-        self.link = link if link is not None else LinkConfig.training()
-        self.qoe = qoe if qoe is not None else QoEConfig()
-        self.obs_spec = spec if spec is not None else ObservationSpec()
-        if not 0 <= initial_quality < self.video.n_levels:
-            raise ValueError(f"initial_quality must be in [0, {self.video.n_levels}), got {initial_quality}")
-        self.initial_quality = initial_quality
+        _configure(self, traces, video, link, qoe, spec, initial_quality)
         self.observation_space: spaces.Box = _observation_space(self.video, self.obs_spec)  # type: ignore[assignment]
         self.action_space = spaces.Discrete(self.video.n_levels)
         self._utilities = self.qoe.utilities(self.video)
@@ -199,6 +215,12 @@ class ABRVectorEnv(VectorEnv[StateArray, npt.NDArray[np.int64], npt.NDArray[np.f
     """
 
     metadata: dict[str, Any] = {"render_modes": [], "autoreset_mode": AutoresetMode.SAME_STEP}
+    traces: list[Trace]
+    video: Video
+    link: LinkConfig
+    qoe: QoEConfig
+    obs_spec: ObservationSpec
+    initial_quality: int
 
     def __init__(
         self,
@@ -211,13 +233,7 @@ class ABRVectorEnv(VectorEnv[StateArray, npt.NDArray[np.int64], npt.NDArray[np.f
         initial_quality: int = 1,
         device: Any = None,
     ) -> None:
-        self.traces, self.video = _defaults(traces, video)
-        self.link = link if link is not None else LinkConfig.training()
-        self.qoe = qoe if qoe is not None else QoEConfig()
-        self.obs_spec = spec if spec is not None else ObservationSpec()
-        if not 0 <= initial_quality < self.video.n_levels:
-            raise ValueError(f"initial_quality must be in [0, {self.video.n_levels}), got {initial_quality}")
-        self.initial_quality = initial_quality
+        _configure(self, traces, video, link, qoe, spec, initial_quality)
         self.num_envs = num_envs
         self.single_observation_space = _observation_space(self.video, self.obs_spec)
         self.single_action_space = spaces.Discrete(self.video.n_levels)
