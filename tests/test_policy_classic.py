@@ -114,11 +114,9 @@ def test_fixed_level_beyond_the_ladder_fails_at_begin() -> None:
 
 
 def test_make_policy_errors_name_the_problem() -> None:
-    with pytest.raises(
-        PolicySpecError,
-        match=r"unknown policy 'nope' in 'nope:x=1'; available: bba, bola, checkpoint, default, fixed, mpc, optimal, rb, robustmpc",
-    ):
+    with pytest.raises(PolicySpecError, match=r"unknown policy 'nope' in 'nope:x=1'; available: bba, bola, ") as err:
         make_policy("nope:x=1")
+    assert "robustmpc" in str(err.value)
     with pytest.raises(PolicySpecError, match=r"policy 'bba:reservoir=4': reservoir: Extra inputs are not permitted"):
         make_policy("bba:reservoir=4")
     with pytest.raises(PolicySpecError, match="reservoir_s"):
