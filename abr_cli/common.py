@@ -43,17 +43,29 @@ def user_errors() -> Iterator[None]:
 
 
 def output_path(path: Path | None, option: str) -> Path | None:
-    """Check an output path before any work is done, so a bad path fails fast and loses nothing."""
+    """Check an output file path before any work is done, so a bad path fails fast and loses nothing."""
     if path is None:
         return None
     if path.is_dir():
         raise ValueError(f"{option} {path}: is a folder, expected a file path")
+    _check_parents(path, option)
+    return path
+
+
+def output_dir(path: Path, option: str) -> Path:
+    """Check an output folder (it may exist; files in it are replaced) before any work is done."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path}: is a file, expected a folder")
+    _check_parents(path, option)
+    return path
+
+
+def _check_parents(path: Path, option: str) -> None:
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
             break
-    return path
 
 
 def load_video(source: str) -> Video:

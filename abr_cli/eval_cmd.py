@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from abr_cli.common import console, load_video, progress, user_errors
+from abr_cli.common import console, load_video, output_dir, progress, user_errors
 from abr_cli.simulate_cmd import summary_table
 from policy import available_policies, make_policy
 from policy.base import Policy
@@ -70,7 +70,7 @@ def evaluate(
         kind: QoEKind = qoe_table
         if batch_sessions < 1:
             raise ValueError(f"--batch-sessions must be >= 1, got {batch_sessions}")
-        _check_out_dir(out)
+        output_dir(out, "--out")
         sources = traces or [DEFAULT_TRACE_SPEC]
         trace_sets = [(label(s), resolve(s)) for s in sources]
         _check_unique([name for name, _ in trace_sets], "trace set")
@@ -135,17 +135,6 @@ def evaluate(
         write_report_files(out, files)
         console.print(summary_table([r.to_summary(kind) for r in evaluation.results], qoe_table, the_video.name))
         console.print(f"report: {out / 'report.md'} ({len(files) - 2} plots, results in {out / 'results.json'})")
-
-
-def _check_out_dir(out: Path) -> None:
-    """The output folder may exist (files are replaced) but must not be a file, nor lie under one."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: is a file, expected a folder")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"--out {out}: {parent} is a file, not a folder")
-            break
 
 
 def _check_unique(labels: list[str], what: str) -> None:

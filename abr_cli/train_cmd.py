@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from abr_cli.common import console, err_console, load_video, output_path, progress, user_errors
+from abr_cli.common import console, err_console, load_video, output_dir, progress, user_errors
 from policy.checkpoint import META_FILE, load_checkpoint, load_optimizer_state, save_checkpoint
 from policy.evaluate import run_policy
 from policy.learned import ModelPolicy
@@ -61,8 +61,7 @@ def train_command(
     with user_errors():
         if network not in NETWORKS:
             raise ValueError(f"--network must be one of {', '.join(NETWORKS)}, got {network!r}")
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {out}: is a file, expected a run folder")
+        output_dir(out, "--out")
         fields: dict[str, Any] = {
             "total_steps": steps,
             "num_envs": num_envs,
@@ -98,7 +97,6 @@ def train_command(
             best_score = float(ckpt.meta["progress"].get("best_score") or -np.inf)
         elif (last_dir / META_FILE).exists():
             raise ValueError(f"--out {out} already holds a run; use --resume to continue it or another folder")
-        output_path(out / "metrics.csv", "--out")
 
         rows: list[dict[str, float]] = []
         metrics_path = out / "metrics.csv"

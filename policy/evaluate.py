@@ -29,6 +29,11 @@ IntArray = npt.NDArray[np.int64]
 
 #: Default first-chunk level (the reference's DEFAULT_QUALITY).
 DEFAULT_INITIAL_QUALITY = 1
+#: Fields of one per-chunk record (`SessionLogs.records`, the `abr simulate --log` lines), in order.
+RECORD_FIELDS = (
+    "trace", "chunk", "quality", "bitrate_kbps", "chunk_bytes",
+    "delay_ms", "sleep_ms", "buffer_s", "rebuf_s", "qoe_lin",
+)  # fmt: skip
 #: Sessions simulated together by default.
 DEFAULT_BATCH_SESSIONS = 1024
 
@@ -76,20 +81,12 @@ class SessionLogs:
         out: list[dict[str, object]] = []
         for s, name in enumerate(self.trace_names):
             for c in range(self.video.n_chunks):
-                out.append(
-                    {
-                        "trace": name,
-                        "chunk": c,
-                        "quality": int(self.quality[s, c]),
-                        "bitrate_kbps": int(kbps[s, c]),
-                        "chunk_bytes": int(self.chunk_bytes[s, c]),
-                        "delay_ms": float(self.delay_ms[s, c]),
-                        "sleep_ms": float(self.sleep_ms[s, c]),
-                        "buffer_s": float(self.buffer_s[s, c]),
-                        "rebuf_s": float(self.rebuf_s[s, c]),
-                        "qoe_lin": float(qoe_lin[s, c]),
-                    }
-                )
+                values = (
+                    name, c, int(self.quality[s, c]), int(kbps[s, c]), int(self.chunk_bytes[s, c]),
+                    float(self.delay_ms[s, c]), float(self.sleep_ms[s, c]), float(self.buffer_s[s, c]),
+                    float(self.rebuf_s[s, c]), float(qoe_lin[s, c]),
+                )  # fmt: skip
+                out.append(dict(zip(RECORD_FIELDS, values, strict=True)))
         return out
 
 

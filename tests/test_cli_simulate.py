@@ -12,21 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from abr_cli.main import app
+from policy.evaluate import RECORD_FIELDS as EVAL_RECORD_FIELDS
 
 runner = CliRunner()
 
-RECORD_FIELDS = {
-    "trace",
-    "chunk",
-    "quality",
-    "bitrate_kbps",
-    "chunk_bytes",
-    "delay_ms",
-    "sleep_ms",
-    "buffer_s",
-    "rebuf_s",
-    "qoe_lin",
-}
+RECORD_FIELDS = set(EVAL_RECORD_FIELDS)
 
 
 def test_simulate_defaults_prints_a_table() -> None:

@@ -8,7 +8,7 @@ import pytest
 from policy import PolicySpecError, available_policies, make_policy
 from policy.base import IntArray, Policy
 from policy.classic import BBAConfig, BBAPolicy, FixedPolicy
-from policy.evaluate import SessionLogs, run_policy, summarize
+from policy.evaluate import RECORD_FIELDS, SessionLogs, run_policy, summarize
 from simulator.link import LinkConfig
 from simulator.observation import Observation, ObservationBuilder
 from simulator.video import Video
@@ -236,18 +236,11 @@ def test_records_field_names_and_values() -> None:
     logs = run_policy(make_policy("fixed:0"), constant_8mbps("flat"), video)
     records = logs.records()
     assert len(records) == 48
-    assert list(records[0]) == [
-        "trace",
-        "chunk",
-        "quality",
-        "bitrate_kbps",
-        "chunk_bytes",
-        "delay_ms",
-        "sleep_ms",
-        "buffer_s",
-        "rebuf_s",
-        "qoe_lin",
-    ]
+    assert tuple(records[0]) == RECORD_FIELDS
+    assert RECORD_FIELDS == (
+        "trace", "chunk", "quality", "bitrate_kbps", "chunk_bytes",
+        "delay_ms", "sleep_ms", "buffer_s", "rebuf_s", "qoe_lin",
+    )  # fmt: skip
     assert records[1]["trace"] == "flat"
     assert records[1]["chunk"] == 1
     assert records[1]["quality"] == 0
