@@ -212,3 +212,23 @@ def test_describe_real_fcc_test_set() -> None:
     data = json.loads(result.stdout)
     assert data["count"] == 290
     assert 0.5 < data["mean_throughput_mbps"] < 5.0
+
+
+def test_fold_suffix_splits_a_source_without_copies(tmp_path: Path) -> None:
+    from traces.sources import label, resolve, split_sources
+    from traces.trace import TraceError
+
+    every = resolve("markov:n=7,seed=2")
+    val = resolve("markov:n=7,seed=2@fold=1/3")
+    rest = resolve("markov:n=7,seed=2@except=1/3")
+    assert [t.name for t in val] == [every[i].name for i in (1, 4)]
+    assert sorted(t.name for t in val + rest) == sorted(t.name for t in every)
+    assert label("markov:n=7,seed=2@fold=1/3") == "markov:n=7,seed=2@fold=1/3"
+    assert split_sources("markov:n=7,seed=2@except=1/3") == ["markov:n=7,seed=2@except=1/3"]
+    save_many(_hand_traces(), tmp_path / "set")
+    assert len(resolve(f"{tmp_path / 'set'}@fold=0/2")) == len(resolve(str(tmp_path / "set"))[::2])
+    assert label(f"{tmp_path / 'set'}@except=0/2") == "set@except=0/2"
+    with pytest.raises(TraceError, match="0 <= K < N"):
+        resolve("markov:n=3,seed=1@fold=3/3")
+    with pytest.raises(TraceError, match="leaves no trace"):
+        resolve("markov:n=1,seed=1@except=0/2")

@@ -1,7 +1,13 @@
-"""Resolve a user's trace argument: a file, a folder, or a generator spec."""
+"""Resolve a user's trace argument: a file, a folder, or a generator spec, optionally one fold of it.
+
+A source may end in ``@fold=K/N`` (the traces whose position in the sorted set is K modulo N) or
+``@except=K/N`` (all the others), so one folder gives a training and a validation split with no copy:
+``--traces fcc-train@except=0/5 --eval-traces fcc-train@fold=0/5``.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from traces.trace import Trace, TraceError
@@ -10,6 +16,19 @@ from traces.trace import Trace, TraceError
 DEFAULT_TRACE_SPEC = "markov:n=100,seed=0"
 #: Spec prefixes understood as generators rather than paths.
 GENERATOR_PREFIXES = ("markov", "regime")
+
+
+_FOLD = re.compile(r"^(?P<base>.+)@(?P<mode>fold|except)=(?P<k>\d+)/(?P<n>\d+)$")
+
+
+def _split_fold(source: str) -> tuple[str, tuple[str, int, int] | None]:
+    match = _FOLD.match(source)
+    if match is None or Path(source).exists():
+        return source, None
+    k, n = int(match["k"]), int(match["n"])
+    if n < 2 or k >= n:
+        raise TraceError(f"fold {k}/{n}: needs 0 <= K < N and N >= 2", path=source)
+    return match["base"], (match["mode"], k, n)
 
 
 def is_generator_spec(source: str) -> bool:
@@ -23,20 +42,29 @@ def resolve(source: str, *, skip_bad: bool = False) -> list[Trace]:
     from traces.generate import generate_from_spec
     from traces.io import load
 
-    if is_generator_spec(source):
-        return generate_from_spec(source)
-    path = Path(source)
-    if not path.exists():
-        raise TraceError(
-            f"no such file or folder, and not a generator spec ({', '.join(p + ':...' for p in GENERATOR_PREFIXES)})",
-            path=source,
-        )
-    return load(path, skip_bad=skip_bad)
+    base, fold = _split_fold(source)
+    if is_generator_spec(base):
+        traces = generate_from_spec(base)
+    else:
+        path = Path(base)
+        if not path.exists():
+            kinds = ", ".join(p + ":..." for p in GENERATOR_PREFIXES)
+            raise TraceError(f"no such file or folder, and not a generator spec ({kinds})", path=base)
+        traces = load(path, skip_bad=skip_bad)
+    if fold is None:
+        return traces
+    mode, k, n = fold
+    chosen = [t for i, t in enumerate(traces) if (i % n == k) == (mode == "fold")]
+    if not chosen:
+        raise TraceError(f"{mode}={k}/{n} leaves no trace of {len(traces)}", path=source)
+    return chosen
 
 
 def label(source: str) -> str:
     """A short name for a trace source in tables: the folder/file name, or the generator spec."""
-    return source if is_generator_spec(source) else (Path(source).resolve().name or source)
+    base, fold = _split_fold(source)
+    name = base if is_generator_spec(base) else (Path(base).resolve().name or base)
+    return name if fold is None else f"{name}@{fold[0]}={fold[1]}/{fold[2]}"
 
 
 def default_traces() -> list[Trace]:
@@ -47,6 +75,6 @@ def default_traces() -> list[Trace]:
 def split_sources(value: str) -> list[str]:
     """``PATH[,PATH...]`` into sources; a generator spec (which has commas of its own) stays whole."""
     value = value.strip()
-    if is_generator_spec(value) or Path(value).exists():
+    if is_generator_spec(_split_fold(value)[0]) or Path(value).exists():
         return [value]
     return [part.strip() for part in value.split(",") if part.strip()]
