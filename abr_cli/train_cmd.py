@@ -123,6 +123,7 @@ def train_command(
                           "best_score": best if np.isfinite(best) else None,
                           "wall_s": time.perf_counter() - started},
                 scores=scores, optimizer=st.optimizer,
+                data={"train_traces": sources, "eval_traces": [name for name, _ in eval_sets], "video": video},
             )  # fmt: skip
 
         def on_update(st: TrainState, metrics: dict[str, float]) -> None:

@@ -5,7 +5,7 @@ A checkpoint is a folder:
 - ``model.safetensors``: the actor-critic's tensors;
 - ``optimizer.safetensors``: Adam's moments per parameter (for ``--resume``), optional;
 - ``meta.json``: format version, observation spec, video ladder, QoE, network and training config,
-  training progress, evaluation scores, code version.
+  training data (trace sources), training progress, evaluation scores, code version.
 
 Each file is written to a temporary name and renamed into place, ``meta.json`` last, so a folder with
 a ``meta.json`` is always complete. Loading validates the metadata against the video being served.
@@ -71,6 +71,7 @@ def save_checkpoint(
     progress: dict[str, Any],
     scores: dict[str, Any] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    data: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``folder`` atomically, file by file, metadata last."""
     folder = Path(folder)
@@ -101,6 +102,7 @@ def save_checkpoint(
         "train_config": train_config,
         "progress": progress,
         "scores": scores or {},
+        "data": data or {},
         "optimizer_steps": optimizer_steps,
     }
     write_atomic(folder / META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
