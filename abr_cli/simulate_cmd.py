@@ -20,7 +20,7 @@ from traces.io import write_atomic
 from traces.sources import DEFAULT_TRACE_SPEC, label, resolve
 
 #: Policies `abr simulate` compares when none is named.
-DEFAULT_POLICIES = ("bba", "rb", "bola", "robustmpc")
+DEFAULT_POLICIES = ("bba", "rb", "bola", "robustmpc", "default")
 
 
 def simulate(
