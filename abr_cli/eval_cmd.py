@@ -14,7 +14,7 @@ from abr_cli.common import console, load_video, output_dir, progress, user_error
 from abr_cli.simulate_cmd import summary_table
 from policy import available_policies, make_policy
 from policy.base import Policy
-from policy.evaluate import DEFAULT_BATCH_SESSIONS, DEFAULT_INITIAL_QUALITY, run_policy
+from policy.evaluate import DEFAULT_BATCH_SESSIONS, DEFAULT_INITIAL_QUALITY, DEFAULT_POLICIES, run_policy
 from policy.report import (
     OPTIMAL_NAME,
     QOE_KINDS,
@@ -31,7 +31,6 @@ from traces.sources import DEFAULT_TRACE_SPEC, label, resolve
 from traces.trace import Trace
 
 #: Policies `abr eval` compares when none is named (those registered; `optimal` is added on top).
-DEFAULT_POLICIES = ("bba", "rb", "bola", "robustmpc")
 
 
 def evaluate(

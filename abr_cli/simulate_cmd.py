@@ -13,14 +13,11 @@ from rich.table import Table
 
 from abr_cli.common import console, load_video, output_path, progress, user_errors
 from policy import make_policy
-from policy.evaluate import DEFAULT_INITIAL_QUALITY, Summary, run_policy, summarize, write_jsonl
+from policy.evaluate import DEFAULT_INITIAL_QUALITY, DEFAULT_POLICIES, Summary, run_policy, summarize, write_jsonl
 from simulator.link import LinkConfig
 from simulator.qoe import QoEConfig, QoEKind
 from traces.io import write_atomic
 from traces.sources import DEFAULT_TRACE_SPEC, label, resolve
-
-#: Policies `abr simulate` compares when none is named.
-DEFAULT_POLICIES = ("bba", "rb", "bola", "robustmpc", "default")
 
 
 def simulate(

@@ -34,6 +34,9 @@ RECORD_FIELDS = (
     "trace", "chunk", "quality", "bitrate_kbps", "chunk_bytes",
     "delay_ms", "sleep_ms", "buffer_s", "rebuf_s", "qoe_lin",
 )  # fmt: skip
+#: The policies `abr simulate` and `abr eval` compare when none is named: strong classic rules and the
+#: shipped learned model (``optimal`` is added by `abr eval`).
+DEFAULT_POLICIES = ("bba", "rb", "bola", "robustmpc", "default")
 #: Sessions simulated together by default.
 DEFAULT_BATCH_SESSIONS = 1024
 
