@@ -24,6 +24,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from policy.network import ActorCritic, NetworkConfig
+from policy.optim import EntryAdam
 from simulator.observation import ObservationSpec
 from simulator.video import Video
 from traces.io import write_atomic
@@ -90,7 +91,10 @@ def save_checkpoint(
                 name = names[id(param)]
                 moments[f"{name}.exp_avg"] = entry["exp_avg"].detach().cpu().contiguous()
                 moments[f"{name}.exp_avg_sq"] = entry["exp_avg_sq"].detach().cpu().contiguous()
-                optimizer_steps[name] = int(entry["step"])
+                step = torch.as_tensor(entry["step"])
+                if step.numel() > 1:  # EntryAdam: one step count per entry
+                    moments[f"{name}.step"] = step.detach().cpu().contiguous()
+                optimizer_steps[name] = int(step.max())
         write_atomic(folder / OPTIMIZER_FILE, st_save(moments))
     meta = {
         "format_version": FORMAT_VERSION,
@@ -149,7 +153,7 @@ def load_checkpoint(folder: str | Path, video: Video | None = None, device: str 
     return Checkpoint(model, meta, folder)
 
 
-def load_optimizer_state(folder: str | Path, model: ActorCritic, optimizer: torch.optim.Adam) -> None:
+def load_optimizer_state(folder: str | Path, model: ActorCritic, optimizer: torch.optim.Optimizer) -> None:
     """Restore Adam's moments and step counts saved by `save_checkpoint` (for ``--resume``)."""
     folder = Path(folder)
     path = folder / OPTIMIZER_FILE
@@ -161,8 +165,13 @@ def load_optimizer_state(folder: str | Path, model: ActorCritic, optimizer: torc
     for name, param in model.named_parameters():
         if f"{name}.exp_avg" not in moments:
             continue
+        step = moments.get(f"{name}.step")
+        if step is None:
+            step = torch.tensor(float(meta["optimizer_steps"][name]))
+        if isinstance(optimizer, EntryAdam):
+            step = step.to(device).expand_as(param).clone()
         optimizer.state[param] = {
-            "step": torch.tensor(float(meta["optimizer_steps"][name])),
+            "step": step,
             "exp_avg": moments[f"{name}.exp_avg"].to(device),
             "exp_avg_sq": moments[f"{name}.exp_avg_sq"].to(device),
         }

@@ -16,6 +16,8 @@ branch reads its own row. All layers are initialised orthogonally through `layer
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +26,31 @@ from torch.distributions import Categorical
 
 #: Rows of the observation (see simulator.observation).
 ROW_BITRATE, ROW_BUFFER, ROW_THROUGHPUT, ROW_DELAY, ROW_SIZES, ROW_REMAINING = range(6)
+
+
+#: The trunk's input branches, in the order their outputs are concatenated.
+BRANCHES = ("bitrate", "buffer", "remaining", "throughput", "delay", "sizes")
+
+
+@dataclass(frozen=True)
+class NeuronLayer:
+    """One layer of ReLU neurons: what plasticity diagnostics and resets act on.
+
+    ``incoming`` computes the pre-activations (row ``u`` of its weight and bias feed neuron ``u``);
+    ``activation`` is the module whose output holds the neurons' activations, ``[B, positions * units]``
+    position-major; ``outgoing`` lists each consumer with the columns ``[units, k]`` that read each neuron.
+    """
+
+    name: str
+    incoming: nn.Linear
+    activation: nn.Module
+    positions: int
+    outgoing: list[tuple[nn.Linear, torch.Tensor]] = field(default_factory=list)
+
+    @property
+    def units(self) -> int:
+        """Number of neurons."""
+        return self.incoming.out_features
 
 
 class NetworkConfig(BaseModel):
@@ -37,7 +64,10 @@ class NetworkConfig(BaseModel):
     shared_trunk: bool = Field(False, description="One trunk for actor and critic instead of one each.")
 
 
-def layer_init(layer: nn.Module, gain: float = math.sqrt(2.0), bias: float = 0.0) -> nn.Module:
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def layer_init(layer: ModuleT, gain: float = math.sqrt(2.0), bias: float = 0.0) -> ModuleT:
     """Orthogonal weights with ``gain`` and constant bias: the one initialiser every layer goes through."""
     weight = getattr(layer, "weight", None)
     if isinstance(weight, torch.Tensor):
@@ -81,19 +111,44 @@ class Trunk(nn.Module):
         self.sizes = HistoryConv(k, f)
         merged = 3 * h + 2 * f * (width - k + 1) + f * (n_levels - k + 1)
         self.hidden = layer_init(nn.Linear(merged, h))
-        self.act = nn.ReLU()
+        # One activation module per layer of neurons, so hooks (plasticity diagnostics) can tell them apart.
+        self.acts = nn.ModuleDict({name: nn.ReLU() for name in (*BRANCHES, "hidden")})
+        self.positions = {
+            "bitrate": 1, "buffer": 1, "remaining": 1,
+            "throughput": width - k + 1, "delay": width - k + 1, "sizes": n_levels - k + 1,
+        }  # fmt: skip
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        act = self.act
+        acts = self.acts
         parts = [
-            act(self.bitrate(obs[:, ROW_BITRATE, -1:])),
-            act(self.buffer(obs[:, ROW_BUFFER, -1:])),
-            act(self.remaining(obs[:, ROW_REMAINING, -1:])),
-            act(self.throughput(obs[:, ROW_THROUGHPUT, :])),
-            act(self.delay(obs[:, ROW_DELAY, :])),
-            act(self.sizes(obs[:, ROW_SIZES, : self.n_levels])),
+            acts["bitrate"](self.bitrate(obs[:, ROW_BITRATE, -1:])),
+            acts["buffer"](self.buffer(obs[:, ROW_BUFFER, -1:])),
+            acts["remaining"](self.remaining(obs[:, ROW_REMAINING, -1:])),
+            acts["throughput"](self.throughput(obs[:, ROW_THROUGHPUT, :])),
+            acts["delay"](self.delay(obs[:, ROW_DELAY, :])),
+            acts["sizes"](self.sizes(obs[:, ROW_SIZES, : self.n_levels])),
         ]
-        return act(self.hidden(torch.cat(parts, dim=1)))
+        return acts["hidden"](self.hidden(torch.cat(parts, dim=1)))
+
+    def neuron_layers(self, heads: list[nn.Linear]) -> list[NeuronLayer]:
+        """The trunk's layers of ReLU neurons, each with its incoming and outgoing weights.
+
+        A convolution filter is one neuron (shared over positions): its outgoing weights are the columns of
+        ``hidden`` that read it at every position. The merged layer's outgoing weights are ``heads``.
+        """
+        layers: list[NeuronLayer] = []
+        offset = 0
+        for name in BRANCHES:
+            module = getattr(self, name)
+            linear = module.linear if isinstance(module, HistoryConv) else module
+            units, positions = linear.out_features, self.positions[name]
+            # Flattened branch output is position-major: column p * units + u feeds from unit u.
+            cols = offset + torch.arange(positions).unsqueeze(0) * units + torch.arange(units).unsqueeze(1)
+            layers.append(NeuronLayer(name, linear, self.acts[name], positions, [(self.hidden, cols)]))
+            offset += units * positions
+        head_cols = torch.arange(self.hidden.out_features).unsqueeze(1)
+        layers.append(NeuronLayer("hidden", self.hidden, self.acts["hidden"], 1, [(h, head_cols) for h in heads]))
+        return layers
 
 
 class ActorCritic(nn.Module):
@@ -131,6 +186,19 @@ class ActorCritic(nn.Module):
             action = dist.sample()
         value = self.critic_head(self._critic_features(obs, features)).squeeze(-1)
         return action, dist.log_prob(action), dist.entropy(), value
+
+    def neuron_layers(self) -> list[NeuronLayer]:
+        """Every layer of ReLU neurons, named ``actor.*`` / ``critic.*``, found by walking the trunks."""
+        layers: list[NeuronLayer] = []
+        if self.critic_trunk is None:
+            trunks = [("shared", self.actor_trunk, [self.actor_head, self.critic_head])]
+        else:
+            trunks = [("actor", self.actor_trunk, [self.actor_head]), ("critic", self.critic_trunk, [self.critic_head])]
+        for prefix, trunk, heads in trunks:
+            for layer in trunk.neuron_layers(heads):
+                layers.append(NeuronLayer(f"{prefix}.{layer.name}", layer.incoming, layer.activation,
+                                          layer.positions, layer.outgoing))  # fmt: skip
+        return layers
 
     def act_greedy(self, obs: torch.Tensor) -> torch.Tensor:
         """The most likely level per observation (deterministic evaluation)."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import partial
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -18,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from policy.network import ActorCritic, NetworkConfig
+from policy.optim import EntryAdam
 from simulator.envs import ABRVectorEnv
 from simulator.link import LinkConfig
 from simulator.observation import ObservationSpec
@@ -69,7 +72,7 @@ class TrainState:
     """Everything a run needs to continue exactly where it stopped."""
 
     model: ActorCritic
-    optimizer: torch.optim.Adam
+    optimizer: EntryAdam
     update: int = 0
     global_step: int = 0
     metrics: list[dict[str, float]] = field(default_factory=list)
@@ -90,7 +93,7 @@ def new_state(config: PPOConfig, video: Video, spec: ObservationSpec, device: to
     """A freshly initialised model and optimizer (seeded)."""
     torch.manual_seed(config.seed)
     model = ActorCritic(spec.width(video), video.n_levels, config.network).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-5)
+    optimizer = EntryAdam(model.parameters(), lr=config.learning_rate, eps=1e-5)
     return TrainState(model, optimizer)
 
 
@@ -100,6 +103,73 @@ def entropy_coef(config: PPOConfig, progress: float) -> float:
 
 
 MetricsCallback = Callable[[TrainState, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Transitions flattened to ``[N, ...]``, with their GAE advantages and returns."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    logprobs: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    values: torch.Tensor
+
+    def take(self, index: torch.Tensor) -> Rollout:
+        """The transitions at ``index``."""
+        return Rollout(*(getattr(self, f.name)[index] for f in fields(self)))
+
+    def __len__(self) -> int:
+        return int(self.actions.shape[0])
+
+
+def ppo_loss(
+    model: ActorCritic, batch: Rollout, config: PPOConfig, ent_coef: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The PPO objective on ``batch`` (clipped policy loss, value loss, entropy bonus) and its parts."""
+    _, new_logprob, entropy, new_value = model.get_action_and_value(batch.obs, batch.actions)
+    log_ratio = new_logprob - batch.logprobs
+    ratio = log_ratio.exp()
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - log_ratio).mean()
+        clip_fraction = ((ratio - 1.0).abs() > config.clip_coef).float().mean()
+    adv = batch.advantages
+    if config.norm_adv and adv.numel() > 1:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    pg_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - config.clip_coef, 1 + config.clip_coef)).mean()
+    if config.clip_vloss:
+        v_unclipped = (new_value - batch.returns) ** 2
+        v_clipped = batch.values + torch.clamp(new_value - batch.values, -config.clip_coef, config.clip_coef)
+        v_loss = 0.5 * torch.max(v_unclipped, (v_clipped - batch.returns) ** 2).mean()
+    else:
+        v_loss = 0.5 * ((new_value - batch.returns) ** 2).mean()
+    entropy_loss = entropy.mean()
+    loss = pg_loss - ent_coef * entropy_loss + config.vf_coef * v_loss
+    parts = {
+        "policy": pg_loss.detach(), "value": v_loss.detach(), "entropy": entropy_loss.detach(),
+        "approx_kl": approx_kl, "clip_fraction": clip_fraction,
+    }  # fmt: skip
+    return loss, parts
+
+
+def _loss_only(model: ActorCritic, config: PPOConfig, ent_coef: float, batch: Rollout) -> torch.Tensor:
+    return ppo_loss(model, batch, config, ent_coef)[0]
+
+
+class PlasticityHook(Protocol):
+    """What the trainer calls after every update; the trainer never knows which method runs behind it."""
+
+    def after_update(
+        self,
+        model: ActorCritic,
+        optimizer: torch.optim.Optimizer,
+        update: int,
+        rollout: Rollout,
+        loss_fn: Callable[[Rollout], torch.Tensor],
+    ) -> dict[str, float]:
+        """Diagnose and/or reset as the method's schedule says; return metrics to log (may be empty)."""
+        ...
 
 
 def train(
@@ -113,6 +183,7 @@ def train(
     spec: ObservationSpec | None = None,
     on_update: MetricsCallback | None = None,
     stop_after_updates: int | None = None,
+    plasticity: PlasticityHook | None = None,
 ) -> TrainState:
     """Train (or continue training ``state``) with PPO; ``on_update`` sees metrics after every update."""
     device = device or torch.device("cpu")
@@ -182,9 +253,10 @@ def train(
                 advantages[step] = last_gae
             returns = advantages + values
 
-        b_obs = obs_buf.reshape((-1, *obs_shape))
-        b_actions, b_logprobs = actions.reshape(-1), logprobs.reshape(-1)
-        b_adv, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
+        rollout = Rollout(
+            obs_buf.reshape((-1, *obs_shape)), actions.reshape(-1), logprobs.reshape(-1),
+            advantages.reshape(-1), returns.reshape(-1), values.reshape(-1),
+        )  # fmt: skip
         ent_coef = entropy_coef(config, progress)
         minibatch = config.batch_size // config.num_minibatches
         clip_fracs: list[float] = []
@@ -192,33 +264,14 @@ def train(
             order = shuffle.permutation(config.batch_size)
             for start in range(0, config.batch_size, minibatch):
                 mb = torch.as_tensor(order[start : start + minibatch], device=device)
-                _, new_logprob, entropy, new_value = model.get_action_and_value(b_obs[mb], b_actions[mb])
-                log_ratio = new_logprob - b_logprobs[mb]
-                ratio = log_ratio.exp()
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean()
-                    clip_fracs.append(float(((ratio - 1.0).abs() > config.clip_coef).float().mean()))
-                mb_adv = b_adv[mb]
-                if config.norm_adv and mb_adv.numel() > 1:
-                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                pg_loss = torch.max(
-                    -mb_adv * ratio, -mb_adv * torch.clamp(ratio, 1 - config.clip_coef, 1 + config.clip_coef)
-                ).mean()
-                if config.clip_vloss:
-                    v_unclipped = (new_value - b_returns[mb]) ** 2
-                    v_clipped = b_values[mb] + torch.clamp(
-                        new_value - b_values[mb], -config.clip_coef, config.clip_coef
-                    )
-                    v_loss = 0.5 * torch.max(v_unclipped, (v_clipped - b_returns[mb]) ** 2).mean()
-                else:
-                    v_loss = 0.5 * ((new_value - b_returns[mb]) ** 2).mean()
-                entropy_loss = entropy.mean()
-                loss = pg_loss - ent_coef * entropy_loss + config.vf_coef * v_loss
+                loss, parts = ppo_loss(model, rollout.take(mb), config, ent_coef)
+                clip_fracs.append(float(parts["clip_fraction"]))
                 optimizer.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
 
+        b_returns, b_values = rollout.returns, rollout.values
         with torch.no_grad():
             var_y = b_returns.var()
             explained_var = float("nan") if var_y == 0 else float(1 - (b_returns - b_values).var() / var_y)
@@ -232,13 +285,19 @@ def train(
             "charts/learning_rate": float(optimizer.param_groups[0]["lr"]),
             "charts/entropy_coef": ent_coef,
             "charts/steps_per_s": n * t / wall_s,
-            "losses/policy": float(pg_loss.detach()),
-            "losses/value": float(v_loss.detach()),
-            "losses/entropy": float(entropy_loss.detach()),
-            "losses/approx_kl": float(approx_kl),
+            "losses/policy": float(parts["policy"]),
+            "losses/value": float(parts["value"]),
+            "losses/entropy": float(parts["entropy"]),
+            "losses/approx_kl": float(parts["approx_kl"]),
             "losses/clip_fraction": float(np.mean(clip_fracs)),
             "losses/explained_variance": explained_var,
         }
+        if plasticity is not None:
+            metrics.update(
+                plasticity.after_update(
+                    model, optimizer, state.update, rollout, partial(_loss_only, model, config, ent_coef)
+                )
+            )
         state.metrics.append(metrics)
         if on_update is not None:
             on_update(state, metrics)

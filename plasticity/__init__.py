@@ -1,0 +1,1 @@
+"""Plasticity: silent-neuron diagnostics, reset methods and non-stationary training schedules."""

@@ -1,0 +1,379 @@
+"""Plasticity methods behind one interface, and the hook the PPO trainer calls after every update.
+
+Every method implements ``after_update(model, optimizer, update, batch, loss_fn) -> stats`` and
+``begin_phase(model, optimizer, phase)``; `Plasticity` adds the periodic diagnostics and is what
+`policy.ppo.train` receives, so the trainer never knows which method runs.
+
+Neuron resets (ReDo, CBP, ReSiN) share `reset_neurons`: incoming weights re-drawn from the layer's
+initial distribution (orthogonal rows, gain sqrt 2, bias 0), outgoing weights zeroed so that the
+network computes exactly the same function right after the reset, and the optimizer moments and step
+counts of exactly those entries zeroed through ``optimizer.state[param]``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from plasticity.diagnostics import (
+    LossFn,
+    churn,
+    layer_scores,
+    policy_probs,
+    record_activations,
+    silent_mask,
+    summarise,
+    unit_activity,
+    weight_magnitude,
+)
+from policy.network import ActorCritic, NeuronLayer
+from policy.ppo import Rollout
+
+MethodName = Literal["none", "reset", "redo", "shrink-perturb", "cbp", "resin", "fresh"]
+METHODS: tuple[str, ...] = ("none", "reset", "redo", "shrink-perturb", "cbp", "resin", "fresh")
+SilentRule = Literal["both", "either", "forward", "backward"]
+
+#: Gain of the trunk layers' orthogonal init (`policy.network.layer_init`'s default): resets redraw from it.
+TRUNK_GAIN = math.sqrt(2.0)
+
+
+class PlasticityConfig(BaseModel):
+    """Which method runs, how often, and its thresholds (recorded with every run)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: MethodName = Field("none", description="none, reset, redo, shrink-perturb, cbp, resin or fresh.")
+    every_updates: int = Field(10, ge=1, description="Check for (and reset) silent neurons every this many updates.")
+    diagnose_every_updates: int = Field(10, ge=0, description="Log plasticity/* every this many updates (0: never).")
+    batch_size: int = Field(1024, ge=2, description="Recent transitions the scores are computed on.")
+    tau_forward: float = Field(0.025, ge=0, description="Dormant when the normalised activation score <= this.")
+    tau_backward: float = Field(0.025, ge=0, description="Gradient-silent when the normalised gradient score <= this.")
+    rule: SilentRule = Field("either", description="ReSiN: silent when dormant and/or gradient-silent.")
+    grace_updates: int = Field(20, ge=0, description="Neurons reset less than this many updates ago are exempt.")
+    reset_every_updates: int = Field(200, ge=1, description="reset / shrink-perturb: period in updates.")
+    reset_scope: Literal["all", "last"] = Field("last", description="reset: the whole network or its last layers.")
+    shrink: float = Field(0.8, ge=0, le=1, description="shrink-perturb: theta <- shrink * theta + ...")
+    perturb: float = Field(0.1, ge=0, description="... + perturb * (a freshly initialised theta).")
+    cbp_replacement_rate: float = Field(1e-3, ge=0, description="cbp: fraction of mature units replaced per update.")
+    cbp_maturity_updates: int = Field(50, ge=0, description="cbp: units younger than this are never replaced.")
+    cbp_decay: float = Field(0.99, ge=0, lt=1, description="cbp: running-average decay of the utility.")
+    seed: int = Field(0, description="Seeds re-initialisations and the diagnostic batch.")
+
+
+# --------------------------------------------------------------------------- per-layer operations
+
+
+def _reset_optimizer_entries(optimizer: torch.optim.Optimizer, param: torch.Tensor, index: tuple) -> None:
+    """Zero Adam's moments (and per-entry step counts, where the optimizer keeps them) at ``param[index]``."""
+    state = optimizer.state.get(param)
+    if not state:
+        return
+    for key in ("exp_avg", "exp_avg_sq"):
+        state[key][index] = 0.0
+    step = state.get("step")
+    if isinstance(step, torch.Tensor) and step.shape == param.shape:
+        step[index] = 0.0
+
+
+@torch.no_grad()
+def reset_neurons(
+    layer: NeuronLayer, units: torch.Tensor, optimizer: torch.optim.Optimizer, generator: torch.Generator
+) -> int:
+    """Re-initialise the incoming and zero the outgoing weights of ``units`` (bool ``[units]``); count reset."""
+    idx = units.nonzero().flatten()
+    if idx.numel() == 0:
+        return 0
+    incoming = layer.incoming
+    fresh = torch.empty(incoming.weight.shape, device="cpu")
+    nn.init.orthogonal_(fresh, TRUNK_GAIN, generator=generator)
+    incoming.weight[idx] = fresh[idx.cpu()].to(incoming.weight)
+    _reset_optimizer_entries(optimizer, incoming.weight, (idx,))
+    if incoming.bias is not None:
+        incoming.bias[idx] = 0.0
+        _reset_optimizer_entries(optimizer, incoming.bias, (idx,))
+    for consumer, cols in layer.outgoing:
+        columns = cols.to(idx.device)[idx].flatten()
+        consumer.weight[:, columns] = 0.0
+        _reset_optimizer_entries(optimizer, consumer.weight, (slice(None), columns))
+    return int(idx.numel())
+
+
+def fresh_like(model: ActorCritic, seed: int) -> ActorCritic:
+    """A freshly initialised network of the same shape, seeded (the global RNG is left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = ActorCritic(model.width, model.n_levels, model.config)
+    return fresh.to(next(model.parameters()).device)
+
+
+def _last_layer_names(model: ActorCritic) -> set[str]:
+    """Parameter names of the heads and the trunks' merged hidden layers (``reset_scope = last``)."""
+    return {name for name, _ in model.named_parameters() if "head" in name or ".hidden." in name}
+
+
+# --------------------------------------------------------------------------- methods
+
+
+class PlasticityMethod(ABC):
+    """One way of keeping the network plastic."""
+
+    name: str
+
+    def __init__(self, config: PlasticityConfig) -> None:
+        self.config = config
+        self.generator = torch.Generator().manual_seed(config.seed * 1_000_003 + 17)
+        self.resets = 0
+
+    def begin_phase(self, model: ActorCritic, optimizer: torch.optim.Optimizer, phase: int) -> dict[str, float]:
+        """Called when the training distribution changes (a new schedule phase); most methods ignore it."""
+        return {}
+
+    @abstractmethod
+    def after_update(
+        self, model: ActorCritic, optimizer: torch.optim.Optimizer, update: int, batch: Rollout, loss_fn: LossFn
+    ) -> dict[str, float]:
+        """Act after update number ``update`` (1-based); return stats such as neurons reset."""
+
+
+class NoMethod(PlasticityMethod):
+    """Plain continual training."""
+
+    name = "none"
+
+    def after_update(
+        self, model: ActorCritic, optimizer: torch.optim.Optimizer, update: int, batch: Rollout, loss_fn: LossFn
+    ) -> dict[str, float]:
+        return {}
+
+
+def _reinit_parameters(model: ActorCritic, optimizer: torch.optim.Optimizer, names: set[str] | None, seed: int) -> int:
+    """Copy a fresh network's parameters into ``names`` (all when None) and forget their optimizer state."""
+    fresh = dict(fresh_like(model, seed).named_parameters())
+    count = 0
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if names is None or name in names:
+                param.copy_(fresh[name])
+                optimizer.state.pop(param, None)
+                count += param.numel()
+    return count
+
+
+class PeriodicReset(PlasticityMethod):
+    """Re-initialise the whole network or its last layers every ``reset_every_updates`` updates."""
+
+    name = "reset"
+
+    def after_update(
+        self, model: ActorCritic, optimizer: torch.optim.Optimizer, update: int, batch: Rollout, loss_fn: LossFn
+    ) -> dict[str, float]:
+        if update % self.config.reset_every_updates:
+            return {}
+        names = None if self.config.reset_scope == "all" else _last_layer_names(model)
+        self.resets += 1
+        _reinit_parameters(model, optimizer, names, self.config.seed * 7_919 + self.resets)
+        return {"plasticity/reset": 1.0}
+
+
+class FreshAtShift(PlasticityMethod):
+    """A fresh network at every new phase: the reference for how fast an unburdened network adapts."""
+
+    name = "fresh"
+
+    def begin_phase(self, model: ActorCritic, optimizer: torch.optim.Optimizer, phase: int) -> dict[str, float]:
+        if phase == 0:
+            return {}
+        self.resets += 1
+        _reinit_parameters(model, optimizer, None, self.config.seed * 7_919 + self.resets)
+        return {"plasticity/reset": 1.0}
+
+    def after_update(
+        self, model: ActorCritic, optimizer: torch.optim.Optimizer, update: int, batch: Rollout, loss_fn: LossFn
+    ) -> dict[str, float]:
+        return {}
+
+
+class ShrinkPerturb(PlasticityMethod):
+    """theta <- shrink * theta + perturb * theta_fresh every ``reset_every_updates`` (Ash & Adams)."""
+
+    name = "shrink-perturb"
+
+    def after_update(
+        self, model: ActorCritic, optimizer: torch.optim.Optimizer, update: int, batch: Rollout, loss_fn: LossFn
+    ) -> dict[str, float]:
+        if update % self.config.reset_every_updates:
+            return {}
+        self.resets += 1
+        fresh = dict(fresh_like(model, self.config.seed * 7_919 + self.resets).named_parameters())
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                param.mul_(self.config.shrink).add_(fresh[name], alpha=self.config.perturb)
+        return {"plasticity/reset": 1.0}
+
+
+class _NeuronResetter(PlasticityMethod):
+    """Shared by ReDo and ReSiN: score, select silent neurons outside their grace period, reset them."""
+
+    rule: str
+
+    def __init__(self, config: PlasticityConfig) -> None:
+        super().__init__(config)
+        self.last_reset: dict[str, torch.Tensor] = {}  # layer name -> update of each neuron's last reset
+
+    def after_update(
+        self, model: ActorCritic, optimizer: torch.optim.Optimizer, update: int, batch: Rollout, loss_fn: LossFn
+    ) -> dict[str, float]:
+        if update % self.config.every_updates:
+            return {}
+        scores = layer_scores(model, batch, loss_fn)
+        reset = 0
+        for s in scores:
+            name = s.layer.name
+            last = self.last_reset.setdefault(name, torch.full((s.layer.units,), -(10**9), dtype=torch.long))
+            mask = silent_mask(s, self.config.tau_forward, self.config.tau_backward, self.rule).cpu()
+            mask &= (update - last) >= self.config.grace_updates
+            n = reset_neurons(s.layer, mask.to(s.forward.device), optimizer, self.generator)
+            last[mask] = update
+            reset += n
+        self.resets += reset
+        total = sum(s.layer.units for s in scores)
+        return {"plasticity/neurons_reset": float(reset), "plasticity/reset_fraction": reset / max(total, 1)}
+
+
+class ReDo(_NeuronResetter):
+    """ReDo (Sokar et al. 2023): reset neurons whose normalised activation score is <= tau."""
+
+    name = "redo"
+    rule = "forward"
+
+
+class ReSiN(_NeuronResetter):
+    """ReSiN: reset neurons silent forward and/or backward (``rule``), each direction with its threshold."""
+
+    name = "resin"
+
+    def __init__(self, config: PlasticityConfig) -> None:
+        super().__init__(config)
+        self.rule = config.rule
+
+
+class ContinualBackprop(PlasticityMethod):
+    """Continual backprop (Dohare et al.): replace a small fraction of mature, low-utility units.
+
+    Utility of a unit = running average of mean |h| times the sum of its |outgoing weights|, updated
+    every update on the recent batch; ``cbp_replacement_rate`` of the mature units per update are replaced
+    (fractional counts accumulate), lowest utility first.
+    """
+
+    name = "cbp"
+
+    def __init__(self, config: PlasticityConfig) -> None:
+        super().__init__(config)
+        self.utility: dict[str, torch.Tensor] = {}
+        self.age: dict[str, torch.Tensor] = {}
+        self.pending: dict[str, float] = {}
+
+    def after_update(
+        self, model: ActorCritic, optimizer: torch.optim.Optimizer, update: int, batch: Rollout, loss_fn: LossFn
+    ) -> dict[str, float]:
+        layers = model.neuron_layers()
+        with torch.no_grad(), record_activations(layers) as acts:
+            model.get_action_and_value(batch.obs, batch.actions)
+        reset = 0
+        decay = self.config.cbp_decay
+        with torch.no_grad():
+            for layer in layers:
+                out_mass = sum(
+                    consumer.weight[:, cols.to(consumer.weight.device)].abs().sum(dim=(0, 2))
+                    for consumer, cols in layer.outgoing
+                )
+                instant = (unit_activity(acts[layer.name], layer) * out_mass).cpu()
+                util = self.utility.setdefault(layer.name, torch.zeros(layer.units))
+                age = self.age.setdefault(layer.name, torch.zeros(layer.units, dtype=torch.long))
+                util.mul_(decay).add_(instant, alpha=1 - decay)
+                age += 1
+                mature = age >= self.config.cbp_maturity_updates
+                self.pending[layer.name] = self.pending.get(layer.name, 0.0) + self.config.cbp_replacement_rate * int(
+                    mature.sum()
+                )
+                n = int(self.pending[layer.name])
+                if n == 0 or not bool(mature.any()):
+                    continue
+                self.pending[layer.name] -= n
+                candidates = mature.nonzero().flatten()
+                order = util[candidates].argsort()[:n]
+                mask = torch.zeros(layer.units, dtype=torch.bool)
+                mask[candidates[order]] = True
+                reset += reset_neurons(layer, mask.to(layer.incoming.weight.device), optimizer, self.generator)
+                util[mask] = 0.0
+                age[mask] = 0
+        self.resets += reset
+        return {"plasticity/neurons_reset": float(reset)} if reset else {}
+
+
+_REGISTRY: dict[str, Callable[[PlasticityConfig], PlasticityMethod]] = {
+    "none": NoMethod,
+    "reset": PeriodicReset,
+    "redo": ReDo,
+    "shrink-perturb": ShrinkPerturb,
+    "cbp": ContinualBackprop,
+    "resin": ReSiN,
+    "fresh": FreshAtShift,
+}
+
+
+def make_method(config: PlasticityConfig) -> PlasticityMethod:
+    """The method ``config.method`` names."""
+    return _REGISTRY[config.method](config)
+
+
+class Plasticity:
+    """The trainer's hook: runs the method and logs diagnostics every ``diagnose_every_updates``."""
+
+    def __init__(self, config: PlasticityConfig) -> None:
+        self.config = config
+        self.method = make_method(config)
+        self.sampler = torch.Generator().manual_seed(config.seed * 104_729 + 3)
+        self.held_out: torch.Tensor | None = None
+        self.held_out_probs: torch.Tensor | None = None
+
+    def begin_phase(self, model: ActorCritic, optimizer: torch.optim.Optimizer, phase: int) -> dict[str, float]:
+        """Tell the method the training distribution changed."""
+        return self.method.begin_phase(model, optimizer, phase)
+
+    def diagnose(self, model: ActorCritic, batch: Rollout, loss_fn: LossFn) -> dict[str, float]:
+        """All ``plasticity/*`` diagnostics on ``batch``."""
+        c = self.config
+        metrics = summarise(layer_scores(model, batch, loss_fn), c.tau_forward, c.tau_backward)
+        metrics["plasticity/weight_magnitude"] = weight_magnitude(model)
+        if self.held_out is None:
+            self.held_out = batch.obs.detach().clone()  # the first diagnostic batch stays the churn probe
+        probs = policy_probs(model, self.held_out)
+        if self.held_out_probs is not None:
+            metrics["plasticity/churn"] = churn(self.held_out_probs, probs)
+        self.held_out_probs = probs
+        return metrics
+
+    def after_update(
+        self,
+        model: ActorCritic,
+        optimizer: torch.optim.Optimizer,
+        update: int,
+        rollout: Rollout,
+        loss_fn: Callable[[Rollout], torch.Tensor],
+    ) -> dict[str, float]:
+        n = len(rollout)
+        pick = torch.randperm(n, generator=self.sampler)[: min(self.config.batch_size, n)]
+        batch = rollout.take(pick.to(rollout.actions.device))
+        metrics: dict[str, float] = {}
+        every = self.config.diagnose_every_updates
+        if every and update % every == 0:
+            metrics.update(self.diagnose(model, batch, loss_fn))
+        metrics.update(self.method.after_update(model, optimizer, update, batch, loss_fn))
+        return metrics

@@ -1,0 +1,258 @@
+"""Plasticity: detectors on planted silent neurons, function-preserving resets, optimizer state, methods."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from plasticity.diagnostics import churn, effective_rank, layer_scores, silent_mask, summarise
+from plasticity.methods import (
+    METHODS,
+    Plasticity,
+    PlasticityConfig,
+    fresh_like,
+    make_method,
+    reset_neurons,
+)
+from policy.network import ActorCritic, NetworkConfig
+from policy.optim import EntryAdam
+from policy.ppo import PPOConfig, Rollout, ppo_loss
+
+WIDTH, LEVELS = 8, 6
+DEAD, MUTE = 2, 5  # planted in actor.hidden: zero incoming weights / zero outgoing weights
+
+
+def tiny_model(seed: int = 0) -> ActorCritic:
+    torch.manual_seed(seed)
+    return ActorCritic(WIDTH, LEVELS, NetworkConfig(hidden=8, filters=4, kernel=3))
+
+
+def batch_for(model: ActorCritic, n: int = 256, seed: int = 1) -> Rollout:
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(n, 6, WIDTH, generator=g)  # both signs, so no branch neuron is dead by chance
+    with torch.no_grad():
+        actions, logprobs, _, values = model.get_action_and_value(obs)
+    return Rollout(obs, actions, logprobs, torch.randn(n, generator=g), torch.randn(n, generator=g), values)
+
+
+def loss_fn(model: ActorCritic):
+    config = PPOConfig()
+    return lambda batch: ppo_loss(model, batch, config, 0.01)[0]
+
+
+def planted() -> ActorCritic:
+    model = tiny_model()
+    with torch.no_grad():
+        hidden = model.actor_trunk.hidden
+        hidden.weight[DEAD] = 0.0
+        hidden.bias[DEAD] = 0.0
+        hidden.bias[MUTE] = 5.0  # fires on every input
+        model.actor_head.weight[:, MUTE] = 0.0
+    return model
+
+
+def flagged(model: ActorCritic, rule: str) -> dict[str, list[int]]:
+    scores = layer_scores(model, batch_for(model), loss_fn(model))
+    out = {}
+    for s in scores:
+        hits = silent_mask(s, 0.0, 0.0, rule).nonzero().flatten().tolist()
+        if hits:
+            out[s.layer.name] = hits
+    return out
+
+
+def test_forward_detector_flags_exactly_the_dead_neuron() -> None:
+    assert flagged(planted(), "forward") == {"actor.hidden": [DEAD]}
+
+
+def test_backward_detector_flags_exactly_the_neurons_that_get_no_gradient() -> None:
+    # The muted neuron fires but its outgoing weights are zero; the dead one gets no gradient through the ReLU.
+    assert flagged(planted(), "backward") == {"actor.hidden": [DEAD, MUTE]}
+
+
+def test_rules_combine_the_two_directions() -> None:
+    model = planted()
+    assert flagged(model, "both") == {"actor.hidden": [DEAD]}
+    assert flagged(model, "either") == {"actor.hidden": [DEAD, MUTE]}
+
+
+def test_unplanted_network_has_no_silent_neurons_at_tau_zero() -> None:
+    assert flagged(tiny_model(), "either") == {}
+
+
+def test_summary_ratios_count_planted_neurons() -> None:
+    model = planted()
+    scores = layer_scores(model, batch_for(model), loss_fn(model))
+    stats = summarise(scores, 0.0, 0.0)
+    total = sum(s.layer.units for s in scores)
+    assert stats["plasticity/dormant_ratio_tau0"] == pytest.approx(1 / total)
+    assert stats["plasticity/grad_silent_ratio"] == pytest.approx(2 / total)
+    assert stats["plasticity/silent_ratio"] == pytest.approx(1 / total)
+    assert stats["plasticity/penultimate_grad_silent_ratio"] == pytest.approx(2 / 8)
+    assert 1.0 <= stats["plasticity/effective_rank"] <= 8.0
+
+
+def _train_steps(model: ActorCritic, optimizer: torch.optim.Optimizer, batch: Rollout, steps: int = 3) -> None:
+    fn = loss_fn(model)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        fn(batch).backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("layer_name", ["actor.hidden", "actor.throughput", "critic.buffer", "actor.sizes"])
+def test_reset_preserves_the_function_and_untouched_optimizer_state(layer_name: str) -> None:
+    model = tiny_model()
+    batch = batch_for(model)
+    optimizer = EntryAdam(model.parameters(), lr=1e-3)
+    _train_steps(model, optimizer, batch)  # every optimizer entry now has non-zero moments
+    layer = next(layer for layer in model.neuron_layers() if layer.name == layer_name)
+    first, last = 0, layer.units - 1
+    with torch.no_grad():  # plant a dead neuron (first) and a muted one (last): neither contributes
+        layer.incoming.weight[first] = 0.0
+        layer.incoming.bias[first] = 0.0
+        for consumer, cols in layer.outgoing:
+            consumer.weight[:, cols[last]] = 0.0
+    units = torch.zeros(layer.units, dtype=torch.bool)
+    units[[first, last]] = True
+    before_state = {p: {k: v.clone() for k, v in optimizer.state[p].items()} for p in model.parameters()}
+    with torch.no_grad():
+        logits_before, values_before = model.logits(batch.obs), model.get_value(batch.obs)
+        old_rows = layer.incoming.weight[units].clone()
+
+    n = reset_neurons(layer, units, optimizer, torch.Generator().manual_seed(3))
+
+    assert n == 2
+    with torch.no_grad():
+        torch.testing.assert_close(model.logits(batch.obs), logits_before, rtol=0, atol=1e-6)
+        torch.testing.assert_close(model.get_value(batch.obs), values_before, rtol=0, atol=1e-6)
+        assert not torch.equal(layer.incoming.weight[units], old_rows)
+        assert torch.all(layer.incoming.bias[units] == 0)
+    touched: dict[torch.Tensor, torch.Tensor] = {}
+    w_mask = torch.zeros_like(layer.incoming.weight, dtype=torch.bool)
+    w_mask[units] = True
+    touched[layer.incoming.weight] = w_mask
+    touched[layer.incoming.bias] = units
+    for consumer, cols in layer.outgoing:
+        c_mask = torch.zeros_like(consumer.weight, dtype=torch.bool)
+        c_mask[:, cols[units].flatten()] = True
+        touched[consumer.weight] = c_mask
+    for param in model.parameters():
+        mask = touched.get(param, torch.zeros_like(param, dtype=torch.bool))
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            now, was = optimizer.state[param][key], before_state[param][key]
+            assert torch.equal(now[~mask], was[~mask]), (key, param.shape)
+            assert torch.all(now[mask] == 0), key
+
+
+def test_reset_entries_restart_like_a_fresh_adam() -> None:
+    """After a reset the entry's next update is exactly a first Adam step: lr * sign(grad)."""
+    model = tiny_model()
+    batch = batch_for(model)
+    lr = 1e-3
+    optimizer = EntryAdam(model.parameters(), lr=lr, eps=1e-12)
+    _train_steps(model, optimizer, batch, steps=5)
+    layer = next(layer for layer in model.neuron_layers() if layer.name == "critic.hidden")
+    units = torch.zeros(layer.units, dtype=torch.bool)
+    units[1] = True
+    reset_neurons(layer, units, optimizer, torch.Generator().manual_seed(0))
+    before = layer.incoming.weight[1].detach().clone()
+    optimizer.zero_grad()
+    loss_fn(model)(batch).backward()
+    grad = layer.incoming.weight.grad[1].clone()
+    optimizer.step()
+    # The outgoing weights are zero, so this neuron's incoming gradient is zero: the step is zero too.
+    assert torch.all(grad == 0)
+    torch.testing.assert_close(layer.incoming.weight[1].detach(), before)
+    head_col = layer.outgoing[0][1][1]
+    assert torch.all(optimizer.state[model.critic_head.weight]["step"][:, head_col] == 1)
+
+
+def test_entry_adam_matches_torch_adam() -> None:
+    a, b = tiny_model(), tiny_model()
+    batch = batch_for(a)
+    opt_a = EntryAdam(a.parameters(), lr=3e-3, eps=1e-5)
+    opt_b = torch.optim.Adam(b.parameters(), lr=3e-3, eps=1e-5)
+    _train_steps(a, opt_a, batch, steps=10)
+    _train_steps(b, opt_b, batch, steps=10)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+
+def test_effective_rank_of_k_equal_orthogonal_directions_is_k() -> None:
+    features = torch.zeros(10, 6)
+    for i in range(3):
+        features[i, i] = 2.0
+    assert effective_rank(features) == pytest.approx(3.0)
+    assert effective_rank(torch.ones(10, 6)) == pytest.approx(1.0)
+    assert effective_rank(torch.zeros(4, 4)) == 0.0
+
+
+def test_churn_is_total_variation() -> None:
+    p = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    q = torch.tensor([[0.0, 1.0], [0.5, 0.5]])
+    assert churn(p, p) == 0.0
+    assert churn(p, q) == pytest.approx(0.5)
+
+
+def test_shrink_perturb_is_the_convex_mix_with_a_fresh_network() -> None:
+    model = tiny_model()
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    config = PlasticityConfig(method="shrink-perturb", reset_every_updates=1, shrink=0.7, perturb=0.2, seed=4)
+    method = make_method(config)
+    optimizer = EntryAdam(model.parameters())
+    method.after_update(model, optimizer, 1, batch_for(model), loss_fn(model))
+    fresh = dict(fresh_like(model, 4 * 7_919 + 1).named_parameters())
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.detach(), 0.7 * original[name] + 0.2 * fresh[name])
+
+
+def test_redo_resets_the_dead_neuron_and_respects_the_grace_period() -> None:
+    model = planted()
+    config = PlasticityConfig(method="redo", every_updates=1, tau_forward=0.0, grace_updates=5)
+    method = make_method(config)
+    optimizer = EntryAdam(model.parameters())
+    batch = batch_for(model)
+    stats = method.after_update(model, optimizer, 1, batch, loss_fn(model))
+    assert stats["plasticity/neurons_reset"] == 1.0
+    assert torch.any(model.actor_trunk.hidden.weight[DEAD] != 0)
+    with torch.no_grad():
+        model.actor_trunk.hidden.weight[DEAD] = 0.0  # dead again at once: still within its grace period
+    assert method.after_update(model, optimizer, 2, batch, loss_fn(model))["plasticity/neurons_reset"] == 0.0
+
+
+def test_resin_either_resets_dead_and_muted_neurons() -> None:
+    model = planted()
+    config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0, rule="either")
+    stats = make_method(config).after_update(model, EntryAdam(model.parameters()), 1, batch_for(model), loss_fn(model))
+    assert stats["plasticity/neurons_reset"] == 2.0
+
+
+def test_cbp_replaces_the_lowest_utility_mature_unit() -> None:
+    model = planted()
+    config = PlasticityConfig(method="cbp", cbp_replacement_rate=1 / 8, cbp_maturity_updates=0, cbp_decay=0.0)
+    method = make_method(config)
+    optimizer = EntryAdam(model.parameters())
+    method.after_update(model, optimizer, 1, batch_for(model), loss_fn(model))
+    # In actor.hidden the dead and the muted neuron both have utility 0; one unit per layer is replaced
+    # (8 units x 1/8), and it is one of those two.
+    hidden = model.actor_trunk.hidden
+    bias, weight = hidden.bias.detach(), hidden.weight.detach()
+    replaced = [u for u in (DEAD, MUTE) if float(bias[u]) == 0.0 and bool(torch.any(weight[u] != 0))]
+    assert len(replaced) == 1
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_behind_the_trainer_hook(method: str) -> None:
+    model = tiny_model()
+    hook = Plasticity(PlasticityConfig(method=method, every_updates=1, reset_every_updates=1, diagnose_every_updates=1))
+    optimizer = EntryAdam(model.parameters())
+    batch = batch_for(model)
+    hook.begin_phase(model, optimizer, 1)
+    for update in (1, 2):
+        metrics = hook.after_update(model, optimizer, update, batch, loss_fn(model))
+        assert all(math.isfinite(v) for v in metrics.values())
+    assert "plasticity/churn" in metrics
+    assert "plasticity/effective_rank" in metrics
