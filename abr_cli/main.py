@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from abr_cli import bench_cmd, eval_cmd, traces_cmd
+from abr_cli.plasticity_cmd import plasticity_bench
 from abr_cli.simulate_cmd import simulate
 from abr_cli.train_cmd import train_command
 
@@ -18,6 +19,7 @@ app = typer.Typer(
 app.command("simulate")(simulate)
 app.command("eval")(eval_cmd.evaluate)
 app.command("train")(train_command)
+app.command("plasticity-bench")(plasticity_bench)
 app.add_typer(traces_cmd.app, name="traces")
 app.add_typer(bench_cmd.app, name="bench")
 

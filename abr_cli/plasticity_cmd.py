@@ -1,0 +1,95 @@
+"""`abr plasticity-bench`: every plasticity method x seeds through a non-stationary schedule."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from abr_cli.common import console, load_video, output_dir, progress, user_errors
+from abr_cli.train_cmd import NETWORKS
+from plasticity.bench import BenchConfig, aggregate, run_bench, write_report
+from plasticity.methods import METHODS, PlasticityConfig
+from plasticity.schedules import available_schedules, load_schedule
+from policy.ppo import PPOConfig
+
+#: PPO settings of the benchmark unless --ppo-config overrides them: a smaller batch per update than
+#: offline training (more updates per environment step, as an online learner makes).
+BENCH_PPO: dict[str, Any] = {"num_envs": 64, "num_steps": 48, "ent_coef_start": 0.01}
+
+
+def _read_json(path: Path | None, option: str) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{option} {path}: {err}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{option} {path}: expected a JSON object")
+    return value
+
+
+def plasticity_bench(
+    schedule: Annotated[
+        str, typer.Option(help=f"Shipped schedule ({', '.join(available_schedules())}) or a schedule JSON file.")
+    ] = "synthetic-shift",
+    methods: Annotated[str, typer.Option(help=f"Comma-separated methods from: {', '.join(METHODS)}.")] = (
+        "none,reset,redo,shrink-perturb,cbp,resin"
+    ),
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per method.")] = 5,
+    scale: Annotated[float, typer.Option(min=1e-6, help="Multiplies every phase's environment steps.")] = 1.0,
+    workers: Annotated[int, typer.Option(min=1, help="Runs in parallel (one process, one torch thread each).")] = 2,
+    out: Annotated[Path, typer.Option(help="Output folder (runs/, results.json, report.md, plots).")] = Path(
+        "runs/plasticity-bench"
+    ),
+    video: Annotated[str, typer.Option(help="'builtin' or a folder of video_size_N files.")] = "builtin",
+    trace_root: Annotated[Path, typer.Option(help="What {traces} means in schedules.")] = Path("../shared/traces"),
+    network: Annotated[str, typer.Option(help="Network preset: pensieve or small.")] = "small",
+    ppo_config: Annotated[Path | None, typer.Option(help="JSON with PPOConfig fields for every run.")] = None,
+    plasticity_config: Annotated[
+        Path | None,
+        typer.Option(help='JSON: PlasticityConfig fields for all methods, and {"overrides": {method: {...}}}.'),
+    ] = None,
+) -> None:
+    """Train one network per (method, seed) through SCHEDULE; report QoE per phase, recovery, silent ratios."""
+    with user_errors():
+        the_schedule = load_schedule(schedule)
+        chosen = [m.strip() for m in methods.split(",") if m.strip()]
+        unknown = [m for m in chosen if m not in METHODS]
+        if unknown or not chosen:
+            raise ValueError(
+                f"--methods: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}"
+            )
+        if network not in NETWORKS:
+            raise ValueError(f"--network must be one of {', '.join(NETWORKS)}, got {network!r}")
+        output_dir(out, "--out")
+        ppo_fields = {**BENCH_PPO, "network": NETWORKS[network], **_read_json(ppo_config, "--ppo-config")}
+        plast = _read_json(plasticity_config, "--plasticity-config")
+        overrides = plast.pop("overrides", {})
+        config = BenchConfig(
+            methods=chosen, seeds=seeds, scale=scale, workers=workers, trace_root=str(trace_root),
+            ppo=PPOConfig(**ppo_fields), plasticity=PlasticityConfig(**plast), method_overrides=overrides,
+        )  # fmt: skip
+        for method in chosen:  # validate every method's settings before any run starts
+            config.method_config(method, 1)
+        the_video = load_video(video)
+        total = len(chosen) * seeds
+        console.print(
+            f"{the_schedule.name}: {len(the_schedule.phases)} phases, {len(chosen)} methods x {seeds} seeds "
+            f"= {total} runs at scale {scale}, {min(workers, total)} in parallel"
+        )
+        with progress() as bar:
+            task = bar.add_task("runs", total=total)
+
+            def done(name: str) -> None:
+                bar.update(task, advance=1, description=name)
+
+            records = run_bench(the_schedule, config, the_video, out, on_done=done)
+        command = "abr " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        report = write_report(aggregate(records), config, the_schedule, out, command)
+        console.print(report.read_text())

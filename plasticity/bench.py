@@ -1,0 +1,318 @@
+"""The plasticity benchmark: every method x every seed through one schedule, then statistics and plots.
+
+Each (method, seed) run is a separate process (one torch thread each) and writes its record to
+``OUT/runs/METHOD-seedS.json`` atomically, so an interrupted benchmark resumes where it stopped (runs whose
+settings match are not repeated). `aggregate` turns the records into per-method statistics with 95%
+t-intervals over seeds; `write_report` writes ``results.json``, ``report.md`` and the plots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from plasticity.continual import recovery_steps, run_schedule
+from plasticity.methods import METHODS, PlasticityConfig
+from plasticity.schedules import Schedule
+from policy.ppo import PPOConfig
+from simulator.video import Video
+from traces.io import write_atomic
+
+#: Two-sided 95% Student-t quantiles by degrees of freedom (1..30); beyond 30 the normal 1.96 is used.
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+       2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+       2.045, 2.042)  # fmt: skip
+DIAGNOSTICS_PLOTTED = ("plasticity/silent_ratio", "plasticity/dormant_ratio", "plasticity/grad_silent_ratio",
+                       "plasticity/effective_rank")  # fmt: skip
+
+
+class BenchConfig(BaseModel):
+    """What one benchmark runs (recorded in its results)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    methods: list[str] = Field(default_factory=lambda: ["none", "reset", "redo", "shrink-perturb", "cbp", "resin"])
+    seeds: int = Field(5, ge=1)
+    scale: float = Field(1.0, gt=0, description="Multiplies every phase's steps.")
+    workers: int = Field(2, ge=1)
+    trace_root: str = "../shared/traces"
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    plasticity: PlasticityConfig = Field(default_factory=PlasticityConfig, description="Shared by every method.")
+    method_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per-method fields.")
+
+    def method_config(self, method: str, seed: int) -> PlasticityConfig:
+        """The plasticity settings of ``method`` in run ``seed``."""
+        if method not in METHODS:
+            raise ValueError(f"unknown plasticity method {method!r} (choose from {', '.join(METHODS)})")
+        fields = {**self.plasticity.model_dump(), **self.method_overrides.get(method, {}), "method": method}
+        fields["seed"] = seed
+        return PlasticityConfig(**fields)
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and 95% half-width (Student t) of ``values``; half-width NaN for a single value."""
+    x = np.asarray(values, dtype=np.float64)
+    mean = float(x.mean())
+    if x.size < 2 or not np.all(np.isfinite(x)):
+        return mean, float("nan")
+    t = T95[x.size - 2] if x.size - 1 <= len(T95) else 1.96
+    return mean, float(t * x.std(ddof=1) / math.sqrt(x.size))
+
+
+def _job(args: tuple[dict[str, Any], dict[str, Any], str, float, str, Video, str]) -> str:
+    """One (method, seed) run in a worker process; writes its record, returns its path."""
+    schedule_json, plasticity_json, ppo_json, scale, trace_root, video, path = args
+    import torch
+
+    torch.set_num_threads(1)
+    record = run_schedule(
+        Schedule.model_validate(schedule_json),
+        PlasticityConfig.model_validate(plasticity_json),
+        PPOConfig.model_validate_json(ppo_json),
+        video,
+        scale=scale,
+        trace_root=Path(trace_root),
+    )
+    write_atomic(Path(path), json.dumps(record).encode())
+    return path
+
+
+def _matches(path: Path, plasticity: PlasticityConfig, scale: float, schedule: Schedule) -> bool:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return bool(
+        record.get("plasticity") == plasticity.model_dump()
+        and record.get("scale") == scale
+        and record.get("schedule") == schedule.model_dump()
+    )
+
+
+def run_bench(
+    schedule: Schedule,
+    config: BenchConfig,
+    video: Video,
+    out: Path,
+    on_done: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or resume) every (method, seed) pair; return the records in method, seed order."""
+    runs_dir = out / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    jobs, paths = [], []
+    for method in config.methods:
+        for seed in range(1, config.seeds + 1):
+            plasticity = config.method_config(method, seed)
+            path = runs_dir / f"{method}-seed{seed}.json"
+            paths.append(path)
+            if _matches(path, plasticity, config.scale, schedule):
+                if on_done is not None:
+                    on_done(f"{path.name} (kept)")
+                continue
+            ppo = config.ppo.model_copy(update={"seed": seed, "torch_threads": 1})
+            jobs.append((schedule.model_dump(), plasticity.model_dump(), ppo.model_dump_json(), config.scale,
+                         config.trace_root, video, str(path)))  # fmt: skip
+    if jobs:
+        workers = min(config.workers, len(jobs), os.cpu_count() or 1)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(_job, job) for job in jobs]
+            for future in as_completed(futures):
+                done = future.result()
+                if on_done is not None:
+                    on_done(Path(done).name)
+    return [json.loads(p.read_text()) for p in paths]
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def _phase_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per phase of one run: mean eval QoE/bitrate on its own family, recovery steps, first-eval bitrate."""
+    starts = record["phase_start_steps"]
+    total = record["total_steps"]
+    updates = [u for u in record["updates"] if "charts/qoe" in u]
+    steps = np.array([u["global_step"] for u in updates])
+    qoe = np.array([u["charts/qoe"] for u in updates])
+    rows = []
+    for index, phase in enumerate(record["schedule"]["phases"]):
+        family = phase["family"]
+        evals = [e for e in record["evals"] if e["phase"] == index]
+        own = [e["scores"][family] for e in evals]
+        end = starts[index + 1] if index + 1 < len(starts) else total
+        inside = (steps > starts[index]) & (steps <= end)
+        rows.append({
+            "phase": index, "family": family,
+            "qoe": float(np.mean([s["qoe"] for s in own])),
+            "final_qoe": own[-1]["qoe"],
+            "bitrate_kbps": float(np.mean([s["bitrate_kbps"] for s in own])),
+            "first_bitrate_kbps": own[0]["bitrate_kbps"],
+            "recovery_steps": recovery_steps(steps[inside] - starts[index], qoe[inside]),
+            "forgetting": {f: s["qoe"] for f, s in evals[-1]["scores"].items() if f != family},
+        })  # fmt: skip
+    return rows
+
+
+def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-method statistics over seeds: phase QoE, post-shift QoE, recovery, bitrate; mean curves."""
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_method.setdefault(record["plasticity"]["method"], []).append(record)
+    phases = records[0]["schedule"]["phases"]
+    out: dict[str, Any] = {"methods": {}, "phases": [p["family"] for p in phases]}
+    for method, runs in by_method.items():
+        rows = [_phase_rows(r) for r in runs]
+        per_phase = []
+        for index in range(len(phases)):
+            stats = {}
+            for key in ("qoe", "final_qoe", "bitrate_kbps", "first_bitrate_kbps", "recovery_steps"):
+                mean, half = t_interval([r[index][key] for r in rows])
+                stats[key] = {"mean": mean, "ci95": half}
+            per_phase.append(stats)
+        post_shift = (
+            [float(np.mean([r[i]["qoe"] for i in range(1, len(phases))])) for r in rows]
+            if len(phases) > 1
+            else [r[0]["qoe"] for r in rows]
+        )
+        mean, half = t_interval(post_shift)
+        curves: dict[str, Any] = {}
+        for key in ("charts/qoe", *DIAGNOSTICS_PLOTTED):
+            series = [[(u["global_step"], u[key]) for u in r["updates"] if key in u] for r in runs]
+            length = min(len(s) for s in series)
+            if length:
+                curves[key] = {
+                    "step": [p[0] for p in series[0][:length]],
+                    "mean": np.mean([[p[1] for p in s[:length]] for s in series], axis=0).tolist(),
+                }
+        out["methods"][method] = {
+            "seeds": len(runs),
+            "post_shift_qoe": {"mean": mean, "ci95": half, "per_seed": post_shift},
+            "phases": per_phase,
+            "wall_s": float(np.mean([r["wall_s"] for r in runs])),
+            "curves": curves,
+            "phase_start_steps": runs[0]["phase_start_steps"],
+        }
+    return out
+
+
+def bitrate_ratio(summary: dict[str, Any], method: str = "resin", baseline: str = "none") -> float | None:
+    """Mean bitrate ratio ``method / baseline`` in the first high-bandwidth phase after a low one."""
+    families = summary["phases"]
+    methods = summary["methods"]
+    if method not in methods or baseline not in methods:
+        return None
+    for index in range(1, len(families)):
+        if families[index] == "high" and families[index - 1] in ("low", "3g"):
+            a = methods[method]["phases"][index]["bitrate_kbps"]["mean"]
+            b = methods[baseline]["phases"][index]["bitrate_kbps"]["mean"]
+            return float(a / b) if b else None
+    return None
+
+
+def write_report(summary: dict[str, Any], config: BenchConfig, schedule: Schedule, out: Path, command: str) -> Path:
+    """results.json, report.md and the plots in ``out``; returns the report's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {**summary, "bitrate_ratio_resin_over_none": bitrate_ratio(summary)}
+    results = {"schedule": schedule.model_dump(), "config": config.model_dump(), "summary": summary}
+    write_atomic(out / "results.json", json.dumps(results, indent=2).encode())
+    methods = list(summary["methods"])
+    families = summary["phases"]
+    headers = [f"phase {i}: {f}" for i, f in enumerate(families)]
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / max(len(methods), 1)
+    for k, method in enumerate(methods):
+        phases = summary["methods"][method]["phases"]
+        xs = np.arange(len(families)) + k * width
+        ax.bar(xs, [p["qoe"]["mean"] for p in phases], width, yerr=[np.nan_to_num(p["qoe"]["ci95"]) for p in phases],
+               label=method, capsize=2)  # fmt: skip
+    ax.set_xticks(np.arange(len(families)) + 0.4 - width / 2, [f"{i}: {f}" for i, f in enumerate(families)])
+    ax.set_ylabel("mean eval QoE_lin in phase (95% CI)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "qoe_per_phase.png", dpi=110)
+    plt.close(fig)
+
+    for key, name in (("charts/qoe", "training_qoe"), *((k, k.split("/")[1]) for k in DIAGNOSTICS_PLOTTED)):
+        fig, ax = plt.subplots(figsize=(10, 3.5))
+        for method in methods:
+            curve = summary["methods"][method]["curves"].get(key)
+            if not curve:
+                continue
+            y = np.asarray(curve["mean"])
+            window = max(1, len(y) // 50) if key == "charts/qoe" else 1
+            y = np.convolve(y, np.ones(window) / window, mode="same")
+            ax.plot(np.asarray(curve["step"]) / 1e6, y, label=method, lw=1)
+        for start in summary["methods"][methods[0]]["phase_start_steps"][1:]:
+            ax.axvline(start / 1e6, color="grey", ls=":", lw=0.8)
+        ax.set_xlabel("environment steps (M)")
+        ax.set_ylabel(key)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png", dpi=110)
+        plt.close(fig)
+
+    lines = [
+        f"# Plasticity benchmark: {schedule.name}",
+        "",
+        f"{schedule.description}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Seeds: {config.seeds}; scale {config.scale} (phase steps: "
+        f"{', '.join(str(round(p.steps * config.scale)) for p in schedule.phases)}); "
+        f"batch {config.ppo.batch_size} steps per update.",
+        "",
+        "## Mean post-shift QoE (eval QoE_lin on each phase's test family, phases 1..n, 95% t-interval)",
+        "",
+        "| method | post-shift QoE | " + " | ".join(headers) + " | wall/run |",
+        "|---|---:|" + "---:|" * len(families) + "---:|",
+    ]
+    for method in methods:
+        m = summary["methods"][method]
+        cells = " | ".join(f"{p['qoe']['mean']:.3f} ± {p['qoe']['ci95']:.3f}" for p in m["phases"])
+        lines.append(f"| {method} | {m['post_shift_qoe']['mean']:.3f} ± {m['post_shift_qoe']['ci95']:.3f} | "
+                     f"{cells} | {m['wall_s']:.0f} s |")  # fmt: skip
+    lines += [
+        "",
+        "## Recovery: environment steps after a shift until training QoE reaches 90% of its phase level",
+        "",
+        "| method | " + " | ".join(f"phase {i}: {f}" for i, f in enumerate(families) if i) + " |",
+        "|---|" + "---:|" * (len(families) - 1),
+    ]
+    for method in methods:
+        phases = summary["methods"][method]["phases"]
+        lines.append(f"| {method} | " + " | ".join(
+            f"{p['recovery_steps']['mean'] / 1e3:.0f} k" for p in phases[1:]) + " |")  # fmt: skip
+    lines += [
+        "",
+        "## Mean bitrate (kbps) chosen on each phase's test family (first evaluation in the phase / phase mean)",
+        "",
+        "| method | " + " | ".join(headers) + " |",
+        "|---|" + "---:|" * len(families),
+    ]
+    for method in methods:
+        phases = summary["methods"][method]["phases"]
+        rates = [f"{p['first_bitrate_kbps']['mean']:.0f} / {p['bitrate_kbps']['mean']:.0f}" for p in phases]
+        lines.append(f"| {method} | " + " | ".join(rates) + " |")
+    ratio = summary["bitrate_ratio_resin_over_none"]
+    if ratio is not None:
+        lines += ["", f"Bitrate ratio resin / none in the first high-bandwidth phase after a low one: {ratio:.2f}"]
+    lines += ["", "Plots: qoe_per_phase.png, training_qoe.png, silent_ratio.png, dormant_ratio.png, "
+              "grad_silent_ratio.png, effective_rank.png", ""]  # fmt: skip
+    path = out / "report.md"
+    write_atomic(path, "\n".join(lines).encode())
+    return path

@@ -1,0 +1,145 @@
+"""Continual training through a schedule: one network, phase after phase, with continual evaluation.
+
+The PPO trainer runs unchanged; the learning rate and the entropy bonus are held constant (an online
+learner has no end of training to anneal towards). At ``evals_per_phase`` points in every phase (the last
+at its end) the greedy policy is evaluated on the test set of the current family and of every family seen
+before (forgetting). Every update's training QoE and bitrate, and the ``plasticity/*`` diagnostics, are
+kept for the recovery and silent-neuron analyses.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from plasticity.methods import Plasticity, PlasticityConfig
+from plasticity.schedules import Schedule, expand
+from policy.evaluate import run_policy
+from policy.learned import ModelPolicy
+from policy.network import ActorCritic
+from policy.ppo import PPOConfig, TrainState, new_state, train
+from simulator.observation import ObservationSpec
+from simulator.video import Video
+from traces.sources import resolve
+from traces.trace import Trace
+
+ProgressFn = Callable[[int, int], None]
+
+#: Per-update metrics kept in a run's record (diagnostics are added when present).
+KEPT_METRICS = ("global_step", "charts/qoe", "charts/bitrate_kbps")
+
+
+def phase_updates(schedule: Schedule, config: PPOConfig, scale: float) -> list[int]:
+    """Updates per phase at ``scale`` (at least one each)."""
+    return [max(1, round(phase.steps * scale / config.batch_size)) for phase in schedule.phases]
+
+
+def continual_config(config: PPOConfig, total_updates: int) -> PPOConfig:
+    """``config`` for online training: constant learning rate and entropy bonus over ``total_updates``."""
+    return config.model_copy(
+        update={
+            "anneal_lr": False,
+            "ent_coef_end": config.ent_coef_start,
+            "total_steps": total_updates * config.batch_size,
+        }
+    )
+
+
+def evaluate_families(
+    model: ActorCritic, families: dict[str, list[Trace]], video: Video, spec: ObservationSpec
+) -> dict[str, dict[str, float]]:
+    """Greedy QoE_lin score and mean bitrate on each family's test traces."""
+    policy = ModelPolicy(model, spec)
+    out = {}
+    for family, traces in families.items():
+        logs = run_policy(policy, traces, video)
+        out[family] = {"qoe": float(logs.scores().mean()), "bitrate_kbps": float(logs.bitrate_kbps()[:, 1:].mean())}
+    return out
+
+
+def run_schedule(
+    schedule: Schedule,
+    plasticity: PlasticityConfig,
+    config: PPOConfig,
+    video: Video,
+    *,
+    scale: float = 1.0,
+    trace_root: Path = Path("../shared/traces"),
+    device: torch.device | None = None,
+    on_progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Train one network through ``schedule`` with ``plasticity``; return a JSON-ready record of the run."""
+    device = device or torch.device("cpu")
+    spec = ObservationSpec()
+    updates = phase_updates(schedule, config, scale)
+    ppo = continual_config(config, sum(updates))
+    train_sets = [[t for s in expand(p.train, trace_root) for t in resolve(s)] for p in schedule.phases]
+    test_sets = {f: [t for s in schedule.test_sources(f, trace_root) for t in resolve(s)] for f in schedule.families()}
+    state: TrainState = new_state(ppo, video, spec, device)
+    hook = Plasticity(plasticity.model_copy(update={"seed": plasticity.seed or config.seed}))
+    evals: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    seen: list[str] = []
+    boundaries: list[int] = []
+    for index, (phase, n_updates) in enumerate(zip(schedule.phases, updates, strict=True)):
+        if phase.family not in seen:
+            seen.append(phase.family)
+        boundaries.append(state.global_step)
+        phase_metrics = hook.begin_phase(state.model, state.optimizer, index)
+        if phase_metrics:
+            state.metrics.append({"global_step": float(state.global_step), **phase_metrics})
+        points = sorted(
+            {max(1, round(n_updates * (k + 1) / schedule.evals_per_phase)) for k in range(schedule.evals_per_phase)}
+        )
+        done = 0
+        for point in points:
+            train(ppo, train_sets[index], video, state=state, device=device, spec=spec,
+                  stop_after_updates=point - done, plasticity=hook)  # fmt: skip
+            done = point
+            state.model.eval()
+            scores = evaluate_families(state.model, {f: test_sets[f] for f in seen}, video, spec)
+            state.model.train()
+            evals.append({
+                "phase": index, "family": phase.family, "update": state.update, "step": state.global_step,
+                "steps_into_phase": state.global_step - boundaries[-1], "scores": scores,
+            })  # fmt: skip
+            if on_progress is not None:
+                on_progress(state.update, sum(updates))
+    kept = [{k: v for k, v in m.items() if k in KEPT_METRICS or k.startswith("plasticity/")} for m in state.metrics]
+    return {
+        "schedule": schedule.model_dump(),
+        "scale": scale,
+        "plasticity": plasticity.model_dump(),
+        "ppo": ppo.model_dump(),
+        "phase_updates": updates,
+        "phase_start_steps": boundaries,
+        "total_steps": state.global_step,
+        "wall_s": time.perf_counter() - started,
+        "evals": evals,
+        "updates": kept,
+        "resets": hook.method.resets,
+    }
+
+
+def recovery_steps(steps: np.ndarray, qoe: np.ndarray, fraction: float = 0.9, window: int = 5) -> float:
+    """Steps into a phase until the smoothed training QoE first reaches ``fraction`` of its eventual level.
+
+    The eventual level is the mean over the last fifth of the phase; "reaching 90%" of a level ``L`` means
+    reaching ``L - (1 - fraction) * |L|`` (also meaningful when ``L`` is negative). ``steps`` counts from
+    the start of the phase. Returns ``inf`` if never reached (it always is by the end unless noise).
+    """
+    if len(qoe) == 0:
+        return float("nan")
+    window = max(1, min(window, len(qoe)))
+    smooth = np.convolve(qoe, np.ones(window) / window, mode="valid")
+    smooth_steps = steps[window - 1 :]
+    tail = qoe[-max(1, len(qoe) // 5) :]
+    level = float(np.mean(tail))
+    target = level - (1.0 - fraction) * abs(level)
+    hit = np.nonzero(smooth >= target)[0]
+    return float(smooth_steps[hit[0]]) if hit.size else float("inf")
