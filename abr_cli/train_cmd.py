@@ -10,15 +10,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
+import torch
 import typer
 
 from abr_cli.common import console, err_console, load_video, output_dir, progress, user_errors
+from plasticity.continual import train_schedule
+from plasticity.methods import METHODS, Plasticity, PlasticityConfig
+from plasticity.schedules import Schedule, load_schedule
 from policy.checkpoint import META_FILE, load_checkpoint, load_optimizer_state, save_checkpoint
 from policy.evaluate import run_policy
 from policy.learned import ModelPolicy
 from policy.network import NetworkConfig
 from policy.ppo import PPOConfig, TrainState, new_state, resolve_device, train
 from simulator.observation import ObservationSpec
+from simulator.video import Video
 from traces.io import write_atomic
 from traces.sources import DEFAULT_TRACE_SPEC, label, resolve, split_sources
 from traces.trace import Trace
@@ -56,9 +61,20 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Seed (runs on the CPU are reproducible).")] = 1,
     config: Annotated[Path | None, typer.Option(help="JSON file with PPOConfig fields (overrides the above).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its last checkpoint.")] = False,
+    plasticity: Annotated[
+        str, typer.Option(help=f"Plasticity method: {', '.join(METHODS)} (plasticity/* is logged with any).")
+    ] = "none",
+    schedule: Annotated[
+        str | None,
+        typer.Option(help="Train continually through a schedule (shipped name or JSON file) instead of --traces."),
+    ] = None,
+    scale: Annotated[float, typer.Option(min=1e-6, help="With --schedule: multiplies every phase's steps.")] = 1.0,
+    trace_root: Annotated[Path, typer.Option(help="With --schedule: what {traces} means.")] = Path("../shared/traces"),
 ) -> None:
     """Train the actor-critic with PPO in the simulator (delay noise and random start points on)."""
     with user_errors():
+        if plasticity not in METHODS:
+            raise ValueError(f"--plasticity must be one of {', '.join(METHODS)}, got {plasticity!r}")
         if network not in NETWORKS:
             raise ValueError(f"--network must be one of {', '.join(NETWORKS)}, got {network!r}")
         output_dir(out, "--out")
@@ -75,6 +91,13 @@ def train_command(
                 raise ValueError(f"--config {config}: {err}") from None
         ppo = PPOConfig(**fields)
         the_video = load_video(video)
+        plasticity_config = PlasticityConfig(method=plasticity, seed=seed)
+        if schedule is not None:
+            if resume:
+                raise ValueError("--resume is not supported with --schedule")
+            _train_schedule(load_schedule(schedule), plasticity_config, ppo, the_video, video, out, scale,
+                            trace_root, resolve_device(device))  # fmt: skip
+            return
         sources = _split(traces, DEFAULT_TRACE_SPEC)
         train_set: list[Trace] = [t for s in sources for t in resolve(s)]
         eval_sets = [(label(s), resolve(s)) for s in (eval_traces or [])]
@@ -152,10 +175,42 @@ def train_command(
                 on_update(st, metrics)
                 bar.update(task, completed=st.update)
 
-            train(ppo, train_set, the_video, state=state, device=dev, spec=spec, on_update=on_update_with_bar)
+            train(ppo, train_set, the_video, state=state, device=dev, spec=spec, on_update=on_update_with_bar,
+                  plasticity=Plasticity(plasticity_config))  # fmt: skip
         if not eval_sets:
             checkpoint(state, best_dir, {}, best_score)
         console.print(f"done in {time.perf_counter() - started:.0f} s: {out / 'best'} (best), {last_dir} (last)")
+
+
+def _train_schedule(
+    schedule: Schedule, plasticity: PlasticityConfig, ppo: PPOConfig, video: Video, video_spec: str, out: Path,
+    scale: float, trace_root: Path, device: torch.device,
+) -> None:  # fmt: skip
+    """Continual training through ``schedule``: ``out/run.json`` (evaluations, diagnostics) and ``out/last``."""
+    if (out / "last" / META_FILE).exists():
+        raise ValueError(f"--out {out} already holds a run; choose another folder")
+    console.print(f"continual training through {schedule.name} ({len(schedule.phases)} phases) "
+                  f"with plasticity {plasticity.method}, scale {scale}, device {device}")  # fmt: skip
+    with progress() as bar:
+        task = bar.add_task(schedule.name, total=None)
+
+        def on_progress(update: int, total: int) -> None:
+            bar.update(task, completed=update, total=total)
+
+        record, state = train_schedule(schedule, plasticity, ppo, video, scale=scale, trace_root=trace_root,
+                                       device=device, on_progress=on_progress)  # fmt: skip
+    write_atomic(out / "run.json", json.dumps(record).encode())
+    save_checkpoint(
+        out / "last", state.model, video, ObservationSpec(), qoe_kind=ppo.qoe,
+        train_config=record["ppo"], progress={"update": state.update, "global_step": state.global_step},
+        scores={}, optimizer=state.optimizer,
+        data={"schedule": schedule.name, "plasticity": plasticity.method, "video": video_spec},
+    )  # fmt: skip
+    for e in record["evals"]:
+        if e["steps_into_phase"] == max(x["steps_into_phase"] for x in record["evals"] if x["phase"] == e["phase"]):
+            shown = " ".join(f"{f}={s['qoe']:.3f}" for f, s in e["scores"].items())
+            console.print(f"end of phase {e['phase']} ({e['family']}), step {e['step']:,}: {shown}")
+    console.print(f"done: {out / 'run.json'}, {out / 'last'}")
 
 
 def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:

@@ -74,6 +74,23 @@ def run_schedule(
     on_progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Train one network through ``schedule`` with ``plasticity``; return a JSON-ready record of the run."""
+    record, _ = train_schedule(schedule, plasticity, config, video, scale=scale, trace_root=trace_root,
+                               device=device, on_progress=on_progress)  # fmt: skip
+    return record
+
+
+def train_schedule(
+    schedule: Schedule,
+    plasticity: PlasticityConfig,
+    config: PPOConfig,
+    video: Video,
+    *,
+    scale: float = 1.0,
+    trace_root: Path = Path("../shared/traces"),
+    device: torch.device | None = None,
+    on_progress: ProgressFn | None = None,
+) -> tuple[dict[str, Any], TrainState]:
+    """As `run_schedule`, also returning the trained state (model and optimizer)."""
     device = device or torch.device("cpu")
     spec = ObservationSpec()
     updates = phase_updates(schedule, config, scale)
@@ -111,7 +128,7 @@ def run_schedule(
             if on_progress is not None:
                 on_progress(state.update, sum(updates))
     kept = [{k: v for k, v in m.items() if k in KEPT_METRICS or k.startswith("plasticity/")} for m in state.metrics]
-    return {
+    record = {
         "schedule": schedule.model_dump(),
         "scale": scale,
         "plasticity": plasticity.model_dump(),
@@ -124,6 +141,7 @@ def run_schedule(
         "updates": kept,
         "resets": hook.method.resets,
     }
+    return record, state
 
 
 def recovery_steps(steps: np.ndarray, qoe: np.ndarray, fraction: float = 0.9, window: int = 5) -> float:
