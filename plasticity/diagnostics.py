@@ -29,12 +29,14 @@ SCORE_EPS = 1e-12
 
 @dataclass(frozen=True)
 class LayerScores:
-    """Normalised forward and backward scores ``[units]`` of one layer, and its raw activations."""
+    """Normalised forward and backward scores ``[units]`` of one layer, the raw ones, and its activations."""
 
     layer: NeuronLayer
     forward: torch.Tensor
     backward: torch.Tensor
     activations: torch.Tensor  # [B, positions * units], as recorded
+    raw_forward: torch.Tensor  # mean |activation| per neuron
+    raw_backward: torch.Tensor  # mean |incoming gradient| per neuron
 
 
 @contextmanager
@@ -89,14 +91,8 @@ def layer_scores(model: ActorCritic, batch: Rollout, loss_fn: LossFn) -> list[La
     with torch.no_grad():
         for layer in layers:
             activations = acts[layer.name]
-            out.append(
-                LayerScores(
-                    layer,
-                    normalise(unit_activity(activations, layer)),
-                    normalise(incoming_gradient(layer)),
-                    activations,
-                )
-            )
+            activity, gradient = unit_activity(activations, layer), incoming_gradient(layer)
+            out.append(LayerScores(layer, normalise(activity), normalise(gradient), activations, activity, gradient))
     model.zero_grad(set_to_none=True)
     return out
 

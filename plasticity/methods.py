@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -22,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from plasticity.diagnostics import (
+    SCORE_EPS,
+    LayerScores,
     LossFn,
     churn,
     layer_scores,
@@ -55,8 +58,19 @@ class PlasticityConfig(BaseModel):
     tau_forward: float = Field(0.025, ge=0, description="Dormant when the normalised activation score <= this.")
     tau_backward: float = Field(0.025, ge=0, description="Gradient-silent when the normalised gradient score <= this.")
     rule: SilentRule = Field("either", description="ReSiN: silent when dormant and/or gradient-silent.")
+    backward_reference: Literal["layer", "history"] = Field(
+        "history",
+        description="ReSiN: normalise gradient scores by the layer's current mean (layer) or by the larger of that "
+        "and its running mean over past checks (history), so a collapse of the whole layer's gradient counts.",
+    )
+    history_decay: float = Field(0.9, ge=0, lt=1, description="ReSiN: per-check decay of the running layer mean.")
+    collapse_ratio: float = Field(
+        0.1, ge=0, lt=1,
+        description="ReSiN with history: a layer whose mean gradient fell to <= this fraction of its running mean "
+        "receives no gradient as a whole, and all its neurons count as gradient-silent (0: off).",
+    )  # fmt: skip
     grace_updates: int = Field(20, ge=0, description="Neurons reset less than this many updates ago are exempt.")
-    reset_every_updates: int = Field(200, ge=1, description="reset / shrink-perturb: period in updates.")
+    reset_every_updates: int = Field(100, ge=1, description="reset / shrink-perturb: period in updates.")
     reset_scope: Literal["all", "last"] = Field("last", description="reset: the whole network or its last layers.")
     shrink: float = Field(0.8, ge=0, le=1, description="shrink-perturb: theta <- shrink * theta + ...")
     perturb: float = Field(0.1, ge=0, description="... + perturb * (a freshly initialised theta).")
@@ -225,6 +239,20 @@ class _NeuronResetter(PlasticityMethod):
     def __init__(self, config: PlasticityConfig) -> None:
         super().__init__(config)
         self.last_reset: dict[str, torch.Tensor] = {}  # layer name -> update of each neuron's last reset
+        self.gradient_reference: dict[str, float] = {}  # layer name -> running mean of its raw gradient score
+        self.use_history = False
+
+    def _backward_scores(self, s: LayerScores) -> torch.Tensor:
+        """Per-neuron gradient scores, normalised by the layer mean or by max(layer mean, running mean)."""
+        if not self.use_history:
+            return s.backward
+        current = float(s.raw_backward.mean())
+        reference = self.gradient_reference.get(s.layer.name, current)
+        decay = self.config.history_decay
+        self.gradient_reference[s.layer.name] = decay * reference + (1 - decay) * current
+        if current <= self.config.collapse_ratio * reference:
+            return torch.zeros_like(s.raw_backward)  # the whole layer's gradient collapsed
+        return s.raw_backward / max(current, reference, SCORE_EPS)
 
     def after_update(
         self, model: ActorCritic, optimizer: torch.optim.Optimizer, update: int, batch: Rollout, loss_fn: LossFn
@@ -236,7 +264,8 @@ class _NeuronResetter(PlasticityMethod):
         for s in scores:
             name = s.layer.name
             last = self.last_reset.setdefault(name, torch.full((s.layer.units,), -(10**9), dtype=torch.long))
-            mask = silent_mask(s, self.config.tau_forward, self.config.tau_backward, self.rule).cpu()
+            scored = replace(s, backward=self._backward_scores(s))
+            mask = silent_mask(scored, self.config.tau_forward, self.config.tau_backward, self.rule).cpu()
             mask &= (update - last) >= self.config.grace_updates
             n = reset_neurons(s.layer, mask.to(s.forward.device), optimizer, self.generator)
             last[mask] = update
@@ -261,6 +290,7 @@ class ReSiN(_NeuronResetter):
     def __init__(self, config: PlasticityConfig) -> None:
         super().__init__(config)
         self.rule = config.rule
+        self.use_history = config.backward_reference == "history"
 
 
 class ContinualBackprop(PlasticityMethod):
