@@ -256,3 +256,32 @@ def test_every_method_runs_behind_the_trainer_hook(method: str) -> None:
         assert all(math.isfinite(v) for v in metrics.values())
     assert "plasticity/churn" in metrics
     assert "plasticity/effective_rank" in metrics
+
+
+def test_resin_treats_a_collapse_of_a_layers_gradient_as_silence() -> None:
+    model = tiny_model()
+    config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=0)
+    method = make_method(config)
+    optimizer = EntryAdam(model.parameters())
+    batch = batch_for(model)
+    assert method.after_update(model, optimizer, 1, batch, loss_fn(model))["plasticity/neurons_reset"] == 0.0
+    with torch.no_grad():  # the actor's output layer goes quiet: almost no gradient reaches actor.hidden
+        model.actor_head.weight.mul_(1e-4)
+    stats = method.after_update(model, optimizer, 2, batch, loss_fn(model))
+    hidden = model.actor_trunk.hidden
+    assert stats["plasticity/neurons_reset"] >= hidden.out_features
+    assert torch.all(model.actor_head.weight == 0)  # every actor.hidden neuron was reset
+    assert torch.any(model.critic_head.weight != 0)
+
+
+def test_resin_layer_reference_ignores_history() -> None:
+    model = tiny_model()
+    config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0,
+                              grace_updates=0, backward_reference="layer")  # fmt: skip
+    method = make_method(config)
+    optimizer = EntryAdam(model.parameters())
+    batch = batch_for(model)
+    method.after_update(model, optimizer, 1, batch, loss_fn(model))
+    with torch.no_grad():
+        model.actor_head.weight.mul_(1e-4)
+    assert method.after_update(model, optimizer, 2, batch, loss_fn(model))["plasticity/neurons_reset"] == 0.0
