@@ -13,10 +13,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from abr_cli.common import console, load_video, output_path, user_errors
+from abr_cli.common import console, output_path, user_errors
 from policy.optimal import refinement_study
 from simulator.benchmark import SimBenchResult, bench_batch, bench_scalar, machine_description
 from simulator.link import LinkConfig
+from simulator.video import load_video
 from traces.io import write_atomic
 from traces.sources import DEFAULT_TRACE_SPEC, label, resolve
 

@@ -18,7 +18,7 @@ from rich.progress import (
 )
 
 from policy.base import PolicySpecError
-from simulator.video import Video, VideoError
+from simulator.video import VideoError
 from traces.trace import TraceError
 
 #: Tables keep their columns readable when output goes to a file or CI log (rich assumes 80 there).
@@ -66,16 +66,6 @@ def _check_parents(path: Path, option: str) -> None:
             if not parent.is_dir():
                 raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
             break
-
-
-def load_video(source: str) -> Video:
-    """``builtin`` or a folder of ``video_size_N`` files."""
-    if source == "builtin":
-        return Video.builtin()
-    path = Path(source)
-    if not path.exists():
-        raise VideoError(f"{source}: no such folder (use 'builtin' or a folder of video_size_N files)")
-    return Video.from_size_files(path)
 
 
 def progress() -> Progress:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from abr_cli.common import console, load_video, output_dir, progress, user_errors
+from abr_cli.common import console, output_dir, progress, user_errors
 from abr_cli.simulate_cmd import summary_table
 from policy import available_policies, make_policy
 from policy.base import Policy
@@ -27,6 +27,7 @@ from policy.report import (
 )
 from simulator.link import LinkConfig
 from simulator.qoe import QoEKind
+from simulator.video import load_video
 from traces.sources import DEFAULT_TRACE_SPEC, label, resolve
 from traces.trace import Trace
 

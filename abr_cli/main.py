@@ -6,12 +6,13 @@ import typer
 
 from abr_cli import bench_cmd, eval_cmd, traces_cmd
 from abr_cli.plasticity_cmd import plasticity_bench
+from abr_cli.serve_cmd import serve
 from abr_cli.simulate_cmd import simulate
 from abr_cli.train_cmd import train_command
 
 app = typer.Typer(
     name="abr",
-    help="resin-abr: trace-driven ABR simulation, classic and learned bitrate policies.",
+    help="resin-abr: trace-driven ABR simulation, learned and classic bitrate policies, plasticity, serving.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -20,6 +21,7 @@ app.command("simulate")(simulate)
 app.command("eval")(eval_cmd.evaluate)
 app.command("train")(train_command)
 app.command("plasticity-bench")(plasticity_bench)
+app.command("serve")(serve)
 app.add_typer(traces_cmd.app, name="traces")
 app.add_typer(bench_cmd.app, name="bench")
 

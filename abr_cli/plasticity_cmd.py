@@ -10,12 +10,13 @@ from typing import Annotated, Any
 
 import typer
 
-from abr_cli.common import console, load_video, output_dir, progress, user_errors
+from abr_cli.common import console, output_dir, progress, user_errors
 from abr_cli.train_cmd import NETWORKS
 from plasticity.bench import BenchConfig, aggregate, run_bench, write_report
 from plasticity.methods import METHODS, PlasticityConfig
 from plasticity.schedules import available_schedules, load_schedule
 from policy.ppo import PPOConfig
+from simulator.video import load_video
 
 #: PPO settings of the benchmark unless --ppo-config overrides them: a smaller batch per update than
 #: offline training (more updates per environment step, as an online learner makes).

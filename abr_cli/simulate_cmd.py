@@ -11,11 +11,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from abr_cli.common import console, load_video, output_path, progress, user_errors
+from abr_cli.common import console, output_path, progress, user_errors
 from policy import make_policy
 from policy.evaluate import DEFAULT_INITIAL_QUALITY, DEFAULT_POLICIES, Summary, run_policy, summarize, write_jsonl
 from simulator.link import LinkConfig
 from simulator.qoe import QoEConfig, QoEKind
+from simulator.video import load_video
 from traces.io import write_atomic
 from traces.sources import DEFAULT_TRACE_SPEC, label, resolve
 

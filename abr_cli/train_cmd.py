@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import typer
 
-from abr_cli.common import console, err_console, load_video, output_dir, progress, user_errors
+from abr_cli.common import console, err_console, output_dir, progress, user_errors
 from plasticity.continual import train_schedule
 from plasticity.methods import METHODS, Plasticity, PlasticityConfig
 from plasticity.schedules import Schedule, load_schedule
@@ -23,7 +23,7 @@ from policy.learned import ModelPolicy
 from policy.network import NetworkConfig
 from policy.ppo import PPOConfig, TrainState, new_state, resolve_device, train
 from simulator.observation import ObservationSpec
-from simulator.video import Video
+from simulator.video import Video, load_video
 from traces.io import write_atomic
 from traces.sources import DEFAULT_TRACE_SPEC, label, resolve, split_sources
 from traces.trace import Trace

@@ -184,3 +184,13 @@ class Video:
     def builtin(cls) -> Video:
         """The built-in default: a synthetic 48-chunk video on the 300-4300 kbps ladder, 4 s chunks."""
         return cls.synthetic(name="builtin")
+
+
+def load_video(source: str) -> Video:
+    """``builtin`` or a folder of ``video_size_N`` files."""
+    if source == "builtin":
+        return Video.builtin()
+    path = Path(source)
+    if not path.exists():
+        raise VideoError(f"{source}: no such folder (use 'builtin' or a folder of video_size_N files)")
+    return Video.from_size_files(path)

@@ -1,0 +1,53 @@
+"""Admin: list, activate and roll back model versions (bearer token)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel
+
+from abr_server.deps import AdminDep, ServiceDep
+from abr_server.registry import RegistryError
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
+
+
+class ModelsView(BaseModel):
+    """Versions in the registry and the one served."""
+
+    versions: list[str]
+    serving: str
+    previous: str | None
+
+
+def _view(service: ServiceDep) -> ModelsView:
+    previous = service.slot.previous
+    return ModelsView(versions=service.registry.versions(), serving=service.slot.current.version,
+                      previous=previous.version if previous else None)  # fmt: skip
+
+
+@router.get("/models", response_model=ModelsView)
+async def models(service: ServiceDep) -> ModelsView:
+    """The registry's versions and the one being served."""
+    return _view(service)
+
+
+@router.post("/models/{version}/activate", response_model=ModelsView)
+async def activate(version: str, service: ServiceDep) -> ModelsView:
+    """Serve ``version`` (validated first; a refused checkpoint leaves the current model serving)."""
+    try:
+        await service.activate(version)
+    except RegistryError as err:
+        service.metrics.errors.labels("model_refused").inc()
+        code = status.HTTP_404_NOT_FOUND if "not found" in str(err) else status.HTTP_409_CONFLICT
+        raise HTTPException(code, detail=str(err)) from None
+    return _view(service)
+
+
+@router.post("/models/rollback", response_model=ModelsView)
+async def rollback(service: ServiceDep) -> ModelsView:
+    """Serve the previously served model again."""
+    try:
+        await service.rollback()
+    except RegistryError as err:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(err)) from None
+    return _view(service)

@@ -1,0 +1,103 @@
+"""Build the FastAPI app: settings, lifespan (model, batcher, telemetry), middleware and routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from abr_server.api.routes import admin, decisions, health, pensieve
+from abr_server.deps import UNPROCESSABLE
+from abr_server.metrics import Metrics
+from abr_server.registry import ModelRegistry
+from abr_server.service import DecisionService
+from abr_server.settings import Settings
+from policy.ppo import resolve_device
+from simulator.video import load_video
+
+Message = MutableMapping[str, Any]
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with 413, whether or not they declare a length."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await _reply(send, 413, b'{"detail":"request body too large"}')
+            return
+        received = 0
+        too_large = False
+
+        async def limited() -> Message:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    too_large = True
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _reply(send, 413, b'{"detail":"request body too large"}')
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _reply(send: Callable[[Message], Awaitable[None]], code: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+    """422 naming each bad field; the offending values are not echoed (they may not even be valid JSON)."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+              for e in errors]  # fmt: skip
+    return JSONResponse(status_code=UNPROCESSABLE, content={"detail": detail})
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service, configured by ``settings`` (default: from ``ABR_*`` environment variables)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        video = load_video(settings.video)
+        registry = ModelRegistry(settings.models_dir, video, resolve_device(settings.device))
+        service = DecisionService(settings, video, registry, Metrics())
+        await service.start()
+        app.state.service = service
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(title="resin-abr decision server", version="1", lifespan=lifespan)
+    app.state.settings = settings
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"])  # fmt: skip
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    for module in (decisions, pensieve, admin, health):
+        app.include_router(module.router)
+    return app

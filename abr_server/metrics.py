@@ -1,0 +1,30 @@
+"""Prometheus metrics of one app instance (its own registry, so several apps can live in one process)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+@dataclass
+class Metrics:
+    """The service's counters, gauges and histograms."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.latency = Histogram("abr_decision_latency_seconds", "Decision latency (server side).",
+                                 ["api"], buckets=LATENCY_BUCKETS_S, registry=r)  # fmt: skip
+        self.batch_size = Histogram("abr_inference_batch_size", "Decisions per forward pass.",
+                                    buckets=BATCH_BUCKETS, registry=r)  # fmt: skip
+        self.decisions = Counter("abr_decisions_total", "Decisions by who decided.", ["policy"], registry=r)
+        self.fallbacks = Counter("abr_fallbacks_total", "Fallback answers by reason.", ["reason"], registry=r)
+        self.errors = Counter("abr_errors_total", "Rejected or failed requests by kind.", ["kind"], registry=r)
+        self.sessions = Gauge("abr_sessions", "Sessions kept in memory.", registry=r)
+        self.model_swaps = Counter("abr_model_swaps_total", "Model activations.", registry=r)
+        self.telemetry_rows = Counter("abr_telemetry_rows_total", "Chunk reports committed.", registry=r)

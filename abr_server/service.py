@@ -1,0 +1,172 @@
+"""The decision service: sessions, policy choice (learned, classic, A/B), fallback, telemetry, model swaps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+
+import numpy as np
+
+from abr_server.inference import LoadedModel, MicroBatcher, ModelSlot
+from abr_server.metrics import Metrics
+from abr_server.registry import ModelRegistry, RegistryError
+from abr_server.schemas import ChunkReport, Decision
+from abr_server.sessions import Session, SessionStore
+from abr_server.settings import Settings
+from abr_server.telemetry import TelemetryStore
+from policy.base import Policy, make_policy
+from simulator.observation import ObservationSpec
+from simulator.video import Video
+
+log = logging.getLogger("abr_server")
+LEARNED = "learned"
+
+
+class DecisionService:
+    """Everything a decision needs, built once per app in its lifespan."""
+
+    def __init__(self, settings: Settings, video: Video, registry: ModelRegistry, metrics: Metrics) -> None:
+        self.settings, self.video, self.registry, self.metrics = settings, video, registry, metrics
+        self.spec = ObservationSpec()
+        self.store = SessionStore(video, self.spec, settings.max_sessions, settings.session_ttl_s)
+        self.slot = ModelSlot(registry.load_servable())
+        self.batcher = MicroBatcher(self.slot, settings.max_batch, settings.max_wait_ms / 1000.0,
+                                    on_batch=metrics.batch_size.observe)  # fmt: skip
+        self.fallback = self._classic(settings.fallback_policy)
+        for spec in {settings.policy, settings.ab_policy} - {None, LEARNED}:
+            assert spec is not None
+            self._classic(spec)  # fail at start-up, not on the first request, if a spec is wrong
+        self.telemetry = (
+            TelemetryStore(settings.telemetry_db, settings.telemetry_flush_ms) if settings.telemetry_db else None
+        )
+        self._watcher: asyncio.Task[None] | None = None
+        self._swap_lock = asyncio.Lock()
+
+    def _classic(self, spec: str) -> Policy:
+        policy = make_policy(spec)
+        policy.begin(1, self.video)
+        return policy
+
+    async def start(self) -> None:
+        """Start background tasks (micro-batcher, registry watcher)."""
+        await self.batcher.start()
+        if self.settings.watch_interval_s > 0 and self.registry.root is not None:
+            self._watcher = asyncio.create_task(self._watch(), name="abr-registry-watcher")
+
+    async def stop(self) -> None:
+        """Stop background tasks and commit queued telemetry."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await self.batcher.stop()
+        if self.telemetry is not None:
+            await asyncio.to_thread(self.telemetry.close)
+
+    # ------------------------------------------------------------------ decisions
+
+    def assign(self, session_id: str) -> str:
+        """The policy of a new session: the A/B share (stable hash of the id) or the main policy."""
+        ab = self.settings.ab_policy
+        if ab and self.settings.ab_percent > 0:
+            bucket = int.from_bytes(hashlib.sha256(session_id.encode()).digest()[:4], "big") % 10_000
+            if bucket < self.settings.ab_percent * 100:
+                return ab
+        return self.settings.policy
+
+    async def decide(self, session_id: str, report: ChunkReport, api: str) -> Decision:
+        """Record ``report`` in the session and choose the next chunk's level."""
+        started = time.perf_counter()
+        session = self.store.get(session_id, self.assign(session_id))
+        self.metrics.sessions.set(len(self.store))
+        async with session.lock:  # one request at a time per session
+            session.push(report, self.video)
+            decision = await self._choose(session, report)
+            if self.telemetry is not None:
+                try:
+                    await self.telemetry.append(self._row(session_id, report, decision))
+                    self.metrics.telemetry_rows.inc()
+                except Exception:  # the player still gets its answer; the loss is counted
+                    self.metrics.errors.labels("telemetry").inc()
+                    log.exception("telemetry write failed")
+        if decision.end_of_video:
+            self.store.drop(session_id)
+        self.metrics.decisions.labels(decision.policy).inc()
+        self.metrics.latency.labels(api).observe(time.perf_counter() - started)
+        return decision
+
+    async def _choose(self, session: Session, report: ChunkReport) -> Decision:
+        next_index = report.index + 1
+        if next_index >= self.video.n_chunks:
+            return self._decision(report.quality, next_index, session.policy, None, end=True)
+        obs = session.observation()
+        if session.policy != LEARNED:
+            if session.classic is None:
+                session.classic = self._classic(session.policy)
+            return self._decision(int(session.classic.select(obs)[0]), next_index, session.policy, None)
+        state = obs.to_state(self.video, self.spec)[0]
+        reason = None
+        try:
+            level, version = await asyncio.wait_for(
+                self.batcher.decide(state), self.settings.inference_timeout_ms / 1000.0
+            )
+            return self._decision(level, next_index, LEARNED, version)
+        except TimeoutError:
+            reason = "timeout"
+        except Exception:
+            reason = "model_error"
+            log.exception("model inference failed; answering with the fallback")
+        self.metrics.fallbacks.labels(reason).inc()
+        level = int(self.fallback.select(obs)[0])
+        return self._decision(level, next_index, f"fallback:{self.settings.fallback_policy}", None)
+
+    def _decision(self, level: int, for_index: int, policy: str, version: str | None, end: bool = False) -> Decision:
+        level = int(np.clip(level, 0, self.video.n_levels - 1))
+        return Decision(quality=level, bitrate_kbps=int(self.video.bitrates_kbps[level]), for_index=for_index,
+                        policy=policy, model_version=version, end_of_video=end)  # fmt: skip
+
+    def _row(self, session_id: str, r: ChunkReport, d: Decision) -> tuple[object, ...]:
+        return (time.time(), session_id, r.index, r.quality, r.bytes, r.request_start_ms, r.first_byte_ms, r.end_ms,
+                r.delay_ms, r.buffer_level_s, r.rebuffer_ms, None if d.end_of_video else d.quality, d.policy,
+                d.model_version)  # fmt: skip
+
+    # ------------------------------------------------------------------ models
+
+    async def activate(self, version: str) -> LoadedModel:
+        """Load, validate and serve ``version``; on any problem the current model stays."""
+        async with self._swap_lock:
+            loaded = await asyncio.to_thread(self.registry.load, version)
+            self.slot.swap(loaded)
+            self.registry.mark_active(version)
+            self.metrics.model_swaps.inc()
+            log.info("serving model version %s", version)
+            return loaded
+
+    async def rollback(self) -> LoadedModel:
+        """Serve the previous model again."""
+        async with self._swap_lock:
+            previous = self.slot.previous
+            if previous is None:
+                raise RegistryError("no previous model to roll back to")
+            self.slot.swap(previous)
+            self.registry.mark_active(previous.version)
+            self.metrics.model_swaps.inc()
+            return previous
+
+    async def _watch(self) -> None:
+        """Serve a version as soon as it appears in the registry (the newest of those that appeared)."""
+        seen = set(await asyncio.to_thread(self.registry.versions))
+        while True:
+            await asyncio.sleep(self.settings.watch_interval_s)
+            try:
+                versions = await asyncio.to_thread(self.registry.versions)
+                new = [v for v in versions if v not in seen]
+                seen.update(versions)
+                if new:
+                    await self.activate(new[-1])
+            except RegistryError as err:
+                self.metrics.errors.labels("model_refused").inc()
+                log.warning("%s", err)

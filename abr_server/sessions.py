@@ -1,0 +1,122 @@
+"""Per-session history kept by the server: bounded, expiring, one request at a time per session.
+
+Each session has its own one-row `ObservationBuilder`, the same code the simulator uses, so the model
+sees the numbers it was trained on. Sessions are kept in least-recently-used order: beyond
+``max_sessions`` the oldest goes, and sessions idle for ``ttl_s`` are forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from abr_server.schemas import ChunkReport
+from policy.base import Policy
+from simulator.observation import Observation, ObservationBuilder, ObservationSpec
+from simulator.video import Video
+
+
+class ReportError(ValueError):
+    """A report that does not fit the served video or the session (answered with 422)."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field_name = field_name
+
+
+@dataclass
+class Session:
+    """One player's recent history."""
+
+    session_id: str
+    builder: ObservationBuilder
+    policy: str
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    classic: Policy | None = None  # a classic rule's own state for this session
+    last_seen_s: float = 0.0
+    last_index: int = -1
+    chunks: int = 0
+
+    def push(self, report: ChunkReport, video: Video) -> None:
+        """Append the reported chunk (validated against the served video)."""
+        if report.quality >= video.n_levels:
+            raise ReportError("quality", f"level {report.quality} is not on the ladder (0..{video.n_levels - 1})")
+        if report.index >= video.n_chunks:
+            raise ReportError("index", f"chunk {report.index} is past the video's last chunk ({video.n_chunks - 1})")
+        next_index = report.index + 1
+        if report.next_chunk_bytes is not None:
+            if len(report.next_chunk_bytes) != video.n_levels:
+                raise ReportError(
+                    "next_chunk_bytes", f"needs {video.n_levels} sizes, got {len(report.next_chunk_bytes)}"
+                )
+            next_bytes = np.asarray(report.next_chunk_bytes, dtype=np.int64)
+        elif next_index < video.n_chunks:
+            next_bytes = video.chunk_bytes[:, next_index].astype(np.int64)
+        else:
+            next_bytes = np.zeros(video.n_levels, dtype=np.int64)
+        self.builder.push(
+            slice(None),
+            quality=np.array([report.quality]),
+            buffer_s=np.array([report.buffer_level_s]),
+            chunk_bytes=np.array([float(report.bytes)]),
+            delay_ms=np.array([report.delay_ms]),
+            chunk_index=np.array([report.index]),
+            chunks_remaining=np.array([video.n_chunks - next_index]),
+            next_chunk_bytes=next_bytes[None, :],
+        )
+        self.last_index = report.index
+        self.chunks += 1
+
+    def observation(self) -> Observation:
+        """The session's current observation (batch of one)."""
+        return self.builder.observation()
+
+
+class SessionStore:
+    """Sessions by id, least recently used first out, idle ones expired."""
+
+    def __init__(self, video: Video, spec: ObservationSpec, max_sessions: int, ttl_s: float) -> None:
+        self.video, self.spec = video, spec
+        self.max_sessions, self.ttl_s = max_sessions, ttl_s
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self.expired = 0
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, session_id: str, policy: str, now_s: float | None = None) -> Session:
+        """The session ``session_id``, created (with ``policy``) if new or expired."""
+        now_s = time.monotonic() if now_s is None else now_s
+        session = self._sessions.get(session_id)
+        if session is not None and now_s - session.last_seen_s > self.ttl_s:
+            del self._sessions[session_id]
+            self.expired += 1
+            session = None
+        if session is None:
+            session = Session(session_id, ObservationBuilder(1, self.video, self.spec), policy)
+            self._sessions[session_id] = session
+            while len(self._sessions) > self.max_sessions:
+                self._sessions.popitem(last=False)
+                self.evicted += 1
+        else:
+            self._sessions.move_to_end(session_id)
+        session.last_seen_s = now_s
+        return session
+
+    def drop(self, session_id: str) -> bool:
+        """Forget a session (e.g. after its last chunk); True if it existed."""
+        return self._sessions.pop(session_id, None) is not None
+
+    def sweep(self, now_s: float | None = None) -> int:
+        """Forget every session idle longer than the TTL; returns how many."""
+        now_s = time.monotonic() if now_s is None else now_s
+        stale = [sid for sid, s in self._sessions.items() if now_s - s.last_seen_s > self.ttl_s]
+        for sid in stale:
+            del self._sessions[sid]
+        self.expired += len(stale)
+        return len(stale)
