@@ -123,3 +123,82 @@ def bench_optimal(
         console.print(table)
         if out is not None:
             write_atomic(out, json.dumps(doc, indent=2).encode())
+
+
+@app.command("serve")
+def bench_serve(
+    url: Annotated[
+        str | None, typer.Option(help="A running server; default: start `abr serve` on a free loopback port.")
+    ] = None,
+    concurrency: Annotated[list[int] | None, typer.Option(help="Concurrent players (repeatable).")] = None,
+    seconds: Annotated[float, typer.Option(min=0.1, help="Duration per concurrency level.")] = 10.0,
+    batch: Annotated[list[int] | None, typer.Option(help="Batch sizes of the inference-only measurement.")] = None,
+    device: Annotated[str, typer.Option(help="Device of the inference-only measurement.")] = "cpu",
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
+) -> None:
+    """Decisions/s and p50/p99 latency of the server under load; inference-only throughput per batch."""
+    import asyncio
+    import os
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    import httpx
+
+    from abr_server.loadgen import inference_throughput, run_load
+    from abr_server.registry import ModelRegistry
+    from policy.ppo import resolve_device
+    from simulator.observation import ObservationSpec
+    from simulator.video import Video
+
+    with user_errors():
+        if out is not None:
+            output_path(out, "--out")
+        levels = concurrency or [1, 16, 64, 256]
+        video = Video.builtin()
+        loaded = ModelRegistry(None, video, resolve_device(device)).load_servable()
+        width = ObservationSpec().width(video)
+        inference = []
+        for b in batch or [1, 16, 64, 256, 1024]:
+            per_s, ms = inference_throughput(loaded, width, b)
+            inference.append({"batch": b, "decisions_per_s": per_s, "ms_per_forward": ms})
+        server = None
+        if url is None:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            telemetry = Path(tempfile.gettempdir()) / f"abr-bench-{port}.sqlite"
+            env = {**os.environ, "ABR_TELEMETRY_DB": str(telemetry)}
+            server = subprocess.Popen([sys.executable, "-m", "abr_cli.main", "serve", "--port", str(port)], env=env)
+            url = f"http://127.0.0.1:{port}"
+            for _ in range(300):
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            else:
+                raise RuntimeError(f"abr serve did not come up on {url}")
+        try:
+            load = [asyncio.run(run_load(url, c, seconds, video, seed=c)) for c in levels]
+        finally:
+            if server is not None:
+                server.terminate()
+                server.wait(timeout=30)
+    table = Table("players", "decisions/s", "p50 ms", "p99 ms", "errors")
+    for r in load:
+        table.add_row(str(r.concurrency), f"{r.per_second:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", str(r.errors))
+    console.print(table)
+    itable = Table("batch", "decisions/s", "ms/forward")
+    for row in inference:
+        itable.add_row(str(row["batch"]), f"{row['decisions_per_s']:,.0f}", f"{row['ms_per_forward']:.3f}")
+    console.print(f"inference only ({loaded.device}):")
+    console.print(itable)
+    if out is not None:
+        payload = {
+            "date": dt.date.today().isoformat(), "machine": machine_description(), "url": url,
+            "load": [{**asdict(r), "decisions_per_s": r.per_second} for r in load], "inference": inference,
+        }  # fmt: skip
+        write_atomic(out, json.dumps(payload, indent=2).encode())

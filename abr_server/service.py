@@ -39,9 +39,7 @@ class DecisionService:
         for spec in {settings.policy, settings.ab_policy} - {None, LEARNED}:
             assert spec is not None
             self._classic(spec)  # fail at start-up, not on the first request, if a spec is wrong
-        self.telemetry = (
-            TelemetryStore(settings.telemetry_db, settings.telemetry_flush_ms) if settings.telemetry_db else None
-        )
+        self.telemetry = TelemetryStore(settings.telemetry_db) if settings.telemetry_db else None
         self._watcher: asyncio.Task[None] | None = None
         self._swap_lock = asyncio.Lock()
 

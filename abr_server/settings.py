@@ -25,12 +25,14 @@ class Settings(BaseSettings):
     ab_percent: float = Field(0.0, ge=0, le=100, description="Share of sessions (by session id hash) on ab_policy.")
     fallback_policy: Literal["bba", "rb"] = Field("bba", description="Answers when the model fails or is late.")
     max_batch: int = Field(256, ge=1, description="Largest micro-batch of decisions in one forward pass.")
-    max_wait_ms: float = Field(1.0, ge=0, description="Longest a decision waits for others to batch with.")
+    max_wait_ms: float = Field(
+        0.0, ge=0, description="Longest a decision waits for others to batch with (0: batch what is queued)."
+    )
+    torch_threads: int = Field(1, ge=0, description="torch CPU threads for inference (0: torch's default).")
     inference_timeout_ms: float = Field(200.0, gt=0, description="Later than this, the fallback answers.")
     max_sessions: int = Field(100_000, ge=1, description="Sessions kept; the least recently used goes first.")
     session_ttl_s: float = Field(600.0, gt=0, description="Sessions idle this long are forgotten.")
     telemetry_db: Path | None = Field(Path("abr-telemetry.sqlite"), description="SQLite telemetry (None: off).")
-    telemetry_flush_ms: float = Field(5.0, gt=0, description="Group-commit interval of telemetry writes.")
     admin_token: SecretStr | None = Field(None, description="Bearer token of the admin routes (unset: admin off).")
     cors_origins: list[str] = Field(default_factory=list, description="Player origins allowed by CORS.")
     max_body_bytes: int = Field(64 * 1024, ge=256, description="Larger request bodies are refused (413).")

@@ -1,8 +1,9 @@
 """Telemetry: every chunk report appended to SQLite (WAL), group-committed off the request path.
 
 A request hands its row to the writer thread and waits until the batch holding it is committed, so a
-decision is only acknowledged once its report is on disk (a restart loses nothing acknowledged), while
-the inserts of many concurrent requests share one transaction every ``flush_ms``.
+decision is only acknowledged once its report is on disk (a restart loses nothing acknowledged). The
+writer never waits for more rows: everything that queued up while it was committing goes into the next
+transaction, so batches grow with the load and a lone request pays one commit.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,9 +47,8 @@ _Item = tuple[tuple[Any, ...], asyncio.Future[None], asyncio.AbstractEventLoop]
 class TelemetryStore:
     """Appends rows from any coroutine; one writer thread commits them in groups."""
 
-    def __init__(self, path: Path, flush_ms: float = 5.0) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.flush_s = flush_ms / 1000.0
         self._conn = connect(path)
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="abr-telemetry", daemon=True)
@@ -80,11 +79,10 @@ class TelemetryStore:
             if item is None:
                 break
             batch = [item]
-            deadline = time.monotonic() + self.flush_s
+            # Natural group commit: take whatever queued up while the previous commit ran, never wait.
             while len(batch) < MAX_ROWS_PER_COMMIT:
-                timeout = deadline - time.monotonic()
                 try:
-                    nxt = self._queue.get(timeout=max(timeout, 0.0)) if timeout > 0 else self._queue.get_nowait()
+                    nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
