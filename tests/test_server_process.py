@@ -1,0 +1,64 @@
+"""abr serve as a real uvicorn process: answers, metrics, and nothing acknowledged is lost on restart."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from abr_server.telemetry import read_rows
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
+    port = _free_port()
+    db = tmp_path / "telemetry.sqlite"
+    env = {**os.environ, "ABR_TELEMETRY_DB": str(db), "ABR_DEVICE": "cpu"}
+    proc = subprocess.Popen([sys.executable, "-m", "abr_cli.main", "serve", "--port", str(port)], env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("abr serve did not start")
+    yield url, db, proc
+    if proc.poll() is None:
+        proc.kill()
+
+
+@pytest.mark.slow
+def test_real_server_answers_and_keeps_acknowledged_reports(server: tuple[str, Path, subprocess.Popen[bytes]]) -> None:
+    url, db, proc = server
+    acknowledged = 0
+    with httpx.Client(base_url=url) as client:
+        for index in range(5):
+            body = {"index": index, "quality": 1, "bytes": 500_000, "request_start_ms": index * 1000.0,
+                    "end_ms": index * 1000.0 + 600, "buffer_s": 8.0}  # fmt: skip
+            reply = client.post("/v1/sessions/real/decision", json=body)
+            assert reply.status_code == 200
+            assert reply.json()["policy"] == "learned"
+            acknowledged += 1
+        assert client.post("/v1/sessions/real/decision", json={"index": -1}).status_code == 422
+        assert "abr_decision_latency_seconds_count" in client.get("/metrics").text
+    proc.terminate()
+    # uvicorn shuts down gracefully (lifespan ends, telemetry closes), then re-raises SIGTERM.
+    assert proc.wait(timeout=30) in (0, -15)
+    assert len(read_rows(db)) == acknowledged
