@@ -58,7 +58,6 @@ def test_real_server_answers_and_keeps_acknowledged_reports(server: tuple[str, P
             acknowledged += 1
         assert client.post("/v1/sessions/real/decision", json={"index": -1}).status_code == 422
         assert "abr_decision_latency_seconds_count" in client.get("/metrics").text
-    proc.terminate()
-    # uvicorn shuts down gracefully (lifespan ends, telemetry closes), then re-raises SIGTERM.
-    assert proc.wait(timeout=30) in (0, -15)
+    proc.kill()  # no graceful shutdown at all: what was acknowledged must already be committed
+    proc.wait(timeout=30)
     assert len(read_rows(db)) == acknowledged
