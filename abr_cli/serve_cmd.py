@@ -25,6 +25,7 @@ def serve(
     """Serve bitrate decisions over HTTP (settings also from ABR_* environment variables)."""
     import uvicorn
 
+    from abr_server.logs import log_config
     from abr_server.settings import Settings
 
     with user_errors():
@@ -37,4 +38,4 @@ def serve(
             os.environ["ABR_MODELS_DIR"] = str(models)
         Settings()  # validate the environment before starting workers
     uvicorn.run("abr_server.main:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, access_log=False)  # fmt: skip
+                log_level=log_level, access_log=False, log_config=log_config(log_level))  # fmt: skip

@@ -303,3 +303,14 @@ def test_fuzzed_reports_never_get_a_5xx(client: TestClient, body: dict[str, obje
     content = json.dumps(body)
     reply = client.post("/v1/sessions/fuzz/decision", content=content, headers={"content-type": "application/json"})
     assert reply.status_code < 500, reply.text
+
+
+def test_logs_are_json_lines() -> None:
+    import logging
+
+    from abr_server.logs import JsonFormatter
+
+    record = logging.LogRecord("abr_server", logging.WARNING, __file__, 1, "model %s refused", ("v3",), None)
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["level"] == "WARNING"
+    assert entry["message"] == "model v3 refused"
