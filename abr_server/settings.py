@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,3 +36,9 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(None, description="Bearer token of the admin routes (unset: admin off).")
     cors_origins: list[str] = Field(default_factory=list, description="Player origins allowed by CORS.")
     max_body_bytes: int = Field(64 * 1024, ge=256, description="Larger request bodies are refused (413).")
+
+    @field_validator("models_dir", "telemetry_db", "admin_token", "ab_policy", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``ABR_TELEMETRY_DB=`` (empty) means off, not the current directory."""
+        return None if isinstance(value, str) and not value.strip() else value

@@ -33,8 +33,11 @@ MAX_ROWS_PER_COMMIT = 4096
 
 def connect(path: Path) -> sqlite3.Connection:
     """Open (creating) the telemetry database in WAL mode."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, check_same_thread=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, check_same_thread=False)
+    except (OSError, sqlite3.Error) as err:
+        raise ValueError(f"telemetry database {path}: cannot open ({err})") from None
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)

@@ -314,3 +314,20 @@ def test_logs_are_json_lines() -> None:
     entry = json.loads(JsonFormatter().format(record))
     assert entry["level"] == "WARNING"
     assert entry["message"] == "model v3 refused"
+
+
+def test_empty_settings_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ABR_TELEMETRY_DB", "")
+    monkeypatch.setenv("ABR_MODELS_DIR", " ")
+    settings = Settings()
+    assert settings.telemetry_db is None
+    assert settings.models_dir is None
+
+
+def test_unopenable_telemetry_database_is_a_clear_error(tmp_path: Path) -> None:
+    from abr_server.telemetry import TelemetryStore
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match="cannot open"):
+        TelemetryStore(blocker / "sub" / "t.sqlite")
