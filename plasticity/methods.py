@@ -65,7 +65,7 @@ class PlasticityConfig(BaseModel):
     )
     history_decay: float = Field(0.9, ge=0, lt=1, description="ReSiN: per-check decay of the running layer mean.")
     collapse_ratio: float = Field(
-        0.1, ge=0, lt=1,
+        0.2, ge=0, lt=1,
         description="ReSiN with history: a layer whose mean gradient fell to <= this fraction of its running mean "
         "receives no gradient as a whole, and all its neurons count as gradient-silent (0: off).",
     )  # fmt: skip
