@@ -144,10 +144,14 @@ def train_schedule(
     return record, state
 
 
-def recovery_steps(steps: np.ndarray, qoe: np.ndarray, fraction: float = 0.9, window: int = 5) -> float:
+def recovery_steps(
+    steps: np.ndarray, qoe: np.ndarray, fraction: float = 0.9, window: int = 5, level: float | None = None
+) -> float:
     """Steps into a phase until the smoothed training QoE first reaches ``fraction`` of its eventual level.
 
-    The eventual level is the mean over the last fifth of the phase; "reaching 90%" of a level ``L`` means
+    The eventual level is the mean over the last fifth of the phase, unless ``level`` is given (e.g. the
+    best method's, so that a method stuck at a poor level does not count as recovered); "reaching 90%"
+    of a level ``L`` means
     reaching ``L - (1 - fraction) * |L|`` (also meaningful when ``L`` is negative). ``steps`` counts from
     the start of the phase. Returns ``inf`` if never reached (it always is by the end unless noise).
     """
@@ -156,8 +160,13 @@ def recovery_steps(steps: np.ndarray, qoe: np.ndarray, fraction: float = 0.9, wi
     window = max(1, min(window, len(qoe)))
     smooth = np.convolve(qoe, np.ones(window) / window, mode="valid")
     smooth_steps = steps[window - 1 :]
-    tail = qoe[-max(1, len(qoe) // 5) :]
-    level = float(np.mean(tail))
+    if level is None:
+        level = eventual_level(qoe)
     target = level - (1.0 - fraction) * abs(level)
     hit = np.nonzero(smooth >= target)[0]
     return float(smooth_steps[hit[0]]) if hit.size else float("inf")
+
+
+def eventual_level(qoe: np.ndarray) -> float:
+    """Mean training QoE over the last fifth of a phase."""
+    return float(np.mean(qoe[-max(1, len(qoe) // 5) :]))

@@ -152,3 +152,10 @@ def test_cli_train_through_a_schedule(tmp_path: Path) -> None:
     assert record["plasticity"]["method"] == "redo"
     assert (out / "last" / "model.safetensors").is_file()
     assert "end of phase 1 (high)" in result.output
+
+
+def test_recovery_against_a_given_level_counts_a_stuck_run_as_never() -> None:
+    steps = np.arange(1, 11) * 100.0
+    stuck = np.full(10, 1.2)
+    assert recovery_steps(steps, stuck, window=1) == 100.0  # recovered to its own (poor) level at once
+    assert recovery_steps(steps, stuck, window=1, level=4.2) == float("inf")
