@@ -138,16 +138,9 @@ def bench_serve(
 ) -> None:
     """Decisions/s and p50/p99 latency of the server under load; inference-only throughput per batch."""
     import asyncio
-    import os
-    import socket
-    import subprocess
-    import sys
     import tempfile
-    import time
 
-    import httpx
-
-    from abr_server.loadgen import inference_throughput, run_load
+    from abr_server.loadgen import inference_throughput, local_server, run_load
     from abr_server.registry import ModelRegistry
     from policy.ppo import resolve_device
     from simulator.observation import ObservationSpec
@@ -164,29 +157,13 @@ def bench_serve(
         for b in batch or [1, 16, 64, 256, 1024]:
             per_s, ms = inference_throughput(loaded, width, b)
             inference.append({"batch": b, "decisions_per_s": per_s, "ms_per_forward": ms})
-        server = None
         if url is None:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-            telemetry = Path(tempfile.gettempdir()) / f"abr-bench-{port}.sqlite"
-            env = {**os.environ, "ABR_TELEMETRY_DB": str(telemetry)}
-            server = subprocess.Popen([sys.executable, "-m", "abr_cli.main", "serve", "--port", str(port)], env=env)
-            url = f"http://127.0.0.1:{port}"
-            for _ in range(300):
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
-            else:
-                raise RuntimeError(f"abr serve did not come up on {url}")
-        try:
+            telemetry = Path(tempfile.mkdtemp(prefix="abr-bench-")) / "telemetry.sqlite"
+            with local_server({"ABR_TELEMETRY_DB": str(telemetry)}) as (local_url, _):
+                load = [asyncio.run(run_load(local_url, c, seconds, video, seed=c)) for c in levels]
+            url = local_url
+        else:
             load = [asyncio.run(run_load(url, c, seconds, video, seed=c)) for c in levels]
-        finally:
-            if server is not None:
-                server.terminate()
-                server.wait(timeout=30)
     table = Table("players", "decisions/s", "p50 ms", "p99 ms", "errors")
     for r in load:
         table.add_row(str(r.concurrency), f"{r.per_second:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", str(r.errors))

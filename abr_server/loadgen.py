@@ -8,7 +8,13 @@ closed loop, so the request rate is what the server sustains. Latency is measure
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -96,3 +102,37 @@ def inference_throughput(loaded: LoadedModel, width: int, batch: int, seconds: f
         if elapsed >= seconds:
             break
     return calls * batch / elapsed, elapsed / calls * 1000.0
+
+
+@contextmanager
+def local_server(
+    env: dict[str, str] | None = None, startup_s: float = 60.0
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Run `abr serve` on a free loopback port (``env`` adds ``ABR_*`` settings); yield its URL and process.
+
+    Waits until ``/healthz`` answers; the process is killed when the block ends.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "abr_cli.main", "serve", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"abr serve exited with code {proc.returncode} before answering on {url}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"abr serve did not answer on {url} within {startup_s:.0f} s")
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)

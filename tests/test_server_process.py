@@ -2,46 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from abr_server.loadgen import local_server
 from abr_server.telemetry import read_rows
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
-    port = _free_port()
     db = tmp_path / "telemetry.sqlite"
-    env = {**os.environ, "ABR_TELEMETRY_DB": str(db), "ABR_DEVICE": "cpu"}
-    proc = subprocess.Popen([sys.executable, "-m", "abr_cli.main", "serve", "--port", str(port)], env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("abr serve did not start")
-    yield url, db, proc
-    if proc.poll() is None:
-        proc.kill()
+    with local_server({"ABR_TELEMETRY_DB": str(db), "ABR_DEVICE": "cpu"}) as (url, proc):
+        yield url, db, proc
 
 
 @pytest.mark.slow
