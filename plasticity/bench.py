@@ -109,8 +109,9 @@ def run_bench(
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     jobs, paths = [], []
-    for method in config.methods:
-        for seed in range(1, config.seeds + 1):
+    # Seed-major order: a bench stopped part-way has every method at the seeds it finished.
+    for seed in range(1, config.seeds + 1):
+        for method in config.methods:
             plasticity = config.method_config(method, seed)
             path = runs_dir / f"{method}-seed{seed}.json"
             paths.append(path)
@@ -129,7 +130,8 @@ def run_bench(
                 done = future.result()
                 if on_done is not None:
                     on_done(Path(done).name)
-    return [json.loads(p.read_text()) for p in paths]
+    return [json.loads(paths[s * len(config.methods) + m].read_text())
+            for m in range(len(config.methods)) for s in range(config.seeds)]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- statistics
