@@ -132,6 +132,10 @@ def bench_serve(
     ] = None,
     concurrency: Annotated[list[int] | None, typer.Option(help="Concurrent players (repeatable).")] = None,
     seconds: Annotated[float, typer.Option(min=0.1, help="Duration per concurrency level.")] = 10.0,
+    rate: Annotated[
+        float, typer.Option(min=0.0, help="Offered decisions/s of the open-loop runs (0: closed loop only).")
+    ] = 2000.0,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes of the local server.")] = 1,
     batch: Annotated[list[int] | None, typer.Option(help="Batch sizes of the inference-only measurement.")] = None,
     device: Annotated[str, typer.Option(help="Device of the inference-only measurement.")] = "cpu",
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
@@ -140,7 +144,7 @@ def bench_serve(
     import asyncio
     import tempfile
 
-    from abr_server.loadgen import inference_throughput, local_server, run_load
+    from abr_server.loadgen import LoadResult, inference_throughput, local_server, run_load
     from abr_server.registry import ModelRegistry
     from policy.ppo import resolve_device
     from simulator.observation import ObservationSpec
@@ -157,16 +161,25 @@ def bench_serve(
         for b in batch or [1, 16, 64, 256, 1024]:
             per_s, ms = inference_throughput(loaded, width, b)
             inference.append({"batch": b, "decisions_per_s": per_s, "ms_per_forward": ms})
+        modes: list[float | None] = [None] + ([rate] if rate > 0 else [])
+
+        def drive(target: str) -> list[tuple[float | None, LoadResult]]:
+            return [(mode, asyncio.run(run_load(target, c, seconds, video, seed=c, rate_per_s=mode)))
+                    for mode in modes for c in levels]  # fmt: skip
+
+        started_local = url is None
         if url is None:
             telemetry = Path(tempfile.mkdtemp(prefix="abr-bench-")) / "telemetry.sqlite"
-            with local_server({"ABR_TELEMETRY_DB": str(telemetry)}) as (local_url, _):
-                load = [asyncio.run(run_load(local_url, c, seconds, video, seed=c)) for c in levels]
+            with local_server({"ABR_TELEMETRY_DB": str(telemetry)}, workers=workers) as (local_url, _):
+                load = drive(local_url)
             url = local_url
         else:
-            load = [asyncio.run(run_load(url, c, seconds, video, seed=c)) for c in levels]
-    table = Table("players", "decisions/s", "p50 ms", "p99 ms", "errors")
-    for r in load:
-        table.add_row(str(r.concurrency), f"{r.per_second:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", str(r.errors))
+            load = drive(url)
+    table = Table("load", "players", "decisions/s", "p50 ms", "p99 ms", "errors")
+    for mode, r in load:
+        label = "closed loop" if mode is None else f"open {mode:,.0f}/s"
+        table.add_row(label, str(r.concurrency), f"{r.per_second:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
+                      str(r.errors))  # fmt: skip
     console.print(table)
     itable = Table("batch", "decisions/s", "ms/forward")
     for row in inference:
@@ -176,6 +189,8 @@ def bench_serve(
     if out is not None:
         payload = {
             "date": dt.date.today().isoformat(), "machine": machine_description(), "url": url,
-            "load": [{**asdict(r), "decisions_per_s": r.per_second} for r in load], "inference": inference,
+            "workers": workers if started_local else None,
+            "load": [{**asdict(r), "offered_per_s": mode, "decisions_per_s": r.per_second} for mode, r in load],
+            "inference": inference,
         }  # fmt: skip
         write_atomic(out, json.dumps(payload, indent=2).encode())

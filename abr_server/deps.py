@@ -16,13 +16,13 @@ _bearer = HTTPBearer(auto_error=False)
 UNPROCESSABLE = 422
 
 
-def get_service(request: Request) -> DecisionService:
-    """The app's decision service (built in the lifespan)."""
+async def get_service(request: Request) -> DecisionService:
+    """The app's decision service (built in the lifespan; ``async`` so FastAPI calls it inline, not on a thread)."""
     service: DecisionService = request.app.state.service
     return service
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The app's settings."""
     settings: Settings = request.app.state.settings
     return settings
@@ -32,7 +32,7 @@ ServiceDep = Annotated[DecisionService, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def require_admin(
+async def require_admin(
     settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """Admin routes need ``Authorization: Bearer <ABR_ADMIN_TOKEN>``; without a configured token they are off."""

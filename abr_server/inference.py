@@ -12,22 +12,31 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from policy.dense import DenseActor
 from policy.network import ActorCritic
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model ready to serve, with the version it was loaded as."""
+    """A model ready to serve, with the version it was loaded as.
+
+    ``actor`` is the model's actor folded into three dense layers (`policy.dense.DenseActor`): the
+    same function, several times faster at serving batch sizes. Decisions come from it.
+    """
 
     model: ActorCritic
     version: str
     device: torch.device
+    actor: DenseActor = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "actor", DenseActor(self.model).to(self.device).eval())
 
 
 class ModelSlot:
@@ -45,7 +54,7 @@ class ModelSlot:
 def forward_levels(loaded: LoadedModel, states: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
     """Greedy levels for a batch of states ``[B, 6, W]``."""
     with torch.inference_mode():
-        logits = loaded.model.logits(torch.from_numpy(states).to(loaded.device, non_blocking=True))
+        logits = loaded.actor(torch.from_numpy(states).to(loaded.device, non_blocking=True))
         return logits.argmax(dim=-1).cpu().numpy().astype(np.int64)
 
 
@@ -88,11 +97,18 @@ class MicroBatcher:
                 pending.future.set_exception(RuntimeError("inference stopped"))
         self._executor.shutdown(wait=False)
 
+    def submit(self, state: npt.NDArray[np.float32]) -> asyncio.Future[tuple[int, str]]:
+        """Queue one state ``[6, W]``; the future gets the model's level and the version that chose it.
+
+        Cancelling the future (a caller that gave up) takes the state out of its batch.
+        """
+        future: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(state, future))
+        return future
+
     async def decide(self, state: npt.NDArray[np.float32]) -> tuple[int, str]:
         """The model's level for one state ``[6, W]``, and the model version that chose it."""
-        future: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(state, future))
-        return await future
+        return await self.submit(state)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -8,6 +8,8 @@ closed loop, so the request rate is what the server sustains. Latency is measure
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -16,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -43,45 +46,104 @@ class LoadResult:
         return self.decisions / self.seconds
 
 
-async def _player(client: httpx.AsyncClient, name: str, video: Video, rng: np.random.Generator,
-                  stop_at: float, latencies: list[float], errors: list[int]) -> None:  # fmt: skip
+class _Connection:
+    """One keep-alive HTTP/1.1 connection speaking just enough of the protocol for JSON POSTs.
+
+    httpx costs more CPU per request than the server under test; on a 2-core machine the load
+    generator would measure itself. This client builds each request with one format call and parses
+    only the status line and ``Content-Length``.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
+        self.reader, self.writer, self.host = reader, writer, host
+
+    @classmethod
+    async def open(cls, url: str) -> _Connection:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or parts.hostname is None:
+            raise ValueError(f"load generator url {url!r}: only http://host:port is supported")
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
+        return cls(reader, writer, parts.netloc)
+
+    async def post_json(self, path: str, body: bytes) -> tuple[int, bytes]:
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n")  # fmt: skip
+        self.writer.write(head.encode() + body)
+        header = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(header[9:12])
+        length = 0
+        for line in header.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, await self.reader.readexactly(length)
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+async def _player(url: str, name: str, video: Video, rng: np.random.Generator, stop_at: float,
+                  interval_s: float | None, latencies: list[float], errors: list[int]) -> None:  # fmt: skip
     throughput_bytes_per_ms = float(rng.uniform(100.0, 1500.0))  # 0.8-12 Mbit/s
     quality, index, clock_ms = 1, 0, 0.0
-    while time.perf_counter() < stop_at:
+    path = f"/v1/sessions/{name}/decision"
+    conn: _Connection | None = None
+    due = time.perf_counter() + (rng.exponential(interval_s) if interval_s else 0.0)
+    while due < stop_at:
+        if interval_s:  # open loop: requests are due at Poisson times whether or not the server kept up
+            await asyncio.sleep(max(due - time.perf_counter(), 0.0))
         size = int(video.chunk_bytes[quality, index])
         delay_ms = size / throughput_bytes_per_ms + 80.0
         body = {"index": index, "quality": quality, "bytes": size, "request_start_ms": clock_ms,
                 "end_ms": clock_ms + delay_ms, "buffer_s": float(rng.uniform(0.0, 30.0))}  # fmt: skip
         clock_ms += delay_ms
-        started = time.perf_counter()
+        # Latency counts from when the request was due, so a server that falls behind cannot hide it.
+        started = due if interval_s else time.perf_counter()
         try:
-            reply = await client.post(f"/v1/sessions/{name}/decision", json=body)
-            ok = reply.status_code == 200
-        except httpx.HTTPError:
-            ok = False
+            if conn is None:
+                conn = await _Connection.open(url)
+            status, payload = await conn.post_json(path, json.dumps(body).encode())
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            status, payload = 0, b""
+            if conn is not None:
+                await conn.close()
+            conn = None
         latencies.append(time.perf_counter() - started)
-        if not ok:
+        due = due + rng.exponential(interval_s) if interval_s else time.perf_counter()
+        if status != 200:
             errors.append(1)
             continue
-        decision = reply.json()
+        decision = json.loads(payload)
         if decision["end_of_video"]:
             quality, index = 1, 0
         else:
             quality, index = decision["quality"], decision["for_index"]
+    if conn is not None:
+        await conn.close()
 
 
-async def run_load(url: str, concurrency: int, seconds: float, video: Video, seed: int = 0) -> LoadResult:
-    """Drive ``concurrency`` players against ``url`` for ``seconds``."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+async def run_load(
+    url: str, concurrency: int, seconds: float, video: Video, seed: int = 0, rate_per_s: float | None = None
+) -> LoadResult:
+    """Drive ``concurrency`` players against ``url`` for ``seconds`` (one keep-alive connection each).
+
+    Closed loop by default: each player asks again as soon as it has its answer, so the rate is what
+    the server sustains and latency is queueing (``concurrency / rate``). With ``rate_per_s``, open
+    loop: the players together send that many requests per second at Poisson times (each player's
+    requests still one at a time, as a real player's are), and latency counts from when a request
+    was due.
+    """
     latencies: list[float] = []
     errors: list[int] = []
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10.0) as client:
-        started = time.perf_counter()
-        stop_at = started + seconds
-        rngs = np.random.default_rng(seed).spawn(concurrency)
-        await asyncio.gather(*(_player(client, f"load-{seed}-{i}", video, rngs[i], stop_at, latencies, errors)
-                               for i in range(concurrency)))  # fmt: skip
-        elapsed = time.perf_counter() - started
+    interval_s = concurrency / rate_per_s if rate_per_s else None
+    started = time.perf_counter()
+    stop_at = started + seconds
+    rngs = np.random.default_rng(seed).spawn(concurrency)
+    await asyncio.gather(*(_player(url, f"load-{seed}-{i}", video, rngs[i], stop_at, interval_s, latencies, errors)
+                           for i in range(concurrency)))  # fmt: skip
+    elapsed = time.perf_counter() - started
     lat_ms = np.asarray(latencies) * 1000.0
     return LoadResult(concurrency, len(latencies) - len(errors), len(errors), elapsed,
                       float(np.percentile(lat_ms, 50)) if lat_ms.size else float("nan"),
@@ -106,7 +168,7 @@ def inference_throughput(loaded: LoadedModel, width: int, batch: int, seconds: f
 
 @contextmanager
 def local_server(
-    env: dict[str, str] | None = None, startup_s: float = 60.0
+    env: dict[str, str] | None = None, startup_s: float = 60.0, workers: int = 1
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Run `abr serve` on a free loopback port (``env`` adds ``ABR_*`` settings); yield its URL and process.
 
@@ -115,7 +177,7 @@ def local_server(
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
-    cmd = [sys.executable, "-m", "abr_cli.main", "serve", "--port", str(port)]
+    cmd = [sys.executable, "-m", "abr_cli.main", "serve", "--port", str(port), "--workers", str(workers)]
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:

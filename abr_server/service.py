@@ -108,8 +108,9 @@ class DecisionService:
         state = obs.to_state(self.video, self.spec)[0]
         reason = None
         try:
+            # A future, not a coroutine: wait_for then needs no task per decision.
             level, version = await asyncio.wait_for(
-                self.batcher.decide(state), self.settings.inference_timeout_ms / 1000.0
+                self.batcher.submit(state), self.settings.inference_timeout_ms / 1000.0
             )
             return self._decision(level, next_index, LEARNED, version)
         except TimeoutError:

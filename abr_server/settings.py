@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     telemetry_db: Path | None = Field(Path("abr-telemetry.sqlite"), description="SQLite telemetry (None: off).")
     admin_token: SecretStr | None = Field(None, description="Bearer token of the admin routes (unset: admin off).")
     cors_origins: list[str] = Field(default_factory=list, description="Player origins allowed by CORS.")
+    fast_path: bool = Field(
+        True, description="Answer the v1 decision endpoint in a lean ASGI layer (false: through FastAPI's router)."
+    )
     max_body_bytes: int = Field(64 * 1024, ge=256, description="Larger request bodies are refused (413).")
 
     @field_validator("models_dir", "telemetry_db", "admin_token", "ab_policy", mode="before")

@@ -100,17 +100,22 @@ class TelemetryStore:
             except sqlite3.Error as err:
                 error = err
                 self.failed += len(batch)
+            # One wake-up per event loop and commit, not one per row.
+            by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
             for _, future, loop in batch:
-                loop.call_soon_threadsafe(_settle, future, error)
+                by_loop.setdefault(loop, []).append(future)
+            for loop, futures in by_loop.items():
+                loop.call_soon_threadsafe(_settle, futures, error)
 
 
-def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
+def _settle(futures: list[asyncio.Future[None]], error: Exception | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

@@ -8,11 +8,20 @@ from fastapi import APIRouter, HTTPException, Path, status
 
 from abr_server.deps import UNPROCESSABLE, ServiceDep
 from abr_server.schemas import ChunkReport, Decision
+from abr_server.service import DecisionService
 from abr_server.sessions import ReportError
 
 router = APIRouter(prefix="/v1", tags=["decisions"])
 
-SessionId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+#: What a session id may be: 1-128 characters, letters, digits and ``._:-``.
+SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+SessionId = Annotated[str, Path(min_length=1, max_length=128, pattern=SESSION_ID_PATTERN)]
+
+
+def report_error_detail(service: DecisionService, err: ReportError) -> list[dict[str, object]]:
+    """The 422 detail of a report that does not fit the session or the video (and count it)."""
+    service.metrics.errors.labels("invalid_report").inc()
+    return [{"loc": ["body", err.field_name], "msg": str(err), "type": "value_error"}]
 
 
 @router.post("/sessions/{session_id}/decision", response_model=Decision)
@@ -21,9 +30,7 @@ async def decision(session_id: SessionId, report: ChunkReport, service: ServiceD
     try:
         return await service.decide(session_id, report, api="v1")
     except ReportError as err:
-        service.metrics.errors.labels("invalid_report").inc()
-        raise HTTPException(UNPROCESSABLE,
-                            detail=[{"loc": ["body", err.field_name], "msg": str(err)}]) from None  # fmt: skip
+        raise HTTPException(UNPROCESSABLE, detail=report_error_detail(service, err)) from None
 
 
 @router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,83 @@
+"""The decision endpoint without the framework's per-request machinery.
+
+``POST /v1/sessions/{id}/decision`` is the request a server in front of thousands of players answers
+all day. Going through FastAPI costs about as much CPU as the decision itself (route matching,
+dependency solving, query-string parsing, response-model re-validation, per-request telemetry
+checks), so this ASGI middleware answers it directly: the body is validated by the same pydantic model
+in one ``model_validate_json`` call and the reply is the same `Decision` model serialised by pydantic.
+The FastAPI route stays: it publishes the API in OpenAPI and answers whenever the fast path is off
+(``ABR_FAST_PATH=false``); tests check that both give the same answers, errors included.
+
+It sits inside the body-size limit and CORS middleware, so both still apply. Requests it does not
+recognise (other paths, other methods, a malformed session id) go on to FastAPI.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from abr_server.api.routes.decisions import SESSION_ID_PATTERN, report_error_detail
+from abr_server.deps import UNPROCESSABLE
+from abr_server.schemas import ChunkReport
+from abr_server.service import DecisionService
+from abr_server.sessions import ReportError
+
+_PATH = re.compile(rf"/v1/sessions/({SESSION_ID_PATTERN.strip('^$')})/decision")
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def validation_detail(err: ValidationError) -> list[dict[str, Any]]:
+    """FastAPI's 422 detail for a body that failed validation, without echoing the input."""
+    return [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in err.errors()]
+
+
+class DecisionFastPath:
+    """ASGI middleware answering the v1 decision endpoint itself; everything else passes through."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = _PATH.fullmatch(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        service: DecisionService | None = getattr(scope["app"].state, "service", None) if match else None
+        if match is None or service is None:
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        try:
+            report = ChunkReport.model_validate_json(body)
+        except ValidationError as err:
+            await _reply(send, UNPROCESSABLE, _dump({"detail": validation_detail(err)}))
+            return
+        try:
+            decision = await service.decide(match.group(1), report, api="v1")
+        except ReportError as err:
+            await _reply(send, UNPROCESSABLE, _dump({"detail": report_error_detail(service, err)}))
+            return
+        await _reply(send, 200, decision.model_dump_json().encode())
+
+
+def _dump(content: object) -> bytes:
+    return json.dumps(content, separators=(",", ":")).encode()
+
+
+async def _reply(send: Send, status: int, body: bytes) -> None:
+    start: Message = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())],
+    }
+    await send(start)
+    await send({"type": "http.response.body", "body": body})
