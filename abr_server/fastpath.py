@@ -28,12 +28,27 @@ from abr_server.service import DecisionService
 from abr_server.sessions import ReportError
 
 _PATH = re.compile(rf"/v1/sessions/({SESSION_ID_PATTERN.strip('^$')})/decision")
+MISSING_BODY = {"loc": ["body"], "msg": "Field required", "type": "missing"}
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
-def validation_detail(err: ValidationError) -> list[dict[str, Any]]:
-    """FastAPI's 422 detail for a body that failed validation, without echoing the input."""
-    return [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in err.errors()]
+def validation_detail(err: ValidationError, body: bytes) -> list[dict[str, Any]]:
+    """FastAPI's 422 detail for a body that failed validation, without echoing the input.
+
+    Like FastAPI, a body that is not JSON is located by the character offset where parsing failed.
+    """
+    detail = []
+    for e in err.errors():
+        loc: list[Any] = ["body", *e["loc"]]
+        if e["type"] == "json_invalid":
+            try:
+                json.loads(body)
+            except json.JSONDecodeError as bad:
+                loc = ["body", bad.pos]
+            except UnicodeDecodeError:
+                pass
+        detail.append({"loc": loc, "msg": e["msg"], "type": e["type"]})
+    return detail
 
 
 class DecisionFastPath:
@@ -56,10 +71,13 @@ class DecisionFastPath:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
+        if not body:  # as FastAPI: a missing body is a missing field, not bad JSON
+            await _reply(send, UNPROCESSABLE, _dump({"detail": [MISSING_BODY]}))
+            return
         try:
             report = ChunkReport.model_validate_json(body)
         except ValidationError as err:
-            await _reply(send, UNPROCESSABLE, _dump({"detail": validation_detail(err)}))
+            await _reply(send, UNPROCESSABLE, _dump({"detail": validation_detail(err, bytes(body))}))
             return
         try:
             decision = await service.decide(match.group(1), report, api="v1")

@@ -305,6 +305,48 @@ def test_fuzzed_reports_never_get_a_5xx(client: TestClient, body: dict[str, obje
     assert reply.status_code < 500, reply.text
 
 
+@pytest.fixture(scope="module")
+def both_paths() -> Iterator[tuple[TestClient, TestClient]]:
+    """Two servers, with and without the decision fast path."""
+    fast = create_app(Settings(telemetry_db=None, fast_path=True))  # type: ignore[call-arg]
+    routed = create_app(Settings(telemetry_db=None, fast_path=False))  # type: ignore[call-arg]
+    with TestClient(fast) as a, TestClient(routed) as b:
+        yield a, b
+
+
+REPORT_FIELDS = st.sampled_from(
+    ["index", "quality", "bytes", "request_start_ms", "end_ms", "first_byte_ms", "buffer_s", "bl", "mtp",
+     "next_chunk_bytes"]
+)  # fmt: skip
+VALID_OR_NOT = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 3 * 10**6), st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=3), st.lists(st.integers(-10, 10**7), min_size=5, max_size=7),
+)  # fmt: skip
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    fields=st.dictionaries(REPORT_FIELDS, VALID_OR_NOT),
+    raw=st.sampled_from([None, b"", b"[]", b"{", b"null", b'{"index": 1e999}', b"\xff\xfe"]),
+    session=st.sampled_from(["a", "b.c:d-1", "x" * 128]),
+)
+def test_fast_path_answers_exactly_like_the_fastapi_route(
+    both_paths: tuple[TestClient, TestClient], fields: dict[str, object], raw: bytes | None, session: str
+) -> None:
+    """Same status, same decision, same error locations, whether or not the fast path answers."""
+    content = raw if raw is not None else json.dumps({**report(index=3), **fields}).encode()
+    fast, routed = both_paths
+    url = f"/v1/sessions/{session}/decision"
+    headers = {"content-type": "application/json"}
+    a, b = fast.post(url, content=content, headers=headers), routed.post(url, content=content, headers=headers)
+    assert a.status_code == b.status_code, (a.text, b.text)
+    if a.status_code == 200:
+        assert a.json() == b.json()
+    else:
+        assert a.status_code == 422
+        assert [e["loc"][:2] for e in a.json()["detail"]] == [e["loc"][:2] for e in b.json()["detail"]]
+
+
 def test_logs_are_json_lines() -> None:
     import logging
 

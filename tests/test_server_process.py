@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from abr_server.loadgen import local_server
+from abr_server.loadgen import local_server, run_load
 from abr_server.telemetry import read_rows
+from simulator.video import Video
 
 
 @pytest.fixture
@@ -37,3 +39,16 @@ def test_real_server_answers_and_keeps_acknowledged_reports(server: tuple[str, P
     proc.kill()  # no graceful shutdown at all: what was acknowledged must already be committed
     proc.wait(timeout=30)
     assert len(read_rows(db)) == acknowledged
+
+
+@pytest.mark.slow
+def test_load_generator_drives_a_real_server(server: tuple[str, Path, subprocess.Popen[bytes]]) -> None:
+    url, db, _ = server
+    video = Video.builtin()
+    closed = asyncio.run(run_load(url, concurrency=4, seconds=1.0, video=video))
+    opened = asyncio.run(run_load(url, concurrency=4, seconds=1.0, video=video, rate_per_s=40.0))
+    assert closed.errors == opened.errors == 0
+    assert closed.decisions > 20  # a closed loop asks as fast as the server answers
+    assert 10 <= opened.decisions <= 80  # Poisson arrivals at 40/s for 1 s
+    assert 0 < closed.p50_ms <= closed.p99_ms
+    assert len(read_rows(db)) == closed.decisions + opened.decisions  # every answer was logged
