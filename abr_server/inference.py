@@ -1,8 +1,11 @@
 """Micro-batched model inference: concurrent decisions share one forward pass.
 
 Requests queue their state; a single batching task takes the first waiting request, gathers more until
-``max_batch`` or ``max_wait_s``, and runs one forward pass on a dedicated thread (so the event loop keeps
-accepting requests). The model lives in a `ModelSlot` whose swap is one reference assignment: a batch
+``max_batch`` or ``max_wait_s``, and runs one forward pass, either on a dedicated thread (the event loop
+keeps accepting requests and a late model is cut off by the caller's timeout: the choice for a GPU) or
+inline in the event loop (no thread hand-off: the choice for the folded actor on a CPU, where a forward
+pass takes 0.05-0.5 ms and waking a thread under the GIL measured several ms of latency at moderate
+load, see BENCHMARKS.md). The model lives in a `ModelSlot` whose swap is one reference assignment: a batch
 runs entirely on the model it started with, and no request is dropped by a swap.
 """
 
@@ -74,8 +77,10 @@ class MicroBatcher:
         max_wait_s: float,
         on_batch: Callable[[int], None] | None = None,
         forward: Callable[[LoadedModel, npt.NDArray[np.float32]], npt.NDArray[np.int64]] = forward_levels,
+        inline: bool = False,
     ) -> None:
         self.slot, self.max_batch, self.max_wait_s = slot, max_batch, max_wait_s
+        self.inline = inline
         self.on_batch, self.forward = on_batch, forward
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="abr-inference")
@@ -134,7 +139,10 @@ class MicroBatcher:
             loaded = self.slot.current
             states = np.stack([p.state for p in live])
             try:
-                levels = await loop.run_in_executor(self._executor, self.forward, loaded, states)
+                if self.inline:
+                    levels = self.forward(loaded, states)
+                else:
+                    levels = await loop.run_in_executor(self._executor, self.forward, loaded, states)
             except Exception as err:  # a failing model must not stop the batcher: callers fall back
                 for p in live:
                     if not p.future.done():

@@ -91,6 +91,7 @@ async def _player(url: str, name: str, video: Video, rng: np.random.Generator, s
     path = f"/v1/sessions/{name}/decision"
     conn: _Connection | None = None
     due = time.perf_counter() + (rng.exponential(interval_s) if interval_s else 0.0)
+    answered = 0.0  # when the previous answer arrived
     while due < stop_at:
         if interval_s:  # open loop: requests are due at Poisson times whether or not the server kept up
             await asyncio.sleep(max(due - time.perf_counter(), 0.0))
@@ -99,8 +100,9 @@ async def _player(url: str, name: str, video: Video, rng: np.random.Generator, s
         body = {"index": index, "quality": quality, "bytes": size, "request_start_ms": clock_ms,
                 "end_ms": clock_ms + delay_ms, "buffer_s": float(rng.uniform(0.0, 30.0))}  # fmt: skip
         clock_ms += delay_ms
-        # Latency counts from when the request was due, so a server that falls behind cannot hide it.
-        started = due if interval_s else time.perf_counter()
+        # Open loop: a request held back by the previous answer counts from when it was due, so a server
+        # that falls behind cannot hide it; one sent late only by the client's timer counts from sending.
+        started = due if interval_s and answered > due else time.perf_counter()
         try:
             if conn is None:
                 conn = await _Connection.open(url)
@@ -110,7 +112,8 @@ async def _player(url: str, name: str, video: Video, rng: np.random.Generator, s
             if conn is not None:
                 await conn.close()
             conn = None
-        latencies.append(time.perf_counter() - started)
+        answered = time.perf_counter()
+        latencies.append(answered - started)
         due = due + rng.exponential(interval_s) if interval_s else time.perf_counter()
         if status != 200:
             errors.append(1)

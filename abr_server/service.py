@@ -33,8 +33,11 @@ class DecisionService:
         self.spec = ObservationSpec()
         self.store = SessionStore(video, self.spec, settings.max_sessions, settings.session_ttl_s)
         self.slot = ModelSlot(registry.load_servable())
+        on_thread = settings.inference_thread
+        if on_thread is None:
+            on_thread = self.slot.current.device.type != "cpu"
         self.batcher = MicroBatcher(self.slot, settings.max_batch, settings.max_wait_ms / 1000.0,
-                                    on_batch=metrics.batch_size.observe)  # fmt: skip
+                                    on_batch=metrics.batch_size.observe, inline=not on_thread)  # fmt: skip
         self.fallback = self._classic(settings.fallback_policy)
         for spec in {settings.policy, settings.ab_policy} - {None, LEARNED}:
             assert spec is not None

@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(
         0.0, ge=0, description="Longest a decision waits for others to batch with (0: batch what is queued)."
     )
+    inference_thread: bool | None = Field(
+        None,
+        description="Run forward passes on a thread (true) or inline in the event loop (false); "
+        "unset: a thread on CUDA, inline on CPU. Only a thread lets the timeout cut off a model that hangs.",
+    )
     torch_threads: int = Field(1, ge=0, description="torch CPU threads for inference (0: torch's default).")
     inference_timeout_ms: float = Field(200.0, gt=0, description="Later than this, the fallback answers.")
     max_sessions: int = Field(100_000, ge=1, description="Sessions kept; the least recently used goes first.")
@@ -40,7 +45,7 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(64 * 1024, ge=256, description="Larger request bodies are refused (413).")
 
-    @field_validator("models_dir", "telemetry_db", "admin_token", "ab_policy", mode="before")
+    @field_validator("models_dir", "telemetry_db", "admin_token", "ab_policy", "inference_thread", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """``ABR_TELEMETRY_DB=`` (empty) means off, not the current directory."""

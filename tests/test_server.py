@@ -149,7 +149,7 @@ def test_fallback_when_the_model_fails(client: TestClient) -> None:
 
 
 def test_fallback_when_the_model_is_late(tmp_path: Path) -> None:
-    settings = Settings(telemetry_db=None, inference_timeout_ms=20)
+    settings = Settings(telemetry_db=None, inference_timeout_ms=20, inference_thread=True)
 
     def slow(*_: object) -> np.ndarray:
         time.sleep(0.2)
