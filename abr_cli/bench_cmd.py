@@ -175,11 +175,12 @@ def bench_serve(
             url = local_url
         else:
             load = drive(url)
-    table = Table("load", "players", "decisions/s", "p50 ms", "p99 ms", "errors")
+    table = Table("load", "players", "decisions/s", "p50 ms", "p99 ms", "mean batch", "errors")
     for mode, r in load:
         label = "closed loop" if mode is None else f"open {mode:,.0f}/s"
+        batch_text = "-" if r.mean_batch is None else f"{r.mean_batch:.1f}"
         table.add_row(label, str(r.concurrency), f"{r.per_second:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
-                      str(r.errors))  # fmt: skip
+                      batch_text, str(r.errors))  # fmt: skip
     console.print(table)
     itable = Table("batch", "decisions/s", "ms/forward")
     for row in inference:

@@ -39,6 +39,7 @@ class LoadResult:
     seconds: float
     p50_ms: float
     p99_ms: float
+    mean_batch: float | None = None  # decisions per forward pass, from the server's /metrics
 
     @property
     def per_second(self) -> float:
@@ -141,16 +142,41 @@ async def run_load(
     latencies: list[float] = []
     errors: list[int] = []
     interval_s = concurrency / rate_per_s if rate_per_s else None
+    batches_before = await asyncio.to_thread(batch_totals, url)
     started = time.perf_counter()
     stop_at = started + seconds
     rngs = np.random.default_rng(seed).spawn(concurrency)
     await asyncio.gather(*(_player(url, f"load-{seed}-{i}", video, rngs[i], stop_at, interval_s, latencies, errors)
                            for i in range(concurrency)))  # fmt: skip
     elapsed = time.perf_counter() - started
+    batches_after = await asyncio.to_thread(batch_totals, url)
+    mean_batch = None
+    if batches_before is not None and batches_after is not None and batches_after[0] > batches_before[0]:
+        mean_batch = (batches_after[1] - batches_before[1]) / (batches_after[0] - batches_before[0])
     lat_ms = np.asarray(latencies) * 1000.0
     return LoadResult(concurrency, len(latencies) - len(errors), len(errors), elapsed,
                       float(np.percentile(lat_ms, 50)) if lat_ms.size else float("nan"),
-                      float(np.percentile(lat_ms, 99)) if lat_ms.size else float("nan"))  # fmt: skip
+                      float(np.percentile(lat_ms, 99)) if lat_ms.size else float("nan"), mean_batch)  # fmt: skip
+
+
+def batch_totals(url: str) -> tuple[float, float] | None:
+    """(forward passes, decisions in them) so far, from the server's ``/metrics``; None if unavailable.
+
+    With several workers this is one worker's count (whichever answered the scrape).
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=5.0).text
+    except httpx.HTTPError:
+        return None
+    totals = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "abr_inference_batch_size":
+            totals = {s.name: s.value for s in family.samples}
+    if "abr_inference_batch_size_count" not in totals:
+        return None
+    return totals["abr_inference_batch_size_count"], totals["abr_inference_batch_size_sum"]
 
 
 def inference_throughput(loaded: LoadedModel, width: int, batch: int, seconds: float = 1.0) -> tuple[float, float]:

@@ -51,4 +51,6 @@ def test_load_generator_drives_a_real_server(server: tuple[str, Path, subprocess
     assert closed.decisions > 20  # a closed loop asks as fast as the server answers
     assert 10 <= opened.decisions <= 80  # Poisson arrivals at 40/s for 1 s
     assert 0 < closed.p50_ms <= closed.p99_ms
+    assert closed.mean_batch is not None
+    assert 1.0 <= closed.mean_batch <= 4.0
     assert len(read_rows(db)) == closed.decisions + opened.decisions  # every answer was logged
