@@ -86,13 +86,30 @@ def _job(args: tuple[dict[str, Any], dict[str, Any], str, float, str, Video, str
     return path
 
 
+#: Settings added after records were first written: (the value older records ran with, the methods that use it).
+#: A record without the field still matches a run of a method the field does not change.
+LATER_SETTINGS: dict[str, tuple[object, frozenset[str]]] = {"futile_backoff": (0, frozenset({"redo", "resin"}))}
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with later settings filled in as older records ran them, and dropped where unused."""
+    out = dict(config)
+    for name, (legacy, methods) in LATER_SETTINGS.items():
+        if config.get("method") in methods:
+            out.setdefault(name, legacy)
+        else:
+            out.pop(name, None)
+    return out
+
+
 def _matches(path: Path, plasticity: PlasticityConfig, scale: float, schedule: Schedule) -> bool:
     try:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return False
     return bool(
-        record.get("plasticity") == plasticity.model_dump()
+        isinstance(record.get("plasticity"), dict)
+        and _comparable(record["plasticity"]) == _comparable(plasticity.model_dump())
         and record.get("scale") == scale
         and record.get("schedule") == schedule.model_dump()
     )

@@ -70,6 +70,12 @@ class PlasticityConfig(BaseModel):
         "receives no gradient as a whole, and all its neurons count as gradient-silent (0: off).",
     )  # fmt: skip
     grace_updates: int = Field(20, ge=0, description="Neurons reset less than this many updates ago are exempt.")
+    futile_backoff: int = Field(
+        6, ge=0,
+        description="ReDo / ReSiN: a neuron still silent in the forward pass after its reset waits twice as long "
+        "before the next (grace x 2^k, k <= this; 0: off). Units that cannot fire (a branch whose input is "
+        "never positive) are then not re-drawn at every check.",
+    )  # fmt: skip
     reset_every_updates: int = Field(100, ge=1, description="reset / shrink-perturb: period in updates.")
     reset_scope: Literal["all", "last"] = Field("last", description="reset: the whole network or its last layers.")
     shrink: float = Field(0.8, ge=0, le=1, description="shrink-perturb: theta <- shrink * theta + ...")
@@ -239,6 +245,7 @@ class _NeuronResetter(PlasticityMethod):
     def __init__(self, config: PlasticityConfig) -> None:
         super().__init__(config)
         self.last_reset: dict[str, torch.Tensor] = {}  # layer name -> update of each neuron's last reset
+        self.futile: dict[str, torch.Tensor] = {}  # layer name -> resets since each neuron last fired
         self.gradient_reference: dict[str, float] = {}  # layer name -> running mean of its raw gradient score
         self.use_history = False
 
@@ -264,11 +271,14 @@ class _NeuronResetter(PlasticityMethod):
         for s in scores:
             name = s.layer.name
             last = self.last_reset.setdefault(name, torch.full((s.layer.units,), -(10**9), dtype=torch.long))
+            futile = self.futile.setdefault(name, torch.zeros(s.layer.units, dtype=torch.long))
+            futile[(s.forward > self.config.tau_forward).cpu()] = 0  # it fires: its last reset was not futile
             scored = replace(s, backward=self._backward_scores(s))
             mask = silent_mask(scored, self.config.tau_forward, self.config.tau_backward, self.rule).cpu()
-            mask &= (update - last) >= self.config.grace_updates
+            mask &= (update - last) >= self.config.grace_updates * 2 ** futile.clamp(max=self.config.futile_backoff)
             n = reset_neurons(s.layer, mask.to(s.forward.device), optimizer, self.generator)
             last[mask] = update
+            futile[mask] += 1
             reset += n
         self.resets += reset
         total = sum(s.layer.units for s in scores)

@@ -223,6 +223,38 @@ def test_redo_resets_the_dead_neuron_and_respects_the_grace_period() -> None:
     assert method.after_update(model, optimizer, 2, batch, loss_fn(model))["plasticity/neurons_reset"] == 0.0
 
 
+@pytest.mark.parametrize("method", ["redo", "resin"])
+def test_a_neuron_that_cannot_fire_is_reset_with_exponential_backoff(method: str) -> None:
+    model = tiny_model()
+    config = PlasticityConfig(method=method, every_updates=10, grace_updates=20, futile_backoff=2)
+    resetter = make_method(config)
+    optimizer = EntryAdam(model.parameters())
+    batch = batch_for(model)
+    batch.obs[:, 0, :] = 0.0  # the last-bitrate branch sees only zeros: its units can never fire
+    reset_at = []
+    for update in range(0, 400, 10):
+        resetter.after_update(model, optimizer, update, batch, loss_fn(model))
+        if int(resetter.last_reset["actor.bitrate"][0]) == update:  # type: ignore[attr-defined]
+            reset_at.append(update)
+    # grace 20 x 2^k after each futile reset, k capped at 2: waits of 40, 80, 80, ...
+    assert reset_at == [0, 40, 120, 200, 280, 360]
+
+
+def test_a_revived_neuron_gets_the_plain_grace_period_again() -> None:
+    model = planted()
+    config = PlasticityConfig(method="redo", every_updates=1, tau_forward=0.0, grace_updates=5)
+    method = make_method(config)
+    optimizer = EntryAdam(model.parameters())
+    batch = batch_for(model)
+    method.after_update(model, optimizer, 1, batch, loss_fn(model))  # DEAD is reset and fires again
+    assert int(method.futile["actor.hidden"][DEAD]) == 1  # type: ignore[attr-defined]
+    method.after_update(model, optimizer, 3, batch, loss_fn(model))
+    assert int(method.futile["actor.hidden"][DEAD]) == 0  # type: ignore[attr-defined]
+    with torch.no_grad():
+        model.actor_trunk.hidden.weight[DEAD] = 0.0  # dies again: 5 updates of grace, not 10
+    assert method.after_update(model, optimizer, 6, batch, loss_fn(model))["plasticity/neurons_reset"] == 1.0
+
+
 def test_resin_either_resets_dead_and_muted_neurons() -> None:
     model = planted()
     config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0, rule="either")

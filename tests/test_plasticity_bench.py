@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from abr_cli.main import app
-from plasticity.bench import BenchConfig, aggregate, bitrate_ratio, run_bench, t_interval, write_report
+from plasticity.bench import BenchConfig, _matches, aggregate, bitrate_ratio, run_bench, t_interval, write_report
 from plasticity.continual import recovery_steps, run_schedule
 from plasticity.methods import PlasticityConfig
 from plasticity.schedules import Schedule, ScheduleError, available_schedules, load_schedule
@@ -124,6 +124,22 @@ def test_bench_runs_resumes_and_reports(tmp_path: Path) -> None:
     for plot in ("qoe_per_phase.png", "training_qoe.png", "silent_ratio.png", "effective_rank.png"):
         assert (tmp_path / plot).stat().st_size > 0
     assert json.loads((tmp_path / "results.json").read_text())["summary"]["methods"]["none"]["seeds"] == 2
+
+
+@pytest.mark.parametrize(("method", "kept"), [("none", True), ("reset", True), ("redo", False), ("resin", False)])
+def test_records_from_before_a_new_setting_are_kept_only_where_it_changes_nothing(
+    tmp_path: Path, method: str, kept: bool
+) -> None:
+    """A record written before ``futile_backoff`` existed ran without backoff: still valid for methods
+    that never back off, stale for ReDo and ReSiN (which now back off by default)."""
+    config = PlasticityConfig(method=method)
+    old = config.model_dump()
+    del old["futile_backoff"]
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"plasticity": old, "scale": 0.1, "schedule": TINY_SCHEDULE.model_dump()}))
+    assert _matches(path, config, 0.1, TINY_SCHEDULE) is kept
+    legacy = config.model_copy(update={"futile_backoff": 0})
+    assert _matches(path, legacy, 0.1, TINY_SCHEDULE)  # asking for the old behaviour keeps every record
 
 
 def test_cli_rejects_bad_methods_and_schedules(tmp_path: Path) -> None:
