@@ -21,13 +21,13 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from abr_server.api.routes.decisions import SESSION_ID_PATTERN, report_error_detail
+from abr_server.api.routes.decisions import SESSION_ID, report_error_detail
 from abr_server.deps import UNPROCESSABLE
 from abr_server.schemas import ChunkReport
 from abr_server.service import DecisionService
 from abr_server.sessions import ReportError
 
-_PATH = re.compile(rf"/v1/sessions/({SESSION_ID_PATTERN.strip('^$')})/decision")
+_PATH = re.compile(rf"/v1/sessions/({SESSION_ID})/decision")
 MISSING_BODY = {"loc": ["body"], "msg": "Field required", "type": "missing"}
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
@@ -72,26 +72,27 @@ class DecisionFastPath:
             if not message.get("more_body", False):
                 break
         if not body:  # as FastAPI: a missing body is a missing field, not bad JSON
-            await _reply(send, UNPROCESSABLE, _dump({"detail": [MISSING_BODY]}))
+            await reply_json(send, UNPROCESSABLE, _dump({"detail": [MISSING_BODY]}))
             return
         try:
             report = ChunkReport.model_validate_json(body)
         except ValidationError as err:
-            await _reply(send, UNPROCESSABLE, _dump({"detail": validation_detail(err, bytes(body))}))
+            await reply_json(send, UNPROCESSABLE, _dump({"detail": validation_detail(err, bytes(body))}))
             return
         try:
             decision = await service.decide(match.group(1), report, api="v1")
         except ReportError as err:
-            await _reply(send, UNPROCESSABLE, _dump({"detail": report_error_detail(service, err)}))
+            await reply_json(send, UNPROCESSABLE, _dump({"detail": report_error_detail(service, err)}))
             return
-        await _reply(send, 200, decision.model_dump_json().encode())
+        await reply_json(send, 200, decision.model_dump_json().encode())
 
 
 def _dump(content: object) -> bytes:
     return json.dumps(content, separators=(",", ":")).encode()
 
 
-async def _reply(send: Send, status: int, body: bytes) -> None:
+async def reply_json(send: Send, status: int, body: bytes) -> None:
+    """Send a complete JSON response (``body`` already encoded)."""
     start: Message = {
         "type": "http.response.start",
         "status": status,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from abr_server.api.routes import admin, decisions, health, pensieve
 from abr_server.deps import UNPROCESSABLE
-from abr_server.fastpath import DecisionFastPath
+from abr_server.fastpath import DecisionFastPath, reply_json
 from abr_server.metrics import Metrics
 from abr_server.registry import ModelRegistry
 from abr_server.service import DecisionService
@@ -39,7 +39,7 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await _reply(send, 413, b'{"detail":"request body too large"}')
+            await reply_json(send, 413, b'{"detail":"request body too large"}')
             return
         received = 0
         too_large = False
@@ -57,17 +57,11 @@ class BodyLimit:
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
-            await _reply(send, 413, b'{"detail":"request body too large"}')
+            await reply_json(send, 413, b'{"detail":"request body too large"}')
 
 
 class _TooLarge(Exception):
     pass
-
-
-async def _reply(send: Callable[[Message], Awaitable[None]], code: int, body: bytes) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": code, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:

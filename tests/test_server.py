@@ -241,32 +241,41 @@ def test_hot_swap_during_a_stream_of_requests_drops_nothing(tmp_path: Path) -> N
     (root / "ACTIVE").write_text("v1\n")
     settings = Settings(telemetry_db=None, models_dir=root)  # type: ignore[arg-type]
 
-    async def scenario() -> list[str | None]:
+    async def scenario() -> tuple[list[str | None], list[str | None]]:
         service = DecisionService(settings, VIDEO, ModelRegistry(root, VIDEO, __import__("torch").device("cpu")),
                                   Metrics())  # fmt: skip
         await service.start()
         from abr_server.schemas import ChunkReport
 
-        async def player(i: int) -> list[str | None]:
-            versions = []
-            for index in range(6):
-                decision = await service.decide(f"p{i}", ChunkReport(**report(index)), api="v1")  # type: ignore[arg-type]
-                versions.append(decision.model_version)
+        swapped = asyncio.Event()
+        before: list[str | None] = []
+        after: list[str | None] = []
+
+        async def player(i: int) -> None:
+            # Keep streaming (chunk indices wrap) until the swap is done, then 3 more chunks each.
+            index, extra = 0, 3
+            while extra > 0:
+                done = swapped.is_set()
+                decision = await service.decide(f"p{i}", ChunkReport(**report(index % 40)), api="v1")  # type: ignore[arg-type]
+                (after if done else before).append(decision.model_version)
+                extra -= done
+                index += 1
                 await asyncio.sleep(0)
-            return versions
 
         async def swap() -> None:
             await asyncio.sleep(0.01)
             await service.activate("v2")
+            swapped.set()
 
-        results = await asyncio.gather(*(player(i) for i in range(40)), swap())
+        await asyncio.gather(*(player(i) for i in range(40)), swap())
         await service.stop()
-        return [v for r in results[:-1] for v in r]  # type: ignore[union-attr]
+        return before, after
 
-    versions = asyncio.run(scenario())
-    assert len(versions) == 240
-    assert set(versions) <= {"v1", "v2"}
-    assert "v2" in versions
+    before, after = asyncio.run(scenario())
+    versions = before + after
+    assert before  # requests were in flight while the new version loaded
+    assert set(before) <= {"v1", "v2"}
+    assert after == ["v2"] * 120  # everything asked after the swap returned is answered by v2
     assert versions.count(None) == 0  # every answer came from a model, none from the fallback
 
 

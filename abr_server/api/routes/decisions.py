@@ -14,7 +14,8 @@ from abr_server.sessions import ReportError
 router = APIRouter(prefix="/v1", tags=["decisions"])
 
 #: What a session id may be: 1-128 characters, letters, digits and ``._:-``.
-SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+SESSION_ID = r"[A-Za-z0-9._:-]{1,128}"
+SESSION_ID_PATTERN = rf"^{SESSION_ID}$"
 SessionId = Annotated[str, Path(min_length=1, max_length=128, pattern=SESSION_ID_PATTERN)]
 
 
