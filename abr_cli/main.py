@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from abr_cli import bench_cmd, eval_cmd, traces_cmd
+from abr_cli import bench_cmd, eval_cmd, media_cmd, traces_cmd
+from abr_cli.emulate_cmd import emulate
 from abr_cli.plasticity_cmd import plasticity_bench
 from abr_cli.serve_cmd import serve
 from abr_cli.simulate_cmd import simulate
@@ -22,8 +23,10 @@ app.command("eval")(eval_cmd.evaluate)
 app.command("train")(train_command)
 app.command("plasticity-bench")(plasticity_bench)
 app.command("serve")(serve)
+app.command("emulate")(emulate)
 app.add_typer(traces_cmd.app, name="traces")
 app.add_typer(bench_cmd.app, name="bench")
+app.add_typer(media_cmd.app, name="media")
 
 
 if __name__ == "__main__":

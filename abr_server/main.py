@@ -14,15 +14,20 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from abr_server.api.routes import admin, decisions, health, pensieve
+from abr_server.api.routes import admin, decisions, health, pensieve, player
 from abr_server.deps import UNPROCESSABLE
 from abr_server.fastpath import DecisionFastPath, reply_json
+from abr_server.media import MediaApp
 from abr_server.metrics import Metrics
 from abr_server.registry import ModelRegistry
 from abr_server.service import DecisionService
 from abr_server.settings import Settings
+from abr_server.shaping import ShapedLink
 from policy.ppo import resolve_device
+from simulator.capacity import TraceCapacity
+from simulator.link import LinkConfig
 from simulator.video import load_video
+from traces.io import load_file
 
 Message = MutableMapping[str, Any]
 
@@ -103,6 +108,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])  # fmt: skip
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    for module in (decisions, pensieve, admin, health):
+    for module in (decisions, pensieve, admin, health, player):
         app.include_router(module.router)
+    if settings.media_dir is not None:
+        app.state.media = media_app(settings)
+        app.mount("/media", app.state.media, name="media")
     return app
+
+
+def media_app(settings: Settings) -> MediaApp:
+    """The /media segment server, paced by ``settings.link_trace`` when one is set."""
+    assert settings.media_dir is not None
+    link = None
+    if settings.link_trace is not None:
+        capacity = TraceCapacity(load_file(settings.link_trace), LinkConfig().payload_fraction)
+        link = ShapedLink(capacity, delay_ms=settings.link_delay_ms)
+    return MediaApp(settings.media_dir, link)

@@ -27,4 +27,6 @@ class Metrics:
         self.errors = Counter("abr_errors_total", "Rejected or failed requests by kind.", ["kind"], registry=r)
         self.sessions = Gauge("abr_sessions", "Sessions kept in memory.", registry=r)
         self.model_swaps = Counter("abr_model_swaps_total", "Model activations.", registry=r)
+        self.repeats = Counter("abr_repeated_reports_total", "Reports of the chunk answered last (retries), "
+                               "answered from the session's last decision.", registry=r)  # fmt: skip
         self.telemetry_rows = Counter("abr_telemetry_rows_total", "Chunk reports committed.", registry=r)

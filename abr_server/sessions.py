@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from abr_server.schemas import ChunkReport
+from abr_server.schemas import ChunkReport, Decision
 from policy.base import Policy
 from simulator.observation import Observation, ObservationBuilder, ObservationSpec
 from simulator.video import Video
@@ -39,6 +39,7 @@ class Session:
     classic: Policy | None = None  # a classic rule's own state for this session
     last_seen_s: float = 0.0
     last_index: int = -1
+    last_decision: Decision | None = None  # answers a retried report of chunk last_index
     chunks: int = 0
 
     def push(self, report: ChunkReport, video: Video) -> None:

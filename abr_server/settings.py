@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from simulator.link import LinkConfig
 
 
 class Settings(BaseSettings):
@@ -44,9 +46,28 @@ class Settings(BaseSettings):
         True, description="Answer the v1 decision endpoint in a lean ASGI layer (false: through FastAPI's router)."
     )
     max_body_bytes: int = Field(64 * 1024, ge=256, description="Larger request bodies are refused (413).")
+    media_dir: Path | None = Field(None, description="A DASH asset folder served at /media (`abr media make`).")
+    link_trace: Path | None = Field(
+        None, description="Pace /media through this throughput trace (one link shared by all connections)."
+    )
+    link_delay_ms: float = Field(
+        LinkConfig().rtt_ms, ge=0, le=60_000, description="Added delay before each /media response (the path RTT)."
+    )
+    player_vendor_dir: Path | None = Field(
+        None, description="node_modules holding dashjs and chart.js for /player (default: the package's own)."
+    )
 
-    @field_validator("models_dir", "telemetry_db", "admin_token", "ab_policy", "inference_thread", mode="before")
+    @field_validator(
+        "models_dir", "telemetry_db", "admin_token", "ab_policy", "inference_thread", "media_dir", "link_trace",
+        "player_vendor_dir", mode="before",
+    )  # fmt: skip
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """``ABR_TELEMETRY_DB=`` (empty) means off, not the current directory."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _link_needs_media(self) -> Settings:
+        if self.link_trace is not None and self.media_dir is None:
+            raise ValueError("link_trace paces /media: set media_dir too")
+        return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ DEFAULT_CHUNK_DURATION_S = 4.0
 DEFAULT_N_CHUNKS = 48
 #: Seed of the built-in synthetic video: fixed so every machine sees the same "builtin" video.
 BUILTIN_VIDEO_SEED = 20170821
+#: The description file of a DASH asset folder (`abr_server.asset`), read by `load_video`.
+ASSET_META = "asset.json"
 
 
 class VideoError(ValueError):
@@ -193,4 +196,15 @@ def load_video(source: str) -> Video:
     path = Path(source)
     if not path.exists():
         raise VideoError(f"{source}: no such folder (use 'builtin' or a folder of video_size_N files)")
+    meta_path = path / ASSET_META
+    if meta_path.is_file():  # a DASH asset made by `abr media make`: its own ladder, segment length and count
+        try:
+            meta = json.loads(meta_path.read_text())
+            ladder = tuple(int(b) for b in meta["bitrates_kbps"])
+            seconds, count = float(meta["segment_s"]), int(meta["n_segments"])
+            return Video.from_size_files(path, ladder, chunk_duration_s=seconds, n_chunks=count)
+        except (ValueError, KeyError, TypeError) as err:
+            if isinstance(err, VideoError):
+                raise
+            raise VideoError(f"{meta_path}: not a valid asset description ({err!r})") from None
     return Video.from_size_files(path)
