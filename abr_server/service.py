@@ -84,14 +84,14 @@ class DecisionService:
         session = self.store.get(session_id, self.assign(session_id))
         self.metrics.sessions.set(len(self.store))
         async with session.lock:  # one request at a time per session
-            if report.index == session.last_index and session.last_decision is not None:
-                # A retry (a player's timeout, the dash.js rule's synchronous re-ask): same answer, and the
-                # chunk is neither pushed into the history twice nor logged twice.
+            if session.last_decision is not None and report == session.last_report:
+                # A retry of the same report (a player's timeout, the dash.js rule's synchronous re-ask): the
+                # same answer, and the chunk is neither pushed into the history twice nor logged twice.
                 self.metrics.repeats.inc()
                 return session.last_decision
             session.push(report, self.video)
             decision = await self._choose(session, report)
-            session.last_decision = decision
+            session.last_report, session.last_decision = report, decision
             if self.telemetry is not None:
                 try:
                     await self.telemetry.append(self._row(session_id, report, decision))

@@ -39,7 +39,8 @@ class Session:
     classic: Policy | None = None  # a classic rule's own state for this session
     last_seen_s: float = 0.0
     last_index: int = -1
-    last_decision: Decision | None = None  # answers a retried report of chunk last_index
+    last_report: ChunkReport | None = None
+    last_decision: Decision | None = None  # the answer to last_report, given again if it is retried
     chunks: int = 0
 
     def push(self, report: ChunkReport, video: Video) -> None:

@@ -173,6 +173,19 @@ def test_telemetry_is_committed_before_the_answer(client: TestClient, app_settin
     assert rows[0]["delay_ms"] == 800.0
 
 
+def test_a_retried_report_gets_the_same_answer_and_is_recorded_once(client: TestClient, app_settings: Settings) -> None:
+    first = [client.post("/v1/sessions/r/decision", json=report(i)).json() for i in range(3)]
+    again = client.post("/v1/sessions/r/decision", json=report(2))  # the player's retry of chunk 2
+    assert again.status_code == 200 and again.json() == first[2]
+    nxt = client.post("/v1/sessions/r/decision", json=report(3)).json()
+    assert nxt["for_index"] == 4
+    # The same index with a different report is not a retry (a player restarting, say): it is recorded.
+    assert client.post("/v1/sessions/r/decision", json=report(3, buffer_s=1.0)).status_code == 200
+    assert app_settings.telemetry_db is not None
+    assert [r["chunk_index"] for r in read_rows(app_settings.telemetry_db)] == [0, 1, 2, 3, 3]
+    assert "abr_repeated_reports_total 1.0" in client.get("/metrics").text
+
+
 def test_sessions_expire_and_are_bounded() -> None:
     store = SessionStore(VIDEO, ObservationSpec(), max_sessions=2, ttl_s=10.0)
     a = store.get("a", "learned", now_s=0.0)
