@@ -7,7 +7,7 @@ ARG TORCH_SPEC="torch==2.13.0"
 
 FROM ${BASE_IMAGE} AS build
 ARG TORCH_SPEC
-RUN apt-get update && apt-get install -y --no-install-recommends make python3 python3-venv \
+RUN apt-get update && apt-get install -y --no-install-recommends make python3 python3-venv nodejs npm \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY . .

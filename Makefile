@@ -10,11 +10,17 @@ TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: install demo test lint bench clean
 
-$(VENV)/.installed: pyproject.toml Makefile
+PLAYER_DIR := abr_server/player
+
+$(VENV)/.installed: pyproject.toml Makefile $(PLAYER_DIR)/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e '.[dev]'
+	@# dash.js and Chart.js for /player (from npm, never committed); without npm /player answers 503.
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(PLAYER_DIR) --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: /player will lack dash.js (install Node.js and npm, then make install)"; fi
 	touch $@
 
 install: $(VENV)/.installed

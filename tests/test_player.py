@@ -8,7 +8,6 @@ import asyncio
 import json
 import shutil
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +50,8 @@ def test_capacity_hand_computed() -> None:
     assert cap.time_for(500_000) == pytest.approx(1.0)  # the earliest time, not the end of the zero gap
     assert cap.time_for(750_000) == pytest.approx(3.25)
     assert cap.time_for(1_500_000 + 250_000) == pytest.approx(4.5)
-    assert cap.rate_at(0.5) == pytest.approx(500_000) and cap.rate_at(2.0) == 0.0
+    assert cap.rate_at(0.5) == pytest.approx(500_000)
+    assert cap.rate_at(2.0) == 0.0
 
 
 def test_capacity_first_pass_starts_at_the_first_sample() -> None:
@@ -130,7 +130,8 @@ def test_concurrent_transfers_share_the_link() -> None:
 
     first, second = asyncio.run(both())
     total_s = 2 * 10 * SLICE_BYTES / 2e6
-    assert first >= total_s * 0.9 and second >= total_s * 0.9
+    assert first >= total_s * 0.9
+    assert second >= total_s * 0.9
 
 
 # ---------------------------------------------------------------------------------------- segment server
@@ -151,11 +152,13 @@ def test_media_is_served_with_types_and_no_caching(media_dir: Path, tmp_path: Pa
     settings_ = Settings(media_dir=media_dir, telemetry_db=None)  # type: ignore[arg-type]
     with TestClient(create_app(settings_)) as client:
         mpd = client.get("/media/manifest.mpd")
-        assert mpd.status_code == 200 and mpd.text == "<MPD/>"
+        assert mpd.status_code == 200
+        assert mpd.text == "<MPD/>"
         assert mpd.headers["content-type"] == "application/dash+xml"
         seg = client.get("/media/chunk-0-00001.m4s")
         assert seg.content == (media_dir / "chunk-0-00001.m4s").read_bytes()
-        assert seg.headers["cache-control"] == "no-store" and seg.headers["timing-allow-origin"] == "*"
+        assert seg.headers["cache-control"] == "no-store"
+        assert seg.headers["timing-allow-origin"] == "*"
         assert client.head("/media/manifest.mpd").headers["content-length"] == "6"
         for bad in ("/media/../secret.txt", "/media/%2e%2e/secret.txt", "/media/.hidden", "/media/", "/media/nope"):
             assert client.get(bad).status_code == 404, bad
@@ -189,15 +192,18 @@ def test_player_page_config_and_scripts(tmp_path: Path) -> None:
     settings_ = Settings(telemetry_db=None, player_vendor_dir=tmp_path / "none")  # type: ignore[arg-type]
     with TestClient(create_app(settings_)) as client:
         page = client.get("/player")
-        assert page.status_code == 200 and "resin-abr.js" in page.text
+        assert page.status_code == 200
+        assert "resin-abr.js" in page.text
         config = client.get("/player/config.json").json()
         assert config["bitrates_kbps"] == [300, 750, 1200, 1850, 2850, 4300]
-        assert config["default_quality"] == 1 and config["max_buffer_s"] == 60.0
+        assert config["default_quality"] == 1
+        assert config["max_buffer_s"] == 60.0
         assert (config["fallback_reservoir_s"], config["fallback_cushion_s"]) == (5.0, 10.0)
         assert "addABRCustomRule" in client.get("/player/static/resin-abr.js").text
         assert client.get("/player/static/nope.js").status_code == 404
         missing = client.get("/player/vendor/dash.all.min.js")
-        assert missing.status_code == 503 and "npm" in missing.json()["detail"]
+        assert missing.status_code == 503
+        assert "npm" in missing.json()["detail"]
         assert client.get("/player/vendor/evil.js").status_code == 404
 
 
@@ -208,7 +214,8 @@ def test_vendor_files_are_served_from_node_modules(tmp_path: Path) -> None:
     settings_ = Settings(telemetry_db=None, player_vendor_dir=tmp_path)  # type: ignore[arg-type]
     with TestClient(create_app(settings_)) as client:
         reply = client.get("/player/vendor/chart.umd.min.js")
-        assert reply.status_code == 200 and reply.text == "// lib"
+        assert reply.status_code == 200
+        assert reply.text == "// lib"
 
 
 # ---------------------------------------------------------------------------------------- emulation bookkeeping
@@ -217,12 +224,13 @@ VIDEO4 = Video((300, 750, 1200, 1850, 2850, 4300), 4.0, np.full((6, 4), 100_000,
 
 
 def player_state(levels: list[int], ends: list[float], stalls: list[tuple[float, float]]) -> dict[str, object]:
-    return {
-        "attachedMs": 0.0, "firstPlayingMs": 1500.0, "ended": True,
-        "segments": [{"index": i, "level": q, "source": "initial" if i == 0 else "server", "end_ms": e,
-                      "request_start_ms": e - 500.0, "buffer_s": 4.0} for i, (q, e) in enumerate(zip(levels, ends))],
-        "stalls": [{"start_ms": a, "end_ms": b} for a, b in stalls],
-    }  # fmt: skip
+    segments = [
+        {"index": i, "level": q, "source": "initial" if i == 0 else "server", "end_ms": e,
+         "request_start_ms": e - 500.0, "buffer_s": 4.0}
+        for i, (q, e) in enumerate(zip(levels, ends, strict=True))
+    ]  # fmt: skip
+    return {"attachedMs": 0.0, "firstPlayingMs": 1500.0, "ended": True, "segments": segments,
+            "stalls": [{"start_ms": a, "end_ms": b} for a, b in stalls]}  # fmt: skip
 
 
 def test_player_outcome_attributes_stalls_to_the_segment_that_ended_them() -> None:
@@ -231,11 +239,13 @@ def test_player_outcome_attributes_stalls_to_the_segment_that_ended_them() -> No
     state = player_state([1, 2, 2, 0], [1000, 5000, 9000, 13000], [(4000, 4600), (8800, 9400)])
     out = PlayerOutcome.from_state(state, VIDEO4)
     assert out.rebuffer_s == pytest.approx([1.5, 0.6, 0.2, 0.4])  # startup 1.5 s on segment 0
-    assert out.stall_count == 2 and out.stall_s == pytest.approx(1.2)
+    assert out.stall_count == 2
+    assert out.stall_s == pytest.approx(1.2)
     # QoE_lin of segments 1..3: (1.2 - 4.3*0.6 - 0.45) + (1.2 - 4.3*0.2 - 0) + (0.3 - 4.3*0.4 - 0.9), mean.
     expected = ((1.2 - 2.58 - 0.45) + (1.2 - 0.86) + (0.3 - 1.72 - 0.9)) / 3
     assert out.score == pytest.approx(expected)
-    assert out.switches == 2 and out.server_share == 1.0
+    assert out.switches == 2
+    assert out.server_share == 1.0
     assert QoEConfig().rebuffer_weight == 4.3
 
 
@@ -251,7 +261,8 @@ def test_server_view_compares_the_telemetry_with_the_player(tmp_path: Path) -> N
     db = tmp_path / "t.sqlite"
     with sqlite3.connect(db) as con:
         con.executescript(SCHEMA)
-        rows = [(0, 1, 2, 0.0, 1000), (1, 2, 2, 600.0, 5000), (2, 2, 1, 600.0, 9000)]  # decided 1 for seg 3: not followed
+        # The decision for segment 3 (1) was not followed: the player fetched level 0.
+        rows = [(0, 1, 2, 0.0, 1000), (1, 2, 2, 600.0, 5000), (2, 2, 1, 600.0, 9000)]
         for index, quality, decided, rebuf, end in rows:
             values = dict.fromkeys(COLUMNS)
             values.update(session_id="s", chunk_index=index, quality=quality, decided_quality=decided,
@@ -259,7 +270,8 @@ def test_server_view_compares_the_telemetry_with_the_player(tmp_path: Path) -> N
             con.execute(f"INSERT INTO chunks ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
                         [values[c] for c in COLUMNS])  # fmt: skip
     view = server_view(db, "s", outcome, state)
-    assert view.rows == 3 and view.levels_agree == 1.0
+    assert view.rows == 3
+    assert view.levels_agree == 1.0
     assert view.decisions_followed == pytest.approx(2 / 3)
     assert (view.rebuffer_ms_logged, view.rebuffer_ms_player) == (600.0, 600.0)
 
@@ -271,8 +283,12 @@ def test_ffmpeg_command_encodes_the_ladder_as_cbr_dash() -> None:
     cmd = " ".join(ffmpeg_command(AssetSpec(duration_s=8, max_height=360), Path("out")))
     for level, kbps in enumerate((300, 750, 1200, 1850, 2850, 4300)):
         assert f"-b:v:{level} {kbps}k -minrate:v:{level} {kbps}k -maxrate:v:{level} {kbps}k" in cmd
-    assert "-seg_duration 4.0" in cmd and "-g 96 -keyint_min 96" in cmd and "nal-hrd=cbr" in cmd
-    assert "scale=-2:240" in cmd and "scale=-2:360" in cmd and "scale=-2:1080" not in cmd
+    assert "-seg_duration 4.0" in cmd
+    assert "-g 96 -keyint_min 96" in cmd
+    assert "nal-hrd=cbr" in cmd
+    assert "scale=-2:240" in cmd
+    assert "scale=-2:360" in cmd
+    assert "scale=-2:1080" not in cmd
     assert AssetSpec(duration_s=8).n_segments == 2
 
 
@@ -283,14 +299,17 @@ def test_bad_asset_specs_are_refused(tmp_path: Path) -> None:
         AssetSpec(source=tmp_path / "missing.mp4")
 
 
-needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed (apt-get install ffmpeg)")
+needs_ffmpeg = pytest.mark.skipif(
+    shutil.which("ffmpeg") is None, reason="ffmpeg not installed (apt-get install ffmpeg)"
+)
 
 
 @needs_ffmpeg
 def test_make_asset_writes_dash_and_exact_chunk_sizes(tmp_path: Path) -> None:
     out = tmp_path / "asset"
     video = make_asset(AssetSpec(duration_s=8, max_height=72, fps=12, preset="ultrafast"), out)
-    assert video.n_chunks == 2 and video.bitrates_kbps == (300, 750, 1200, 1850, 2850, 4300)
+    assert video.n_chunks == 2
+    assert video.bitrates_kbps == (300, 750, 1200, 1850, 2850, 4300)
     sizes = [(out / f"chunk-{level}-{n:05d}.m4s").stat().st_size for level in range(6) for n in (1, 2)]
     assert video.chunk_bytes.ravel().tolist() == sizes
     kbps = video.chunk_bytes.mean(axis=1) * 8 / 1000 / 4.0
@@ -319,13 +338,13 @@ def _browser_missing() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def tiny_asset(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def tiny_asset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     reason = _browser_missing()
     if reason:
         pytest.skip(reason)
     out = tmp_path_factory.mktemp("player") / "asset"
     make_asset(AssetSpec(duration_s=32, max_height=72, fps=12, preset="ultrafast"), out)
-    yield out
+    return out
 
 
 @pytest.mark.browser
@@ -336,10 +355,12 @@ def test_dashjs_plays_through_the_server_under_a_varying_trace(tiny_asset: Path,
     varying = save(trace(times, [1.2 if (t // 2) % 2 == 0 else 6.0 for t in times]), tmp_path / "varying.txt")
     [result] = emulate(tiny_asset, [varying], ["learned"], tmp_path / "emu")
     player, server = result.player, result.server
-    assert server is not None and result.simulated is not None
+    assert server is not None
+    assert result.simulated is not None
     assert player.server_share >= 0.95  # segments 1..N-1 carried the server's decisions
     assert len(player.levels) == 8  # the whole asset was played
-    assert server.rows == 8 and server.levels_agree == 1.0  # the server logged what the player fetched
+    assert server.rows == 8
+    assert server.levels_agree == 1.0
     assert server.decisions_followed >= 0.95
     assert abs(server.rebuffer_ms_logged - server.rebuffer_ms_player) <= 250  # stalls agree
     saved = json.loads((tmp_path / "emu" / "sessions" / "varying.txt.learned" / "result.json").read_text())

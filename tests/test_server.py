@@ -176,7 +176,8 @@ def test_telemetry_is_committed_before_the_answer(client: TestClient, app_settin
 def test_a_retried_report_gets_the_same_answer_and_is_recorded_once(client: TestClient, app_settings: Settings) -> None:
     first = [client.post("/v1/sessions/r/decision", json=report(i)).json() for i in range(3)]
     again = client.post("/v1/sessions/r/decision", json=report(2))  # the player's retry of chunk 2
-    assert again.status_code == 200 and again.json() == first[2]
+    assert again.status_code == 200
+    assert again.json() == first[2]
     nxt = client.post("/v1/sessions/r/decision", json=report(3)).json()
     assert nxt["for_index"] == 4
     # The same index with a different report is not a retry (a player restarting, say): it is recorded.
