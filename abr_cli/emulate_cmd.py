@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,6 +21,13 @@ if TYPE_CHECKING:
 DEFAULT_POLICIES = ["learned", "robustmpc", "bba", "dashjs"]
 
 
+class Shaping(StrEnum):
+    """How the link follows the trace."""
+
+    app = "app"
+    kernel = "kernel"
+
+
 def emulate(
     asset: Annotated[Path, typer.Option(help="DASH asset folder from `abr media make`.")],
     trace: Annotated[list[Path], typer.Option(help="Throughput trace file (repeat for several).")],
@@ -27,10 +38,21 @@ def emulate(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/emulate"),
     delay_ms: Annotated[float, typer.Option(min=0, help="Delay added to every segment request.")] = 80.0,
     chromium: Annotated[str, typer.Option(help="Chromium executable (never downloaded).")] = "/usr/bin/chromium",
+    shaping: Annotated[
+        Shaping, typer.Option(help="app: the segment server paces responses; kernel: tc tbf in a network namespace.")
+    ] = Shaping.app,
 ) -> None:
     """Play the asset in Chromium with each policy over each trace; player QoE vs the server's log vs the simulator."""
     from abr_server.emulate import EmulationError
     from abr_server.emulate import emulate as run_emulation
+    from abr_server.netns import private_netns
+
+    if shaping is Shaping.kernel and not private_netns():
+        # Run this same command again in a network namespace of its own, where shaping lo is harmless.
+        if shutil.which("unshare") is None:
+            raise typer.BadParameter("kernel shaping needs unshare (util-linux)", param_hint="--shaping")
+        args = ["unshare", "-n", "--", sys.executable, "-m", "abr_cli.main", *sys.argv[1:]]
+        raise typer.Exit(subprocess.call(args))
 
     policies = policy or DEFAULT_POLICIES
     with user_errors():
@@ -42,7 +64,7 @@ def emulate(
             raise ValueError(f"--asset {asset}: no manifest.mpd there (make one with `abr media make`)")
         try:
             results = run_emulation(asset, trace, policies, out, delay_ms=delay_ms, chromium=chromium,
-                                    on_result=_print_one)  # fmt: skip
+                                    shaping=shaping.value, on_result=_print_one)  # fmt: skip
         except EmulationError as err:
             raise ValueError(str(err)) from None
     (out / "results.json").write_text(json.dumps([r.to_json() for r in results], indent=1) + "\n")

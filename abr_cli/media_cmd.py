@@ -64,6 +64,7 @@ def serve(
         extra = {} if delay_ms is None else {"link_delay_ms": delay_ms}
         settings = Settings(media_dir=folder, link_trace=trace, **extra)  # type: ignore[arg-type]
         app_ = media_app(settings)
-    shaped = f"paced by {trace.name}, +{settings.link_delay_ms:g} ms" if trace else "unshaped"
+    shaped = f"paced by {trace.name}" if trace else "unshaped"
+    shaped += f", +{settings.media_delay_ms:g} ms per response"
     err_console.print(f"serving {folder} at http://{host}:{port}/ ({shaped})")
     uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)

@@ -28,10 +28,11 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from abr_server.netns import KernelShaper, private_netns
 from policy.base import make_policy
 from policy.evaluate import DEFAULT_INITIAL_QUALITY, run_policy
 from simulator.link import LinkConfig
@@ -196,14 +197,26 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(
-    asset: Path, trace: Path, policy: str, *, delay_ms: float, telemetry_db: Path, log_path: Path, timeout_s: float = 60
+    asset: Path,
+    trace: Path | None,
+    policy: str,
+    *,
+    delay_ms: float,
+    telemetry_db: Path,
+    log_path: Path,
+    timeout_s: float = 60,
 ) -> Iterator[str]:
-    """``abr serve`` for one session in a subprocess; yields its base URL; stopped (gracefully) on exit."""
+    """``abr serve`` for one session in a subprocess; yields its base URL; stopped (gracefully) on exit.
+
+    With ``trace`` the server paces /media itself; without, /media is unpaced (kernel shaping).
+    """
     port = free_port()
     server_policy = "bba" if policy == DASHJS else policy  # the dash.js baseline ignores the server's answers
     cmd = [sys.executable, "-m", "abr_cli.main", "serve", "--port", str(port), "--media", str(asset),
-           "--link-trace", str(trace), "--link-delay-ms", str(delay_ms), "--policy", server_policy,
+           "--link-delay-ms", str(delay_ms), "--policy", server_policy,
            "--telemetry-db", str(telemetry_db), "--log-level", "warning"]  # fmt: skip
+    if trace is not None:
+        cmd += ["--link-trace", str(trace)]
     env = {**os.environ, "ABR_WATCH_INTERVAL_S": "0"}
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -235,8 +248,18 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float, log_p
     raise EmulationError(f"the server at {url} was not ready after {timeout_s:.0f} s (log: {log_path})")
 
 
-def play(url: str, *, timeout_s: float, chromium: str = DEFAULT_CHROMIUM, headless: bool = True) -> dict[str, Any]:
-    """Open ``url`` (a /player page) in Chromium and return ``window.resinSession`` once playback ended."""
+def play(
+    url: str,
+    *,
+    timeout_s: float,
+    chromium: str = DEFAULT_CHROMIUM,
+    headless: bool = True,
+    on_start: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Open ``url`` (a /player page) in Chromium and return ``window.resinSession`` once playback ended.
+
+    ``on_start`` runs just before the page is opened (the kernel shaper starts its trace there).
+    """
     try:
         from playwright.sync_api import Error as PlaywrightError
         from playwright.sync_api import sync_playwright
@@ -251,6 +274,8 @@ def play(url: str, *, timeout_s: float, chromium: str = DEFAULT_CHROMIUM, headle
             page = browser.new_page()
             page.on("pageerror", lambda err: console.append(f"pageerror: {err}"))
             page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}") if msg.type == "error" else None)
+            if on_start is not None:
+                on_start()
             page.goto(url)
             try:
                 done = "() => window.resinSession && (window.resinSession.ended || window.resinSession.error)"
@@ -275,9 +300,16 @@ def emulate(
     *,
     delay_ms: float = LinkConfig().rtt_ms,
     chromium: str = DEFAULT_CHROMIUM,
+    shaping: Literal["app", "kernel"] = "app",
     on_result: Callable[[EmulationResult], None] | None = None,
 ) -> list[EmulationResult]:
-    """Play every trace with every policy; per-session JSON under ``out_dir``; the results in order."""
+    """Play every trace with every policy; per-session JSON under ``out_dir``; the results in order.
+
+    ``shaping``: ``app`` paces responses in the segment server (`abr_server.shaping`); ``kernel`` shapes
+    the loopback with ``tc tbf`` (`abr_server.netns`; the process must be in a private network namespace).
+    """
+    if shaping == "kernel" and not private_netns():
+        raise EmulationError("kernel shaping needs a private network namespace: run under `unshare -n`")
     video = load_video(str(asset))
     timeout_s = video.duration_s * 4 + 120
     results: list[EmulationResult] = []
@@ -292,11 +324,19 @@ def emulate(
             for stale in run_dir.glob("telemetry.sqlite*"):
                 stale.unlink()
             started = time.monotonic()
-            with running_server(asset, trace, policy, delay_ms=delay_ms, telemetry_db=db,
-                                log_path=run_dir / "server.log") as url:  # fmt: skip
-                mode = DASHJS if policy == DASHJS else "server"
-                state = play(f"{url}/player?mpd=/media/manifest.mpd&abr={mode}&sid={session_id}",
-                             timeout_s=timeout_s, chromium=chromium)  # fmt: skip
+            shaper = KernelShaper(load_file(trace)) if shaping == "kernel" else None
+            if shaper is not None:
+                shaper.setup()
+            try:
+                with running_server(asset, None if shaper else trace, policy, delay_ms=delay_ms, telemetry_db=db,
+                                    log_path=run_dir / "server.log") as url:  # fmt: skip
+                    mode = DASHJS if policy == DASHJS else "server"
+                    state = play(f"{url}/player?mpd=/media/manifest.mpd&abr={mode}&sid={session_id}",
+                                 timeout_s=timeout_s, chromium=chromium,
+                                 on_start=shaper.start if shaper else None)  # fmt: skip
+            finally:
+                if shaper is not None:
+                    shaper.stop()
             wall_s = time.monotonic() - started
             player = PlayerOutcome.from_state(state, video)
             server = server_view(db, session_id, player, state) if policy != DASHJS else None

@@ -121,6 +121,5 @@ def media_app(settings: Settings) -> MediaApp:
     assert settings.media_dir is not None
     link = None
     if settings.link_trace is not None:
-        capacity = TraceCapacity(load_file(settings.link_trace), LinkConfig().payload_fraction)
-        link = ShapedLink(capacity, delay_ms=settings.link_delay_ms)
-    return MediaApp(settings.media_dir, link)
+        link = ShapedLink(TraceCapacity(load_file(settings.link_trace), LinkConfig().payload_fraction))
+    return MediaApp(settings.media_dir, link, delay_ms=settings.media_delay_ms)

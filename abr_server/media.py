@@ -2,13 +2,14 @@
 
 Mounted at ``/media`` on the decision server (one origin for page, player, decisions and segments, so
 the browser's resource timing is complete), or run alone by ``abr media serve``. GET and HEAD only;
-paths are resolved inside the folder (no ``..``, no hidden files, no links out). With a `ShapedLink`
-every response waits the link's fixed delay, then its body leaves in slices paced by the shared link.
+paths are resolved inside the folder (no ``..``, no hidden files, no links out). Every response waits
+``delay_ms`` (the path's round trip); with a `ShapedLink` its body then leaves in slices paced by it.
 Responses are never cached: every emulated session must fetch its segments through the link.
 """
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
 from pathlib import Path
 
@@ -28,11 +29,13 @@ CONTENT_TYPES = {
 class MediaApp:
     """ASGI app serving files under ``root``; paced by ``link`` when one is given."""
 
-    def __init__(self, root: Path, link: ShapedLink | None = None) -> None:
+    def __init__(self, root: Path, link: ShapedLink | None = None, *, delay_ms: float = 0.0) -> None:
         if not root.is_dir():
             raise ValueError(f"media folder {root}: no such folder")
+        if delay_ms < 0:
+            raise ValueError(f"delay_ms must be >= 0, got {delay_ms}")
         self.root = root.resolve()
-        self.link = link
+        self.link, self.delay_ms = link, delay_ms
         self.requests = 0
 
     def resolve(self, path: str) -> Path | None:
@@ -73,7 +76,9 @@ class MediaApp:
             (b"access-control-allow-origin", b"*"),
         ]
         if self.link is not None:
-            await self.link.propagate()
+            self.link.start()  # the trace's clock runs from the first request
+        if self.delay_ms > 0:
+            await asyncio.sleep(self.delay_ms / 1000.0)  # the path's round trip before the first byte
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         if method == "HEAD":
             await send({"type": "http.response.body", "body": b""})

@@ -50,9 +50,11 @@ class Settings(BaseSettings):
     link_trace: Path | None = Field(
         None, description="Pace /media through this throughput trace (one link shared by all connections)."
     )
-    link_delay_ms: float = Field(
-        LinkConfig().rtt_ms, ge=0, le=60_000, description="Added delay before each /media response (the path RTT)."
-    )
+    link_delay_ms: float | None = Field(
+        None, ge=0, le=60_000,
+        description="Delay before each /media response (the path's RTT); default: the simulator's RTT (80 ms) "
+        "with link_trace, 0 without.",
+    )  # fmt: skip
     player_vendor_dir: Path | None = Field(
         None, description="node_modules holding dashjs and chart.js for /player (default: the package's own)."
     )
@@ -71,3 +73,10 @@ class Settings(BaseSettings):
         if self.link_trace is not None and self.media_dir is None:
             raise ValueError("link_trace paces /media: set media_dir too")
         return self
+
+    @property
+    def media_delay_ms(self) -> float:
+        """The effective delay before each /media response."""
+        if self.link_delay_ms is not None:
+            return self.link_delay_ms
+        return LinkConfig().rtt_ms if self.link_trace is not None else 0.0

@@ -5,7 +5,8 @@ a response slice of ``n`` bytes may leave once the link has had time to carry ev
 before it plus these ``n``. Capacity the link has while nobody sends is lost beyond ``burst_bytes`` (the
 bucket depth), so a connection that starts on an idle link gets no more than the trace allows. Audio,
 video and manifest share one link, as on a real access link. The clock starts at the first request,
-so every emulated session plays the trace from its beginning.
+so every emulated session plays the trace from its beginning. (The fixed per-request delay is the
+segment server's, `abr_server.media.MediaApp`.)
 """
 
 from __future__ import annotations
@@ -21,21 +22,14 @@ SLICE_BYTES = 16 * 1024
 
 
 class ShapedLink:
-    """Pace byte transfers through a trace's capacity, shared by all callers, plus a fixed delay."""
+    """Pace byte transfers through a trace's capacity, shared by all callers."""
 
     def __init__(
-        self,
-        capacity: TraceCapacity,
-        *,
-        delay_ms: float,
-        burst_bytes: float = 0.0,
-        clock: Callable[[], float] = time.monotonic,
+        self, capacity: TraceCapacity, *, burst_bytes: float = 0.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        if delay_ms < 0:
-            raise ValueError(f"delay_ms must be >= 0, got {delay_ms}")
         if burst_bytes < 0:
             raise ValueError(f"burst_bytes must be >= 0, got {burst_bytes}")
-        self.capacity, self.delay_ms, self.burst_bytes, self._clock = capacity, delay_ms, burst_bytes, clock
+        self.capacity, self.burst_bytes, self._clock = capacity, burst_bytes, clock
         self._started_s: float | None = None
         self._reserved_bytes = 0.0  # cumulative link bytes handed out so far
         self.bytes_sent = 0
@@ -68,9 +62,3 @@ class ShapedLink:
         wait_s = done_s - self.elapsed_s()
         if wait_s > 0:
             await asyncio.sleep(wait_s)
-
-    async def propagate(self) -> None:
-        """The fixed per-request delay (the path's round trip) before a response's first byte."""
-        self.start()
-        if self.delay_ms > 0:
-            await asyncio.sleep(self.delay_ms / 1000.0)

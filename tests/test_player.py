@@ -8,6 +8,8 @@ import asyncio
 import json
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from abr_server.api.routes.player import PLAYER_DIR, VENDOR_FILES
 from abr_server.asset import AssetSpec, ffmpeg_command, make_asset
 from abr_server.emulate import DEFAULT_CHROMIUM, PlayerOutcome, emulate, server_view
 from abr_server.main import create_app
+from abr_server.netns import MIN_RATE_KBIT, KernelShaper, KernelShapingError, private_netns, rate_schedule
 from abr_server.settings import Settings
 from abr_server.shaping import SLICE_BYTES, ShapedLink
 from abr_server.telemetry import COLUMNS, SCHEMA
@@ -90,7 +93,7 @@ class FakeClock:
 
 def test_shaped_link_serialises_reservations_and_loses_idle_capacity() -> None:
     clock = FakeClock()
-    link = ShapedLink(TraceCapacity(trace([0, 10], [8, 8]), 1.0), delay_ms=0, clock=clock)  # 1e6 B/s
+    link = ShapedLink(TraceCapacity(trace([0, 10], [8, 8]), 1.0), clock=clock)  # 1e6 B/s
     assert link.reserve(500_000) == pytest.approx(0.5)
     assert link.reserve(500_000) == pytest.approx(1.0)  # queued behind the first
     clock.now += 3.0  # the link idles from 1 s to 3 s: that capacity is gone
@@ -100,7 +103,7 @@ def test_shaped_link_serialises_reservations_and_loses_idle_capacity() -> None:
 
 def test_shaped_link_burst_lets_a_fresh_transfer_use_saved_capacity() -> None:
     clock = FakeClock()
-    link = ShapedLink(TraceCapacity(trace([0, 10], [8, 8]), 1.0), delay_ms=0, burst_bytes=200_000, clock=clock)
+    link = ShapedLink(TraceCapacity(trace([0, 10], [8, 8]), 1.0), burst_bytes=200_000, clock=clock)
     link.start()
     clock.now += 2.0
     assert link.reserve(200_000) == pytest.approx(2.0)  # all of it from the bucket
@@ -108,15 +111,15 @@ def test_shaped_link_burst_lets_a_fresh_transfer_use_saved_capacity() -> None:
 
 def test_shaped_link_rejects_bad_settings() -> None:
     cap = TraceCapacity(trace([0, 1], [1, 1]), 1.0)
-    with pytest.raises(ValueError, match="delay_ms"):
-        ShapedLink(cap, delay_ms=-1)
     with pytest.raises(ValueError, match="burst_bytes"):
-        ShapedLink(cap, delay_ms=0, burst_bytes=-1)
+        ShapedLink(cap, burst_bytes=-1)
+    with pytest.raises(ValueError, match="payload_fraction"):
+        TraceCapacity(trace([0, 1], [1, 1]), 0.0)
 
 
 def test_concurrent_transfers_share_the_link() -> None:
     # Two 160 KiB transfers at 16 Mbit/s (2 MB/s) in parallel: both finish after ~0.16 s, not 0.08 and 0.16.
-    link = ShapedLink(TraceCapacity(trace([0, 100], [16, 16]), 1.0), delay_ms=0)
+    link = ShapedLink(TraceCapacity(trace([0, 100], [16, 16]), 1.0))
 
     async def transfer() -> float:
         loop = asyncio.get_running_loop()
@@ -183,6 +186,12 @@ def test_shaped_media_takes_as_long_as_the_trace_says(media_dir: Path, tmp_path:
 def test_link_trace_needs_a_media_folder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="media_dir"):
         Settings(link_trace=tmp_path / "t.txt")  # type: ignore[arg-type]
+
+
+def test_media_delay_defaults_to_the_simulator_rtt_only_when_shaped(tmp_path: Path) -> None:
+    assert Settings(media_dir=tmp_path).media_delay_ms == 0.0  # type: ignore[arg-type]
+    assert Settings(media_dir=tmp_path, link_trace=tmp_path / "t").media_delay_ms == 80.0  # type: ignore[arg-type]
+    assert Settings(media_dir=tmp_path, link_delay_ms=5).media_delay_ms == 5.0  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------- player routes
@@ -365,3 +374,58 @@ def test_dashjs_plays_through_the_server_under_a_varying_trace(tiny_asset: Path,
     assert abs(server.rebuffer_ms_logged - server.rebuffer_ms_player) <= 250  # stalls agree
     saved = json.loads((tmp_path / "emu" / "sessions" / "varying.txt.learned" / "result.json").read_text())
     assert saved["player"]["levels"] == player.levels
+
+
+# ---------------------------------------------------------------------------------------- kernel shaping
+
+
+def test_rate_schedule_follows_the_trace_in_kbit() -> None:
+    schedule = rate_schedule(trace([1, 2, 4, 5], [9, 0.5, 0.0, 12.3456]))
+    assert schedule == [(0.0, 500), (1.0, MIN_RATE_KBIT), (3.0, 12346)]  # from the first sample; never zero
+
+
+def test_kernel_shaper_changes_the_rate_along_the_trace_and_loops() -> None:
+    issued: list[list[str]] = []
+    shaper = KernelShaper(trace([0, 0.05, 0.1], [1, 2, 3]), run=issued.append)
+    shaper.start()
+    import time
+
+    time.sleep(0.32)
+    shaper.stop()
+    rates = [cmd[cmd.index("rate") + 1] for cmd in issued if "rate" in cmd]
+    assert rates[:5] == ["2000kbit", "3000kbit", "2000kbit", "3000kbit", "2000kbit"]
+    assert issued[-1] == ["tc", "qdisc", "del", "dev", "lo", "root"]
+
+
+def test_kernel_shaper_refuses_a_shared_network_namespace() -> None:
+    if private_netns():
+        pytest.skip("this test process already runs in a private network namespace")
+    if shutil.which("tc") is None or shutil.which("ip") is None:
+        pytest.skip("tc/ip not installed (iproute2)")
+    issued: list[list[str]] = []
+    with pytest.raises(KernelShapingError, match="private network namespace"):
+        KernelShaper(trace([0, 1], [1, 1]), run=issued.append).setup()
+    assert issued == []  # nothing was touched
+
+
+def _unshare_works() -> bool:
+    if shutil.which("unshare") is None or shutil.which("tc") is None:
+        return False
+    return subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False).returncode == 0
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="unshare -n or tc not available (needs root or user namespaces)")
+def test_kernel_shaper_sets_tbf_on_the_private_loopback(tmp_path: Path) -> None:
+    path = save(trace([0, 10], [3, 3]), tmp_path / "t.txt")
+    script = (
+        "from abr_server.netns import KernelShaper; from traces.io import load_file; import subprocess; "
+        f"s = KernelShaper(load_file({str(path)!r})); s.setup(); "
+        "print(subprocess.run(['tc', 'qdisc', 'show', 'dev', 'lo'], capture_output=True, text=True).stdout); "
+        "print(subprocess.run(['ip', 'link', 'show', 'lo'], capture_output=True, text=True).stdout)"
+    )
+    done = subprocess.run(["unshare", "-n", "--", sys.executable, "-c", script], capture_output=True, text=True,
+                          check=False, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "tbf" in done.stdout
+    assert "rate 3Mbit" in done.stdout
+    assert "mtu 1500" in done.stdout
