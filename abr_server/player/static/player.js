@@ -21,7 +21,7 @@
       type: "line",
       data: { labels: [], datasets: [{ label: label + " (" + unit + ")", data: [], stepped: true,
         pointRadius: 3, pointBackgroundColor: [], borderColor: "#555", borderWidth: 1 }] },
-      options: { animation: false, scales: { x: { title: { display: true, text: "segment" } } } },
+      options: { animation: false, aspectRatio: 3.5, scales: { x: { title: { display: true, text: "segment" } } } },
     });
   }
   const charts = {
