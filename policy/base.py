@@ -43,6 +43,9 @@ class Policy(ABC):
     config_type: ClassVar[type[PolicyConfig]] = PolicyConfig
     #: Offline policies see the whole trace in advance (`plan_sessions`); they cannot serve live players.
     offline: ClassVar[bool] = False
+    #: Stateful policies keep per-session state between calls (so a session must keep its batch row);
+    #: stateless ones decide from the observation alone and can batch any sessions together.
+    stateful: ClassVar[bool] = False
 
     def __init__(self, config: PolicyConfig | None = None) -> None:
         self.config = config if config is not None else self.config_type()

@@ -70,6 +70,7 @@ class _MPCBase(Policy):
     config: MPCConfig
     config_type = MPCConfig
     robust = False
+    stateful = True  # past prediction errors per session
 
     def begin(self, n_sessions: int, video: Video) -> None:
         super().begin(n_sessions, video)
