@@ -6,6 +6,7 @@ import typer
 
 from abr_cli import bench_cmd, eval_cmd, media_cmd, traces_cmd
 from abr_cli.emulate_cmd import emulate
+from abr_cli.fleet_cmd import fleet
 from abr_cli.plasticity_cmd import plasticity_bench
 from abr_cli.serve_cmd import serve
 from abr_cli.simulate_cmd import simulate
@@ -24,6 +25,7 @@ app.command("train")(train_command)
 app.command("plasticity-bench")(plasticity_bench)
 app.command("serve")(serve)
 app.command("emulate")(emulate)
+app.command("fleet")(fleet)
 app.add_typer(traces_cmd.app, name="traces")
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(media_cmd.app, name="media")

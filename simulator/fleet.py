@@ -79,6 +79,7 @@ class SharedLink:
         self.flows: list[_Flow] = []
         self.trace_s = 0.0  # trace time elapsed (equals simulated time with clock="wall")
         self.delivered_bytes = 0.0
+        self.capacity_in_use_bytes = 0.0  # capacity while at least one player was on the link
         self.members = 0  # players attached and not finished
         self.in_rtt = 0  # of which waiting for their request's round trip
         self._updated_at = env.now
@@ -95,6 +96,8 @@ class SharedLink:
             return
         start = self.trace_s
         self.trace_s += elapsed
+        if self.members > 0:
+            self.capacity_in_use_bytes += self.capacity.bytes_by(self.trace_s) - self.capacity.bytes_by(start)
         if self.flows:
             delivered = self.capacity.bytes_by(self.trace_s) - self.capacity.bytes_by(start)
             share = delivered / len(self.flows)
@@ -231,7 +234,7 @@ class FleetResult:
     players: list[PlayerLog]
     link_traces: list[str]
     link_delivered_bytes: list[float]
-    link_capacity_bytes: list[float]
+    link_capacity_bytes: list[float]  # the link's capacity while players were on it
     link_busy_bins: list[dict[int, float]]
     end_s: float
     decider_calls: int
@@ -263,6 +266,7 @@ class FleetResult:
             "stalls_per_hour": stalls / watch_h if watch_h > 0 else None,
             "rebuffer_ratio": sum(sum(p.rebuf_s[1:]) for p in self.players) / (watch_h * 3600) if watch_h else None,
             "jain_fairness_mean": float(np.mean(fairness)) if fairness else None,
+            # Delivered bytes over the capacity the links had while players were on them (sleeping included).
             "link_utilisation": sum(self.link_delivered_bytes) / capacity if capacity > 0 else None,
             "player_hours": watch_h, "simulated_s": self.end_s, "decider_calls": self.decider_calls,
         }  # fmt: skip
@@ -401,7 +405,7 @@ def simulate_fleet(
     end_s = max((p.end_s for p in logs), default=0.0)
     for link in links:
         link._advance()
-    capacity = [link.capacity.bytes_by(link.trace_s) for link in links]
+    capacity = [link.capacity_in_use_bytes for link in links]
     return FleetResult(
         config=config, policy=policy, video=video, players=logs, link_traces=[t.name for t in chosen],
         link_delivered_bytes=[link.delivered_bytes for link in links], link_capacity_bytes=capacity,
