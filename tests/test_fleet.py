@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import simpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
+from abr_cli.fleet_cmd import parse_arrivals
+from abr_cli.main import app
 from policy.base import make_policy
 from policy.evaluate import run_policy
 from simulator.capacity import TraceCapacity
@@ -118,3 +124,39 @@ def test_bad_fleets_are_refused() -> None:
         simulate_fleet([constant(1.0)], VIDEO, "optimal")
     with pytest.raises(ValueError, match="n_links"):
         FleetConfig(n_links=0)
+
+
+def test_parse_arrivals() -> None:
+    assert parse_arrivals("none") == 0.0
+    assert parse_arrivals("poisson:0.25") == 0.25
+    assert parse_arrivals("poisson:2e-2") == 0.02
+    for bad in ("poisson:", "poisson:-1", "uniform:3", "3"):
+        with pytest.raises(ValueError, match="poisson:RATE"):
+            parse_arrivals(bad)
+
+
+def test_fleet_command_writes_its_outputs(tmp_path: Path) -> None:
+    out = tmp_path / "fleet"
+    result = CliRunner().invoke(app, ["fleet", "--links", "3", "--players-per-link", "2", "--traces",
+                                      "markov:n=3,seed=1", "--policy", "bba", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["players"] == 6
+    assert summary["links"] == 3
+    lines = (out / "players.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+    assert json.loads(lines[0])["chunks"] == VIDEO.n_chunks
+    assert (out / "fleet.png").stat().st_size > 0
+
+
+def test_fleet_command_rejects_bad_input(tmp_path: Path) -> None:
+    for args, message in (
+        (["--arrivals", "sometimes"], "poisson:RATE"),
+        (["--clock", "sundial"], "--clock"),
+        (["--policy", "nope"], "unknown policy"),
+        (["--traces", str(tmp_path / "missing")], "no such file"),
+    ):
+        result = CliRunner().invoke(app, ["fleet", "--links", "1", "--out", str(tmp_path / "o"), *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)
+    assert not (tmp_path / "o").exists()
