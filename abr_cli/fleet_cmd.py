@@ -15,6 +15,8 @@ from rich.table import Table
 from abr_cli.common import console, output_dir, progress, user_errors
 
 if TYPE_CHECKING:
+    import simpy
+
     from simulator.fleet import FleetResult
 
 _ARRIVALS = re.compile(r"poisson:([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)")
@@ -39,7 +41,9 @@ def fleet(
     ] = None,
     traces: Annotated[str, typer.Option(help="Trace folder, file or generator spec.")] = "markov:n=20,seed=1",
     video: Annotated[str, typer.Option(help="'builtin' or a folder of video_size_N files.")] = "builtin",
-    policy: Annotated[str, typer.Option(help="Policy spec (bba, robustmpc, default, checkpoint:PATH, ...).")] = "bba",
+    policy: Annotated[
+        str, typer.Option(help="Policy spec (bba, robustmpc, default, ...) or server:URL (a running abr serve).")
+    ] = "bba",
     duration: Annotated[float, typer.Option(min=1, help="Seconds during which players arrive.")] = 600.0,
     clock: Annotated[str, typer.Option(help="Link trace clock: reference (as the simulator) or wall.")] = "reference",
     seed: Annotated[int, typer.Option(help="Seed of arrivals and watch times.")] = 0,
@@ -62,6 +66,18 @@ def fleet(
         trace_set = resolve(traces)
         the_video = load_video(video)
         horizon_s = max(duration if config.arrivals_per_s > 0 else 0.0, the_video.duration_s)
+        remote = None
+        factory = None
+        if policy.startswith("server:"):
+            from abr_server.fleet_client import RemoteDecider
+
+            url = policy.removeprefix("server:")
+
+            def factory(env: simpy.Environment) -> RemoteDecider:
+                nonlocal remote
+                remote = RemoteDecider(env, url, the_video)
+                return remote
+
         started = time.perf_counter()
         with progress() as bar:
             task = bar.add_task("simulated seconds", total=int(horizon_s))
@@ -69,15 +85,24 @@ def fleet(
             def tick(now_s: float) -> None:
                 bar.update(task, completed=min(now_s, horizon_s))
 
-            result = simulate_fleet(trace_set, the_video, policy, config, on_progress=tick)
+            try:
+                result = simulate_fleet(trace_set, the_video, policy, config, on_progress=tick,
+                                        decider_factory=factory)  # fmt: skip
+            finally:
+                if remote is not None:
+                    remote.close()
         wall_s = time.perf_counter() - started
         summary = result.summary() | {"wall_s": round(wall_s, 2), "traces": traces, "video": video,
                                       "player_hours_per_wall_s": result.summary()["player_hours"] / wall_s}  # fmt: skip
+        if remote is not None:
+            summary["server"] = remote.stats()
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
         write_atomic(out / "players.jsonl", _players_jsonl(result).encode())
         _plot(result, out / "fleet.png")
     console.print(_table(summary))
+    if "server" in summary:
+        console.print(f"server: {summary['server']}")
     console.print(f"wrote {out / 'summary.json'}, {out / 'players.jsonl'} and {out / 'fleet.png'}")
 
 

@@ -15,12 +15,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import httpx
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -167,8 +167,9 @@ def batch_totals(url: str) -> tuple[float, float] | None:
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
-        text = httpx.get(f"{url}/metrics", timeout=5.0).text
-    except httpx.HTTPError:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5.0) as reply:
+            text = reply.read().decode()
+    except (OSError, ValueError):
         return None
     totals = {}
     for family in text_string_to_metric_families(text):
@@ -215,9 +216,10 @@ def local_server(
             if proc.poll() is not None:
                 raise RuntimeError(f"abr serve exited with code {proc.returncode} before answering on {url}")
             try:
-                if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=1.0) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"abr serve did not answer on {url} within {startup_s:.0f} s")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -156,6 +156,17 @@ class SharedLink:
         self._reschedule()
 
 
+class DeciderLike(Protocol):
+    """Where players' decisions come from (`Decider` in-process, or a remote server)."""
+
+    calls: int
+    decisions: int
+
+    def decide(self, player: int, obs: Observation, log: PlayerLog) -> simpy.Event: ...
+
+    def finish(self, player: int, log: PlayerLog) -> None: ...
+
+
 class Decider:
     """In-process policy decisions: stateless policies batched per instant, stateful ones per player."""
 
@@ -170,8 +181,8 @@ class Decider:
         self.calls = 0
         self.decisions = 0
 
-    def decide(self, player: int, obs: Observation) -> simpy.Event:
-        """An event whose value is the level ``player`` fetches next."""
+    def decide(self, player: int, obs: Observation, log: PlayerLog) -> simpy.Event:
+        """An event whose value is the level ``player`` fetches next (``log``: its session so far)."""
         event = self.env.event()
         if self.shared.stateful:
             policy = self.per_player.get(player)
@@ -187,8 +198,8 @@ class Decider:
         self._pending.append((player, obs, event))
         return event
 
-    def forget(self, player: int) -> None:
-        """The player left."""
+    def finish(self, player: int, log: PlayerLog) -> None:
+        """The player left (after its last chunk, or earlier)."""
         self.per_player.pop(player, None)
 
     def _flush(self) -> None:
@@ -217,6 +228,7 @@ class PlayerLog:
     start_s: float
     end_s: float = math.nan
     quality: list[int] = field(default_factory=list)
+    request_s: list[float] = field(default_factory=list)  # when each chunk was requested (simulated time)
     delay_ms: list[float] = field(default_factory=list)
     sleep_ms: list[float] = field(default_factory=list)
     buffer_s: list[float] = field(default_factory=list)
@@ -289,8 +301,13 @@ def simulate_fleet(
     *,
     spec: ObservationSpec | None = None,
     on_progress: Callable[[float], None] | None = None,
+    decider_factory: Callable[[simpy.Environment], DeciderLike] | None = None,
 ) -> FleetResult:
-    """Run the fleet until every player has finished (arrivals stop at ``config.duration_s``)."""
+    """Run the fleet until every player has finished (arrivals stop at ``config.duration_s``).
+
+    ``decider_factory`` replaces the in-process policy (``policy`` then only names it), e.g. with a
+    client of a running decision server (`abr_server.fleet_client`).
+    """
     config = config or FleetConfig()
     if not traces:
         raise ValueError("no traces: a fleet needs at least one link trace")
@@ -304,7 +321,7 @@ def simulate_fleet(
         raise ValueError("fleet links use evaluation semantics: no delay noise, traces from their first sample")
     chosen = [traces[i % len(traces)] for i in range(config.n_links)]
     links = [SharedLink(env, TraceCapacity(t, link_cfg.payload_fraction), config.clock) for t in chosen]
-    decider = Decider(env, policy, video)
+    decider: DeciderLike = decider_factory(env) if decider_factory is not None else Decider(env, policy, video)
     logs: list[PlayerLog] = []
     chunk_ms = video.chunk_duration_s * MS_PER_S
     all_done = env.event()  # every player has finished and no more will arrive
@@ -349,6 +366,7 @@ def simulate_fleet(
                          chunk_index=np.array([chunk]), chunks_remaining=np.array([remaining]),
                          next_chunk_bytes=np.asarray(next_bytes, dtype=np.int64)[None, :])  # fmt: skip
             log.quality.append(level)
+            log.request_s.append(started)
             log.chunk_bytes.append(size)
             log.delay_ms.append(delay_ms)
             log.sleep_ms.append(sleep_ms)
@@ -357,10 +375,10 @@ def simulate_fleet(
             if sleep_ms > 0:
                 yield env.timeout(sleep_ms / MS_PER_S)
             if next_index < n_chunks:
-                level = yield decider.decide(pid, builder.observation())
+                level = yield decider.decide(pid, builder.observation(), log)
         log.end_s = env.now
         link.change(members=-1)
-        decider.forget(pid)
+        decider.finish(pid, log)
         watching -= 1
         maybe_done()
 

@@ -160,3 +160,46 @@ def test_fleet_command_rejects_bad_input(tmp_path: Path) -> None:
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output, (args, result.output)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_a_fleet_through_a_running_server_plays_exactly_like_in_process(tmp_path: Path) -> None:
+    from abr_server.fleet_client import RemoteDecider
+    from abr_server.loadgen import local_server
+    from abr_server.telemetry import read_rows
+
+    traces = generate_from_spec("markov:n=2,seed=5")
+    config = FleetConfig(n_links=2, players_per_link=2)
+    db = tmp_path / "telemetry.sqlite"
+    local = simulate_fleet(traces, VIDEO, "bba", config)
+    clients: list[RemoteDecider] = []
+
+    def factory(env: simpy.Environment) -> RemoteDecider:
+        clients.append(RemoteDecider(env, url, VIDEO))
+        return clients[-1]
+
+    with local_server({"ABR_POLICY": "bba", "ABR_TELEMETRY_DB": str(db)}) as (url, _proc):
+        remote = simulate_fleet(traces, VIDEO, "server", config, decider_factory=factory)
+        clients[0].close()
+        stats = clients[0].stats()
+    for a, b in zip(local.players, remote.players, strict=True):
+        assert a.quality == b.quality
+        np.testing.assert_allclose(a.delay_ms, b.delay_ms)
+    assert stats["errors"] == 0
+    assert stats["policies"] == {"bba": 4 * VIDEO.n_chunks}  # every chunk reported, the last ones too
+    rows = read_rows(db)
+    assert len(rows) == 4 * VIDEO.n_chunks
+    first = sorted((r for r in rows if r["chunk_index"] == 1), key=lambda r: r["session_id"])[0]
+    assert first["delay_ms"] == pytest.approx(remote.players[0].delay_ms[1], abs=1e-3)
+
+
+def test_remote_decider_refuses_a_server_with_another_video() -> None:
+    from abr_server.fleet_client import RemoteDecider
+    from abr_server.loadgen import local_server
+
+    with local_server({"ABR_TELEMETRY_DB": ""}) as (url, _proc):
+        other = Video((300, 750, 1200, 1850, 2850, 4300), 4.0, VIDEO.chunk_bytes[:, :10])
+        with pytest.raises(ValueError, match=r"serves 48 chunks, the fleet.s video has 10"):
+            RemoteDecider(simpy.Environment(), url, other)
+    with pytest.raises(ValueError, match="http://host:port"):
+        RemoteDecider(simpy.Environment(), "ftp://x", VIDEO)
