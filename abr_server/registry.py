@@ -37,7 +37,11 @@ class ModelRegistry:
             return [DEFAULT_VERSION]
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / META_FILE).is_file() and (p / MODEL_FILE).is_file())
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if not p.name.startswith(".") and (p / META_FILE).is_file() and (p / MODEL_FILE).is_file()
+        )  # hidden folders are versions being written (published by renaming them into place)
 
     def active_version(self) -> str | None:
         """The version named in ACTIVE, else the newest."""

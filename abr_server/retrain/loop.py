@@ -1,0 +1,239 @@
+"""One retraining round: telemetry -> traces -> fine-tuned candidate -> gate -> published version.
+
+1. Traces are rebuilt from the telemetry of the last ``window_s`` (`abr_server.retrain.rebuild`). The
+   newest ``holdout_fraction`` of sessions are held out for the gate; the rest form the training pool,
+   weighted by recency, plus a ``replay_share`` of older traces (``replay``) against forgetting.
+2. The deployed version (the registry's active one) is fine-tuned in the simulator with PPO for
+   ``updates`` updates, with a plasticity method (ReSiN by default) keeping it able to learn. The
+   trainer checkpoints itself in ``work_dir`` every ``checkpoint_every`` updates; a round that was
+   interrupted resumes from there if it is the same round (same parent version and data).
+3. The gate scores the candidate, the deployed model and robustMPC on the held-out traces: the
+   candidate is published only if it beats the deployed model by ``margin`` (QoE_lin) and, when a
+   ``reference`` trace set is given, is not worse there than the deployed model by more than
+   ``tolerance``.
+4. Publishing writes the candidate into the registry under a new version name, in a hidden folder
+   first and renamed into place when complete, so a server watching the registry only ever sees whole
+   versions. Its ``meta.json`` carries the lineage: parent version, data window, trace counts, scores.
+   Servers pick it up by polling (``ABR_WATCH_INTERVAL_S``) or through the admin API; rolling back is
+   the admin API's rollback or activating the parent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from abr_server.registry import ModelRegistry
+from abr_server.retrain.rebuild import RebuildConfig, rebuild_traces, weighted_sample
+from plasticity.methods import Plasticity, PlasticityConfig
+from policy.base import make_policy
+from policy.checkpoint import CheckpointError, load_checkpoint, load_optimizer_state, save_checkpoint
+from policy.evaluate import run_policy
+from policy.learned import ModelPolicy
+from policy.optim import EntryAdam
+from policy.ppo import PPOConfig, TrainState, train
+from simulator.observation import ObservationSpec
+from simulator.video import Video
+from traces.io import write_atomic
+from traces.sources import resolve
+from traces.trace import Trace
+
+log = logging.getLogger("abr_retrain")
+STATE_DIR = "trainer"
+ROUND_FILE = "round.json"
+
+
+class RetrainConfig(BaseModel):
+    """A retraining round's data, training and gate settings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    window_s: float = Field(24 * 3600.0, gt=0, description="Telemetry received in the last window_s is used.")
+    half_life_s: float = Field(6 * 3600.0, gt=0, description="Recency weighting of the training pool.")
+    min_traces: int = Field(8, ge=2, description="Fewer rebuilt traces than this: no round.")
+    holdout_fraction: float = Field(0.25, gt=0, lt=1, description="Newest sessions held out for the gate.")
+    pool_size: int = Field(256, ge=1, description="Training traces drawn from the recency-weighted pool.")
+    replay: str | None = Field(None, description="Older traces (folder or generator spec) replayed against forgetting.")
+    replay_share: float = Field(0.25, ge=0, lt=1, description="Share of the training set taken from replay.")
+    reference: str | None = Field(None, description="Older reference traces the candidate must not regress on.")
+    updates: int = Field(50, ge=1, description="PPO updates per round.")
+    checkpoint_every: int = Field(10, ge=1, description="Trainer state saved every this many updates.")
+    margin: float = Field(0.02, ge=0, description="QoE_lin the candidate must gain on the held-out traces.")
+    tolerance: float = Field(0.05, ge=0, description="QoE_lin the candidate may lose on the reference traces.")
+    ppo: PPOConfig = Field(
+        default_factory=lambda: PPOConfig(
+            num_envs=32, num_steps=64, learning_rate=2e-4, anneal_lr=False, ent_coef_start=0.01, ent_coef_end=0.01
+        )
+    )
+    plasticity: PlasticityConfig = Field(default_factory=lambda: PlasticityConfig(method="resin"))
+    rebuild: RebuildConfig = Field(default_factory=RebuildConfig)
+
+
+class RoundResult(BaseModel):
+    """What a round did."""
+
+    status: str  # no-data | rejected | published
+    reason: str
+    parent: str | None = None
+    version: str | None = None
+    traces: dict[str, int] = Field(default_factory=dict)
+    skipped: dict[str, int] = Field(default_factory=dict)
+    scores: dict[str, dict[str, float]] = Field(default_factory=dict)
+    resumed_from_update: int = 0
+    wall_s: float = 0.0
+
+
+def retrain_once(
+    telemetry: Path, models: Path, work_dir: Path, video: Video, config: RetrainConfig | None = None,
+    *, now_s: float | None = None,
+) -> RoundResult:  # fmt: skip
+    """Run one round (see the module docstring); never leaves a partial version in ``models``."""
+    config = config or RetrainConfig()
+    started = time.perf_counter()
+    now_s = time.time() if now_s is None else now_s
+    registry = ModelRegistry(models, video, torch.device("cpu"))
+    parent = registry.active_version()
+    if parent is None:
+        raise ValueError(f"model registry {models}: no version to fine-tune (put a checkpoint in {models}/v0001)")
+    pool = rebuild_traces(telemetry, config.rebuild, since_s=now_s - config.window_s, until_s=now_s)
+    counts = {"rebuilt": len(pool.traces), "rows": pool.rows_read}
+    if len(pool.traces) < config.min_traces:
+        return RoundResult(status="no-data", reason=f"{len(pool.traces)} traces rebuilt, need {config.min_traces}",
+                           parent=parent, traces=counts, skipped=dict(pool.skipped))  # fmt: skip
+    order = np.argsort(pool.ended_at_s, kind="stable")
+    n_hold = max(1, round(len(order) * config.holdout_fraction))
+    train_idx, hold_idx = order[:-n_hold], order[-n_hold:]
+    holdout = [pool.traces[i] for i in hold_idx]
+    recent = [pool.traces[i] for i in train_idx]
+    weights = pool.weights(now_s, config.half_life_s)[train_idx]
+    n_replay = round(config.pool_size * config.replay_share) if config.replay else 0
+    training = weighted_sample(recent, weights, config.pool_size - n_replay)
+    if n_replay:
+        assert config.replay is not None
+        older = resolve(config.replay)
+        rng = np.random.default_rng(len(pool.traces))
+        training += [older[i] for i in rng.integers(0, len(older), n_replay)]
+    counts |= {"train_recent": len(recent), "train_pool": len(training), "replay": n_replay, "holdout": len(holdout)}
+    data_key = _data_key(parent, training, holdout, config)
+
+    state, resumed = _trainer_state(work_dir, models / parent, video, config, data_key)
+    hook = Plasticity(config.plasticity.model_copy(update={"seed": config.plasticity.seed or config.ppo.seed}))
+    ppo = config.ppo.model_copy(update={"total_steps": config.updates * config.ppo.batch_size})
+    while state.update < config.updates:
+        chunk = min(config.checkpoint_every, config.updates - state.update)
+        train(ppo, training, video, state=state, stop_after_updates=chunk, plasticity=hook)
+        _save_trainer(work_dir, state, video, config, data_key, parent)
+
+    state.model.eval()
+    parent_ckpt = load_checkpoint(models / parent, video)
+    spec, deployed = parent_ckpt.spec, parent_ckpt.model
+    scores = {"holdout": _scores(holdout, video, {"candidate": ModelPolicy(state.model, spec),
+                                                   "deployed": ModelPolicy(deployed, spec),
+                                                   "robustmpc": make_policy("robustmpc")})}  # fmt: skip
+    if config.reference:
+        reference = resolve(config.reference)
+        scores["reference"] = _scores(reference, video, {"candidate": ModelPolicy(state.model, spec),
+                                                          "deployed": ModelPolicy(deployed, spec)})  # fmt: skip
+    gain = scores["holdout"]["candidate"] - scores["holdout"]["deployed"]
+    result = RoundResult(status="rejected", reason="", parent=parent, traces=counts, skipped=dict(pool.skipped),
+                         scores=scores, resumed_from_update=resumed)  # fmt: skip
+    if gain < config.margin:
+        result.reason = f"holdout gain {gain:+.3f} < margin {config.margin}"
+    elif "reference" in scores and (
+        scores["reference"]["candidate"] < scores["reference"]["deployed"] - config.tolerance
+    ):
+        loss = scores["reference"]["deployed"] - scores["reference"]["candidate"]
+        result.reason = f"reference loss {loss:.3f} > tolerance {config.tolerance}"
+    else:
+        version = _next_version(registry.versions())
+        lineage = {"parent": parent, "window_s": [now_s - config.window_s, now_s], "traces": counts,
+                   "scores": scores, "plasticity": config.plasticity.method, "updates": config.updates}  # fmt: skip
+        publish(models, version, state, video, spec, config, lineage)
+        result.status, result.version = "published", version
+        result.reason = f"holdout gain {gain:+.3f} >= margin {config.margin}"
+    shutil.rmtree(work_dir / STATE_DIR, ignore_errors=True)  # the round is over: next time starts afresh
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def publish(
+    models: Path, version: str, state: TrainState, video: Video, spec: ObservationSpec, config: RetrainConfig,
+    lineage: dict[str, Any],
+) -> Path:  # fmt: skip
+    """Write ``version`` into the registry: a hidden folder first, renamed into place when complete."""
+    final = models / version
+    if final.exists():
+        raise ValueError(f"model version {version} already exists in {models}")
+    staging = models / f".incoming-{version}"
+    shutil.rmtree(staging, ignore_errors=True)
+    save_checkpoint(staging, state.model, video, spec, qoe_kind=config.ppo.qoe,
+                    train_config={"retrain": config.model_dump(mode="json")},
+                    progress={"update": state.update, "global_step": state.global_step},
+                    scores=lineage["scores"], data={"lineage": lineage})  # fmt: skip
+    staging.rename(final)
+    return final
+
+
+def _scores(traces: list[Trace], video: Video, policies: dict[str, Any]) -> dict[str, float]:
+    return {name: float(run_policy(policy, traces, video).scores().mean()) for name, policy in policies.items()}
+
+
+def _data_key(parent: str, training: list[Trace], holdout: list[Trace], config: RetrainConfig) -> str:
+    digest = hashlib.sha256(parent.encode())
+    for trace in (*training, *holdout):
+        digest.update(trace.name.encode())
+        digest.update(trace.throughput_mbps.tobytes())
+    digest.update(config.model_dump_json().encode())
+    return digest.hexdigest()[:16]
+
+
+def _trainer_state(
+    work_dir: Path, parent_dir: Path, video: Video, config: RetrainConfig, data_key: str
+) -> tuple[TrainState, int]:
+    """Resume this round's trainer from ``work_dir`` if it was interrupted, else start from the parent."""
+    folder = work_dir / STATE_DIR
+    marker = folder / ROUND_FILE
+    if marker.is_file():
+        try:
+            saved = json.loads(marker.read_text())
+            if saved.get("data_key") == data_key:
+                ckpt = load_checkpoint(folder, video)
+                optimizer = EntryAdam(ckpt.model.parameters(), lr=config.ppo.learning_rate, eps=1e-5)
+                load_optimizer_state(folder, ckpt.model, optimizer)
+                ckpt.model.train()
+                update = int(saved["update"])
+                log.info("resuming round %s at update %d", data_key, update)
+                return TrainState(ckpt.model, optimizer, update, int(saved["global_step"])), update
+        except (CheckpointError, OSError, ValueError, KeyError) as err:
+            log.warning("trainer state in %s unusable (%s); starting the round afresh", folder, err)
+    shutil.rmtree(folder, ignore_errors=True)
+    ckpt = load_checkpoint(parent_dir, video)
+    ckpt.model.train()
+    optimizer = EntryAdam(ckpt.model.parameters(), lr=config.ppo.learning_rate, eps=1e-5)
+    return TrainState(ckpt.model, optimizer), 0
+
+
+def _save_trainer(
+    work_dir: Path, state: TrainState, video: Video, config: RetrainConfig, data_key: str, parent: str
+) -> None:
+    folder = work_dir / STATE_DIR
+    save_checkpoint(folder, state.model, video, ObservationSpec(), qoe_kind=config.ppo.qoe,
+                    train_config={"parent": parent}, progress={"update": state.update},
+                    optimizer=state.optimizer)  # fmt: skip
+    state.model.train()
+    write_atomic(folder / ROUND_FILE, json.dumps({"data_key": data_key, "update": state.update,
+                                                  "global_step": state.global_step}).encode())  # fmt: skip
+
+
+def _next_version(versions: list[str]) -> str:
+    numbers = [int(v[1:]) for v in versions if v.startswith("v") and v[1:].isdigit()]
+    return f"v{(max(numbers) + 1 if numbers else 1):04d}"

@@ -1,0 +1,124 @@
+"""A retraining round end to end at tiny scale: publish, reject, no data, crash and resume, lineage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from abr_server.registry import ModelRegistry
+from abr_server.retrain import loop
+from abr_server.retrain.loop import RetrainConfig, retrain_once
+from policy.learned import DEFAULT_MODEL_DIR
+from policy.ppo import PPOConfig
+from simulator.video import Video
+from tests.test_retrain import session_rows, write_rows
+from traces.trace import Trace
+
+VIDEO = Video.builtin()
+NOW_S = 1_000_000.0
+TINY = PPOConfig(num_envs=4, num_steps=8, num_minibatches=1, update_epochs=1, anneal_lr=False)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, Path, Path]:
+    models = tmp_path / "models"
+    shutil.copytree(DEFAULT_MODEL_DIR, models / "v0001")
+    db = tmp_path / "telemetry.sqlite"
+    rows = []
+    for k in range(10):
+        link = Trace(f"l{k}", np.array([0.0, 1000.0]), np.array([2.0 + k, 2.0 + k]))
+        rows += session_rows(f"s{k}", link, level=2, received_at_s=NOW_S - 1000 + 50 * k, n=8)
+    write_rows(db, rows)
+    return db, models, tmp_path / "work"
+
+
+def config(**changes: object) -> RetrainConfig:
+    return RetrainConfig(min_traces=4, pool_size=8, updates=2, checkpoint_every=1, ppo=TINY).model_copy(update=changes)
+
+
+def test_a_round_publishes_a_version_with_its_lineage(setup: tuple[Path, Path, Path]) -> None:
+    db, models, work = setup
+    result = retrain_once(db, models, work, VIDEO, config(margin=-100.0), now_s=NOW_S)
+    assert result.status == "published"
+    assert result.version == "v0002"
+    assert result.parent == "v0001"
+    assert result.traces["rebuilt"] == 10
+    assert result.traces["holdout"] == 2  # the newest quarter
+    assert set(result.scores["holdout"]) == {"candidate", "deployed", "robustmpc"}
+    registry = ModelRegistry(models, VIDEO, torch.device("cpu"))
+    assert registry.versions() == ["v0001", "v0002"]
+    registry.load("v0002")  # a whole, servable checkpoint
+    meta = json.loads((models / "v0002" / "meta.json").read_text())
+    assert meta["data"]["lineage"]["parent"] == "v0001"
+    assert meta["data"]["lineage"]["plasticity"] == "resin"
+    assert not (work / loop.STATE_DIR).exists()  # the round's trainer state is gone
+
+
+def test_a_candidate_that_does_not_gain_enough_is_not_published(setup: tuple[Path, Path, Path]) -> None:
+    db, models, work = setup
+    result = retrain_once(db, models, work, VIDEO, config(margin=100.0), now_s=NOW_S)
+    assert result.status == "rejected"
+    assert "margin" in result.reason
+    assert sorted(p.name for p in models.iterdir()) == ["v0001"]
+
+
+def test_a_candidate_that_regresses_on_the_reference_is_not_published(setup: tuple[Path, Path, Path]) -> None:
+    db, models, work = setup
+    cfg = config(margin=-100.0, tolerance=-100.0, reference="markov:n=2,seed=3")  # any result is a regression
+    result = retrain_once(db, models, work, VIDEO, cfg, now_s=NOW_S)
+    assert result.status == "rejected"
+    assert "reference" in result.reason
+    assert sorted(p.name for p in models.iterdir()) == ["v0001"]
+
+
+def test_too_little_telemetry_is_no_round(setup: tuple[Path, Path, Path]) -> None:
+    db, models, work = setup
+    result = retrain_once(db, models, work, VIDEO, config(min_traces=50), now_s=NOW_S)
+    assert result.status == "no-data"
+    old = retrain_once(db, models, work, VIDEO, config(window_s=10.0), now_s=NOW_S + 10_000)
+    assert old.status == "no-data"  # everything is older than the window
+
+
+def test_a_killed_trainer_resumes_its_round(setup: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    db, models, work = setup
+    real_save = loop._save_trainer
+    calls = {"n": 0}
+
+    def crash_after_first(*args: object, **kwargs: object) -> None:
+        real_save(*args, **kwargs)  # type: ignore[arg-type]
+        calls["n"] += 1
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(loop, "_save_trainer", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        retrain_once(db, models, work, VIDEO, config(margin=-100.0), now_s=NOW_S)
+    assert sorted(p.name for p in models.iterdir()) == ["v0001"]  # nothing published
+    monkeypatch.setattr(loop, "_save_trainer", real_save)
+    result = retrain_once(db, models, work, VIDEO, config(margin=-100.0), now_s=NOW_S)
+    assert result.resumed_from_update == 1
+    assert result.status == "published"
+
+
+def test_a_publish_killed_midway_leaves_the_registry_valid(
+    setup: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, models, work = setup
+
+    def rename_fails(self: Path, target: Path) -> Path:
+        raise KeyboardInterrupt("killed before the rename")
+
+    monkeypatch.setattr(Path, "rename", rename_fails)
+    with pytest.raises(KeyboardInterrupt):
+        retrain_once(db, models, work, VIDEO, config(margin=-100.0), now_s=NOW_S)
+    monkeypatch.undo()
+    assert (models / ".incoming-v0002" / "meta.json").is_file()  # it died after writing, before the rename
+    registry = ModelRegistry(models, VIDEO, torch.device("cpu"))
+    assert registry.versions() == ["v0001"]  # the half-published folder is hidden
+    assert registry.load_servable().version == "v0001"
+    result = retrain_once(db, models, work, VIDEO, config(margin=-100.0), now_s=NOW_S)
+    assert result.version == "v0002"  # the next publish replaces the leftover
