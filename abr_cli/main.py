@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from abr_cli import bench_cmd, eval_cmd, media_cmd, traces_cmd
+from abr_cli import bench_cmd, eval_cmd, media_cmd, retrain_cmd, traces_cmd
 from abr_cli.emulate_cmd import emulate
 from abr_cli.fleet_cmd import fleet
 from abr_cli.plasticity_cmd import plasticity_bench
@@ -29,6 +29,7 @@ app.command("fleet")(fleet)
 app.add_typer(traces_cmd.app, name="traces")
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(media_cmd.app, name="media")
+app.add_typer(retrain_cmd.app, name="retrain")
 
 
 if __name__ == "__main__":

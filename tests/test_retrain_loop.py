@@ -122,3 +122,24 @@ def test_a_publish_killed_midway_leaves_the_registry_valid(
     assert registry.load_servable().version == "v0001"
     result = retrain_once(db, models, work, VIDEO, config(margin=-100.0), now_s=NOW_S)
     assert result.version == "v0002"  # the next publish replaces the leftover
+
+
+def test_retrain_commands(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from abr_cli.main import app
+
+    db, models, work = setup
+    args = ["--telemetry", str(db), "--models", str(models), "--work", str(work), "--updates", "1",
+            "--window-s", "1e10"]  # fmt: skip
+    once = CliRunner().invoke(app, ["retrain", "once", *args, "--margin", "100"])
+    assert once.exit_code == 0, once.output
+    assert json.loads(once.output)["status"] == "rejected"
+    log = tmp_path / "rounds.jsonl"
+    watched = CliRunner().invoke(app, ["retrain", "watch", *args, "--margin", "-100", "--rounds", "1",
+                                       "--log", str(log)])  # fmt: skip
+    assert watched.exit_code == 0, watched.output
+    assert json.loads(log.read_text())["status"] == "published"
+    bad = CliRunner().invoke(app, ["retrain", "once", *args, "--method", "magic"])
+    assert bad.exit_code == 2
+    assert "method" in bad.output

@@ -57,11 +57,15 @@ class RebuiltPool:
     skipped: Counter[str] = field(default_factory=Counter)
 
     def weights(self, now_s: float, half_life_s: float) -> FloatArray:
-        """Recency weights: a trace that ended ``half_life_s`` ago counts half as much as one ending now."""
+        """Recency weights: a trace that ended ``half_life_s`` before another counts half as much.
+
+        Scaled so the newest trace weighs 1 (relative weights are what matter; this way old pools do not
+        underflow to all zeros).
+        """
         if half_life_s <= 0:
             raise ValueError(f"half_life_s must be > 0, got {half_life_s}")
         age = np.maximum(now_s - np.asarray(self.ended_at_s, dtype=np.float64), 0.0)
-        return np.asarray(np.exp2(-age / half_life_s), dtype=np.float64)
+        return np.asarray(np.exp2(-(age - age.min()) / half_life_s), dtype=np.float64)
 
 
 def weighted_sample(traces: list[Trace], weights: FloatArray, size: int) -> list[Trace]:

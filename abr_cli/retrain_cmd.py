@@ -1,0 +1,103 @@
+"""``abr retrain once | watch``: telemetry -> fine-tuned, gated, published model versions."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from abr_cli.common import console, err_console, user_errors
+
+if TYPE_CHECKING:
+    from abr_server.retrain.loop import RetrainConfig
+
+app = typer.Typer(name="retrain", help="Online retraining from the server's telemetry.", no_args_is_help=True,
+                  add_completion=False)  # fmt: skip
+
+Telemetry = Annotated[Path, typer.Option(help="The server's telemetry database (ABR_TELEMETRY_DB).")]
+Models = Annotated[Path, typer.Option(help="The server's model registry (abr serve --models).")]
+Work = Annotated[Path, typer.Option(help="Trainer state between checkpoints (resumed after a crash).")]
+Video = Annotated[str, typer.Option(help="'builtin', a folder of video_size_N files, or an asset folder.")]
+Window = Annotated[float, typer.Option(min=1, help="Use telemetry received in the last this many seconds.")]
+Updates = Annotated[int, typer.Option(min=1, help="PPO updates per round.")]
+Margin = Annotated[float, typer.Option(help="QoE_lin gain on held-out sessions needed to publish.")]
+Method = Annotated[str, typer.Option(help="Plasticity method during fine-tuning (resin, redo, none, ...).")]
+Replay = Annotated[str | None, typer.Option(help="Older traces replayed against forgetting (folder or spec).")]
+Reference = Annotated[str | None, typer.Option(help="Reference traces the candidate must not regress on.")]
+
+
+def _config(
+    window_s: float, updates: int, margin: float, method: str, replay: str | None, reference: str | None
+) -> RetrainConfig:
+    from abr_server.retrain.loop import RetrainConfig
+    from plasticity.methods import PlasticityConfig
+
+    return RetrainConfig(window_s=window_s, updates=updates, margin=margin, replay=replay, reference=reference,
+                         plasticity=PlasticityConfig(method=method))  # fmt: skip
+
+
+@app.command("once")
+def once(
+    telemetry: Telemetry,
+    models: Models,
+    work: Work = Path("runs/retrain-work"),
+    video: Video = "builtin",
+    window_s: Window = 24 * 3600.0,
+    updates: Updates = 50,
+    margin: Margin = 0.02,
+    method: Method = "resin",
+    replay: Replay = None,
+    reference: Reference = None,
+) -> None:
+    """Run one round: rebuild traces, fine-tune the active version, gate it, publish it if it is better."""
+    from abr_server.retrain.loop import retrain_once
+    from simulator.video import load_video
+
+    with user_errors():
+        config = _config(window_s, updates, margin, method, replay, reference)
+        result = retrain_once(telemetry, models, work, load_video(video), config)
+    console.print_json(result.model_dump_json())
+
+
+@app.command("watch")
+def watch(
+    telemetry: Telemetry,
+    models: Models,
+    interval_s: Annotated[float, typer.Option(min=1, help="Seconds between rounds.")] = 3600.0,
+    rounds: Annotated[int, typer.Option(min=0, help="Stop after this many rounds (0: never).")] = 0,
+    work: Work = Path("runs/retrain-work"),
+    video: Video = "builtin",
+    window_s: Window = 24 * 3600.0,
+    updates: Updates = 50,
+    margin: Margin = 0.02,
+    method: Method = "resin",
+    replay: Replay = None,
+    reference: Reference = None,
+    log: Annotated[Path | None, typer.Option(help="Append every round's result here (JSON lines).")] = None,
+) -> None:
+    """Run rounds forever (or ``--rounds``), one every ``--interval-s``; a failed round is logged, not fatal."""
+    from abr_server.retrain.loop import retrain_once
+    from simulator.video import load_video
+
+    with user_errors():
+        config = _config(window_s, updates, margin, method, replay, reference)
+        the_video = load_video(video)
+    done = 0
+    while rounds == 0 or done < rounds:
+        started = time.monotonic()
+        try:
+            line = retrain_once(telemetry, models, work, the_video, config).model_dump(mode="json")
+        except Exception as err:  # the loop must survive a bad round (it is logged)
+            line = {"status": "failed", "reason": f"{type(err).__name__}: {err}"}
+        line["at"] = time.time()
+        err_console.print(json.dumps(line), highlight=False, soft_wrap=True)
+        if log is not None:
+            with log.open("a") as out:
+                out.write(json.dumps(line) + "\n")
+        done += 1
+        if rounds and done >= rounds:
+            break
+        time.sleep(max(0.0, interval_s - (time.monotonic() - started)))
