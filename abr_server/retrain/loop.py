@@ -67,8 +67,8 @@ class RetrainConfig(BaseModel):
     reference: str | None = Field(None, description="Older reference traces the candidate must not regress on.")
     updates: int = Field(50, ge=1, description="PPO updates per round.")
     checkpoint_every: int = Field(10, ge=1, description="Trainer state saved every this many updates.")
-    margin: float = Field(0.02, ge=0, description="QoE_lin the candidate must gain on the held-out traces.")
-    tolerance: float = Field(0.05, ge=0, description="QoE_lin the candidate may lose on the reference traces.")
+    margin: float = Field(0.02, description="QoE_lin the candidate must gain on the held-out traces (< 0: may lose).")
+    tolerance: float = Field(0.05, description="QoE_lin the candidate may lose on the reference traces.")
     ppo: PPOConfig = Field(
         default_factory=lambda: PPOConfig(
             num_envs=32, num_steps=64, learning_rate=2e-4, anneal_lr=False, ent_coef_start=0.01, ent_coef_end=0.01
