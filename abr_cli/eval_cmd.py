@@ -27,7 +27,7 @@ from policy.report import (
 )
 from simulator.link import LinkConfig
 from simulator.qoe import QoEKind
-from simulator.video import load_video
+from simulator.video import Video, load_video
 from traces.sources import DEFAULT_TRACE_SPEC, label, resolve
 from traces.trace import Trace
 
@@ -61,6 +61,10 @@ def evaluate(
     ] = False,
     initial_quality: Annotated[int, typer.Option(help="Level of the first chunk.")] = DEFAULT_INITIAL_QUALITY,
     batch_sessions: Annotated[int, typer.Option(help="Sessions simulated together.")] = DEFAULT_BATCH_SESSIONS,
+    ray: Annotated[
+        str | None,
+        typer.Option(help="Run on Ray: 'local' or a cluster address; one task per batch of --batch-sessions traces."),
+    ] = None,
 ) -> None:
     """Play every trace once per policy and write a report: QoE table with the gap to optimal, CDFs, a timeline."""
     with user_errors():
@@ -93,24 +97,23 @@ def evaluate(
         )
         link = LinkConfig.evaluation()
         total = sum(len(ts) for _, ts in trace_sets) * len(policies)
-        with progress() as bar:
-            task = bar.add_task("evaluating", total=total)
-            for set_index, (set_label, trace_set) in enumerate(trace_sets):
-                for pol in policies:
-                    bar.update(task, description=f"{pol.label} on {set_label}")
-                    started = time.perf_counter()
-                    logs = run_policy(
-                        pol,
-                        trace_set,
-                        the_video,
-                        link,
-                        initial_quality=initial_quality,
-                        batch_sessions=batch_sessions,
-                        on_batch=lambda n: bar.advance(task, n),
-                    )
-                    evaluation.add(logs, pol.label, set_label, time.perf_counter() - started, kinds)
-                    if set_index == timeline_set:
-                        evaluation.timeline.append(SessionTimeline.from_logs(logs, timeline_index, pol.label))
+        if ray is not None:
+            _evaluate_on_ray(ray, evaluation, trace_sets, policies, the_video, link, kinds, initial_quality,
+                             batch_sessions, timeline_set, timeline_index)  # fmt: skip
+        else:
+            with progress() as bar:
+                task = bar.add_task("evaluating", total=total)
+                for set_index, (set_label, trace_set) in enumerate(trace_sets):
+                    for pol in policies:
+                        bar.update(task, description=f"{pol.label} on {set_label}")
+                        started = time.perf_counter()
+                        logs = run_policy(
+                            pol, trace_set, the_video, link, initial_quality=initial_quality,
+                            batch_sessions=batch_sessions, on_batch=lambda n: bar.advance(task, n),
+                        )  # fmt: skip
+                        evaluation.add(logs, pol.label, set_label, time.perf_counter() - started, kinds)
+                        if set_index == timeline_set:
+                            evaluation.timeline.append(SessionTimeline.from_logs(logs, timeline_index, pol.label))
 
         info = RunInfo(
             date=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -135,6 +138,32 @@ def evaluate(
         write_report_files(out, files)
         console.print(summary_table([r.to_summary(kind) for r in evaluation.results], qoe_table, the_video.name))
         console.print(f"report: {out / 'report.md'} ({len(files) - 2} plots, results in {out / 'results.json'})")
+
+
+def _evaluate_on_ray(
+    address: str, evaluation: Evaluation, trace_sets: list[tuple[str, list[Trace]]], policies: list[Policy],
+    video: Video, link: LinkConfig, kinds: list[QoEKind], initial_quality: int, batch_sessions: int,
+    timeline_set: int, timeline_index: int,
+) -> None:  # fmt: skip
+    """Every (policy, trace set, batch) as one Ray task; results added in the local loop's order."""
+    from policy.distributed import connect, run_policies_ray
+
+    connect(address)
+    jobs = [(pol, trace_set) for _, trace_set in trace_sets for pol in policies]
+    with progress() as bar:
+        task = bar.add_task("evaluating on Ray", total=sum(len(t) for _, t in jobs))
+
+        def advance(n: int) -> None:
+            bar.advance(task, n)
+
+        outcomes = iter(run_policies_ray(jobs, video, link, initial_quality=initial_quality,
+                                         batch_sessions=batch_sessions, on_batch=advance))  # fmt: skip
+    for set_index, (set_label, _) in enumerate(trace_sets):
+        for pol in policies:
+            logs, seconds = next(outcomes)
+            evaluation.add(logs, pol.label, set_label, seconds, kinds)
+            if set_index == timeline_set:
+                evaluation.timeline.append(SessionTimeline.from_logs(logs, timeline_index, pol.label))
 
 
 def _check_unique(labels: list[str], what: str) -> None:
