@@ -45,6 +45,9 @@ def plasticity_bench(
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per method.")] = 5,
     scale: Annotated[float, typer.Option(min=1e-6, help="Multiplies every phase's environment steps.")] = 1.0,
     workers: Annotated[int, typer.Option(min=1, help="Runs in parallel (one process, one torch thread each).")] = 2,
+    ray: Annotated[
+        str | None, typer.Option(help="Run every (method, seed) as a Ray task: 'local' or a cluster address.")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Output folder (runs/, results.json, report.md, plots).")] = Path(
         "runs/plasticity-bench"
     ),
@@ -90,7 +93,7 @@ def plasticity_bench(
             def done(name: str) -> None:
                 bar.update(task, advance=1, description=name)
 
-            records = run_bench(the_schedule, config, the_video, out, on_done=done)
+            records = run_bench(the_schedule, config, the_video, out, on_done=done, ray=ray)
         command = "abr " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         report = write_report(aggregate(records), config, the_schedule, out, command)
         console.print(report.read_text())

@@ -68,13 +68,13 @@ def t_interval(values: list[float]) -> tuple[float, float]:
     return mean, float(t * x.std(ddof=1) / math.sqrt(x.size))
 
 
-def _job(args: tuple[dict[str, Any], dict[str, Any], str, float, str, Video, str]) -> str:
-    """One (method, seed) run in a worker process; writes its record, returns its path."""
-    schedule_json, plasticity_json, ppo_json, scale, trace_root, video, path = args
+def _job_record(args: tuple[dict[str, Any], dict[str, Any], str, float, str, Video, str]) -> dict[str, Any]:
+    """One (method, seed) run (in a worker process or a Ray task); its record."""
+    schedule_json, plasticity_json, ppo_json, scale, trace_root, video, _path = args
     import torch
 
     torch.set_num_threads(1)
-    record = run_schedule(
+    return run_schedule(
         Schedule.model_validate(schedule_json),
         PlasticityConfig.model_validate(plasticity_json),
         PPOConfig.model_validate_json(ppo_json),
@@ -82,8 +82,12 @@ def _job(args: tuple[dict[str, Any], dict[str, Any], str, float, str, Video, str
         scale=scale,
         trace_root=Path(trace_root),
     )
-    write_atomic(Path(path), json.dumps(record).encode())
-    return path
+
+
+def _job(args: tuple[dict[str, Any], dict[str, Any], str, float, str, Video, str]) -> str:
+    """One (method, seed) run in a worker process; writes its record, returns its path."""
+    write_atomic(Path(args[-1]), json.dumps(_job_record(args)).encode())
+    return args[-1]
 
 
 #: Settings added after records were first written: (the value older records ran with, the methods that use it).
@@ -121,8 +125,14 @@ def run_bench(
     video: Video,
     out: Path,
     on_done: Callable[[str], None] | None = None,
+    *,
+    ray: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (or resume) every (method, seed) pair; return the records in method, seed order."""
+    """Run (or resume) every (method, seed) pair; return the records in method, seed order.
+
+    ``ray`` (``local`` or a cluster address) runs each pair as a Ray task instead of a local process;
+    records come back to this process, which writes them (nodes need the traces at ``trace_root``).
+    """
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     jobs, paths = [], []
@@ -139,7 +149,9 @@ def run_bench(
             ppo = config.ppo.model_copy(update={"seed": seed, "torch_threads": 1})
             jobs.append((schedule.model_dump(), plasticity.model_dump(), ppo.model_dump_json(), config.scale,
                          config.trace_root, video, str(path)))  # fmt: skip
-    if jobs:
+    if jobs and ray is not None:
+        _run_on_ray(ray, jobs, on_done)
+    elif jobs:
         workers = min(config.workers, len(jobs), os.cpu_count() or 1)
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
             futures = [pool.submit(_job, job) for job in jobs]
@@ -149,6 +161,22 @@ def run_bench(
                     on_done(Path(done).name)
     return [json.loads(paths[s * len(config.methods) + m].read_text())
             for m in range(len(config.methods)) for s in range(config.seeds)]  # fmt: skip
+
+
+def _run_on_ray(address: str, jobs: list[Any], on_done: Callable[[str], None] | None) -> None:
+    from policy.distributed import connect, ray_module
+
+    connect(address)
+    ray_ = ray_module()
+    remote = ray_.remote(num_cpus=1)(_job_record)
+    pending = {remote.remote(job): job[-1] for job in jobs}
+    while pending:
+        done, _ = ray_.wait(list(pending), num_returns=1)
+        for ref in done:
+            path = pending.pop(ref)
+            write_atomic(Path(path), json.dumps(ray_.get(ref)).encode())
+            if on_done is not None:
+                on_done(Path(path).name)
 
 
 # --------------------------------------------------------------------------- statistics

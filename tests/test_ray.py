@@ -66,3 +66,20 @@ def test_abr_eval_with_ray_writes_the_same_results(local_ray: None, tmp_path: Pa
     for a, b in zip(local["results"], remote["results"], strict=True):
         assert {k: v for k, v in a.items() if k != "wall_s"} == {k: v for k, v in b.items() if k != "wall_s"}
     assert local["per_trace"] == remote["per_trace"]
+
+
+@pytest.mark.slow
+def test_plasticity_bench_through_ray_gives_the_same_records(local_ray: None, tmp_path: Path) -> None:
+    from plasticity.bench import BenchConfig, run_bench
+    from plasticity.methods import PlasticityConfig
+    from tests.test_plasticity_bench import TINY_PPO, TINY_SCHEDULE
+
+    shared = PlasticityConfig(every_updates=1, diagnose_every_updates=1, batch_size=64)
+    config = BenchConfig(methods=["none", "resin"], seeds=1, workers=1, ppo=TINY_PPO, plasticity=shared)
+    local = run_bench(TINY_SCHEDULE, config, VIDEO, tmp_path / "local")
+    seen: list[str] = []
+    remote = run_bench(TINY_SCHEDULE, config, VIDEO, tmp_path / "ray", on_done=seen.append, ray="local")
+    assert sorted(seen) == ["none-seed1.json", "resin-seed1.json"]
+    for a, b in zip(local, remote, strict=True):
+        assert a["evals"] == b["evals"]
+        assert a["resets"] == b["resets"]
