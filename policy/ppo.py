@@ -241,57 +241,13 @@ def train(
 
         with torch.no_grad():
             next_value = model.get_value(next_obs)
-            advantages = torch.zeros_like(rewards)
-            last_gae = torch.zeros(n, device=device)
-            for step in reversed(range(t)):
-                if step == t - 1:
-                    not_done, following = 1.0 - next_done, next_value
-                else:
-                    not_done, following = 1.0 - dones[step + 1], values[step + 1]
-                delta = rewards[step] + config.gamma * following * not_done - values[step]
-                last_gae = delta + config.gamma * config.gae_lambda * not_done * last_gae
-                advantages[step] = last_gae
-            returns = advantages + values
-
-        rollout = Rollout(
-            obs_buf.reshape((-1, *obs_shape)), actions.reshape(-1), logprobs.reshape(-1),
-            advantages.reshape(-1), returns.reshape(-1), values.reshape(-1),
-        )  # fmt: skip
+        rollout = gae_rollout(config, obs_buf, actions, logprobs, rewards, dones, values, next_value, next_done)
         ent_coef = entropy_coef(config, progress)
-        minibatch = config.batch_size // config.num_minibatches
-        clip_fracs: list[float] = []
-        for _ in range(config.update_epochs):
-            order = shuffle.permutation(config.batch_size)
-            for start in range(0, config.batch_size, minibatch):
-                mb = torch.as_tensor(order[start : start + minibatch], device=device)
-                loss, parts = ppo_loss(model, rollout.take(mb), config, ent_coef)
-                clip_fracs.append(float(parts["clip_fraction"]))
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-
-        b_returns, b_values = rollout.returns, rollout.values
-        with torch.no_grad():
-            var_y = b_returns.var()
-            explained_var = float("nan") if var_y == 0 else float(1 - (b_returns - b_values).var() / var_y)
+        parts, clip_fracs = ppo_update(model, optimizer, rollout, config, ent_coef, shuffle)
         state.update += 1
-        wall_s = time.perf_counter() - started
-        metrics: dict[str, float] = {
-            "update": float(state.update),
-            "global_step": float(state.global_step),
-            "charts/qoe": qoe_sum / max(qoe_count, 1),
-            "charts/bitrate_kbps": bitrate_sum / max(qoe_count, 1),
-            "charts/learning_rate": float(optimizer.param_groups[0]["lr"]),
-            "charts/entropy_coef": ent_coef,
-            "charts/steps_per_s": n * t / wall_s,
-            "losses/policy": float(parts["policy"]),
-            "losses/value": float(parts["value"]),
-            "losses/entropy": float(parts["entropy"]),
-            "losses/approx_kl": float(parts["approx_kl"]),
-            "losses/clip_fraction": float(np.mean(clip_fracs)),
-            "losses/explained_variance": explained_var,
-        }
+        metrics = update_metrics(state, optimizer, rollout, parts, clip_fracs, ent_coef,
+                                 qoe=qoe_sum / max(qoe_count, 1), bitrate_kbps=bitrate_sum / max(qoe_count, 1),
+                                 steps_per_s=n * t / (time.perf_counter() - started))  # fmt: skip
         if plasticity is not None:
             metrics.update(
                 plasticity.after_update(
@@ -302,3 +258,75 @@ def train(
         if on_update is not None:
             on_update(state, metrics)
     return state
+
+
+def gae_rollout(
+    config: PPOConfig, obs: torch.Tensor, actions: torch.Tensor, logprobs: torch.Tensor, rewards: torch.Tensor,
+    dones: torch.Tensor, values: torch.Tensor, next_value: torch.Tensor, next_done: torch.Tensor,
+) -> Rollout:  # fmt: skip
+    """GAE advantages and returns of ``[T, N]`` buffers, flattened into a `Rollout`."""
+    t, n = rewards.shape
+    with torch.no_grad():
+        advantages = torch.zeros_like(rewards)
+        last_gae = torch.zeros(n, device=rewards.device)
+        for step in reversed(range(t)):
+            if step == t - 1:
+                not_done, following = 1.0 - next_done, next_value
+            else:
+                not_done, following = 1.0 - dones[step + 1], values[step + 1]
+            delta = rewards[step] + config.gamma * following * not_done - values[step]
+            last_gae = delta + config.gamma * config.gae_lambda * not_done * last_gae
+            advantages[step] = last_gae
+        returns = advantages + values
+    return Rollout(
+        obs.reshape((-1, *obs.shape[2:])), actions.reshape(-1), logprobs.reshape(-1),
+        advantages.reshape(-1), returns.reshape(-1), values.reshape(-1),
+    )  # fmt: skip
+
+
+def ppo_update(
+    model: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Rollout, config: PPOConfig, ent_coef: float,
+    shuffle: np.random.Generator,
+) -> tuple[dict[str, torch.Tensor], list[float]]:  # fmt: skip
+    """The clipped PPO epochs over ``rollout``; the last minibatch's loss parts and every clip fraction."""
+    device = rollout.actions.device
+    size = len(rollout)
+    minibatch = size // config.num_minibatches
+    clip_fracs: list[float] = []
+    parts: dict[str, torch.Tensor] = {}
+    for _ in range(config.update_epochs):
+        order = shuffle.permutation(size)
+        for start in range(0, size, minibatch):
+            mb = torch.as_tensor(order[start : start + minibatch], device=device)
+            loss, parts = ppo_loss(model, rollout.take(mb), config, ent_coef)
+            clip_fracs.append(float(parts["clip_fraction"]))
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+    return parts, clip_fracs
+
+
+def update_metrics(
+    state: TrainState, optimizer: torch.optim.Optimizer, rollout: Rollout, parts: dict[str, torch.Tensor],
+    clip_fracs: list[float], ent_coef: float, *, qoe: float, bitrate_kbps: float, steps_per_s: float,
+) -> dict[str, float]:  # fmt: skip
+    """The ``charts/*`` and ``losses/*`` of one update."""
+    with torch.no_grad():
+        var_y = rollout.returns.var()
+        explained_var = float("nan") if var_y == 0 else float(1 - (rollout.returns - rollout.values).var() / var_y)
+    return {
+        "update": float(state.update),
+        "global_step": float(state.global_step),
+        "charts/qoe": qoe,
+        "charts/bitrate_kbps": bitrate_kbps,
+        "charts/learning_rate": float(optimizer.param_groups[0]["lr"]),
+        "charts/entropy_coef": ent_coef,
+        "charts/steps_per_s": steps_per_s,
+        "losses/policy": float(parts["policy"]),
+        "losses/value": float(parts["value"]),
+        "losses/entropy": float(parts["entropy"]),
+        "losses/approx_kl": float(parts["approx_kl"]),
+        "losses/clip_fraction": float(np.mean(clip_fracs)),
+        "losses/explained_variance": explained_var,
+    }
