@@ -70,9 +70,17 @@ def train_command(
     ] = None,
     scale: Annotated[float, typer.Option(min=1e-6, help="With --schedule: multiplies every phase's steps.")] = 1.0,
     trace_root: Annotated[Path, typer.Option(help="With --schedule: what {traces} means.")] = Path("../shared/traces"),
+    ray: Annotated[
+        str | None, typer.Option(help="Collect rollouts on Ray actors: 'local' or a cluster address.")
+    ] = None,
+    ray_workers: Annotated[
+        int, typer.Option(min=1, help="With --ray: rollout actors (sessions split among them).")
+    ] = 2,
 ) -> None:
     """Train the actor-critic with PPO in the simulator (delay noise and random start points on)."""
     with user_errors():
+        if ray is not None and schedule is not None:
+            raise ValueError("--ray is not supported with --schedule yet (train through --traces)")
         if plasticity not in METHODS:
             raise ValueError(f"--plasticity must be one of {', '.join(METHODS)}, got {plasticity!r}")
         if network not in NETWORKS:
@@ -175,8 +183,15 @@ def train_command(
                 on_update(st, metrics)
                 bar.update(task, completed=st.update)
 
-            train(ppo, train_set, the_video, state=state, device=dev, spec=spec, on_update=on_update_with_bar,
-                  plasticity=Plasticity(plasticity_config))  # fmt: skip
+            if ray is not None:
+                from policy.distributed import connect, train_on_ray
+
+                connect(ray)
+                train_on_ray(ppo, train_set, the_video, workers=ray_workers, state=state, device=dev, spec=spec,
+                             on_update=on_update_with_bar, plasticity=Plasticity(plasticity_config))  # fmt: skip
+            else:
+                train(ppo, train_set, the_video, state=state, device=dev, spec=spec, on_update=on_update_with_bar,
+                      plasticity=Plasticity(plasticity_config))  # fmt: skip
         if not eval_sets:
             checkpoint(state, best_dir, {}, best_score)
         console.print(f"done in {time.perf_counter() - started:.0f} s: {out / 'best'} (best), {last_dir} (last)")
