@@ -195,3 +195,57 @@ def bench_serve(
             "inference": inference,
         }  # fmt: skip
         write_atomic(out, json.dumps(payload, indent=2).encode())
+
+
+@app.command("ray")
+def bench_ray(
+    workers: Annotated[
+        str, typer.Option(help="Comma-separated worker counts (a local Ray instance per count).")
+    ] = "1,2,4",
+    traces: Annotated[
+        str, typer.Option(help="Evaluation traces (file, folder or generator spec).")
+    ] = "markov:n=256,seed=0",
+    policy: Annotated[str, typer.Option(help="Policy evaluated.")] = "robustmpc",
+    updates: Annotated[int, typer.Option(min=1, help="Training updates timed per worker count.")] = 4,
+    out: Annotated[Path | None, typer.Option(help="Also write the results as JSON here.")] = None,
+) -> None:
+    """Evaluation sessions/s and rollout steps/s on a local Ray instance with 1, 2, 4... workers."""
+    import time
+
+    from policy.base import make_policy
+    from policy.distributed import connect, ray_module, run_policies_ray, train_on_ray
+    from policy.ppo import PPOConfig
+
+    with user_errors():
+        counts = [int(w) for w in workers.split(",") if w.strip()]
+        if not counts or min(counts) < 1:
+            raise ValueError(f"--workers {workers!r}: expected positive integers, e.g. 1,2,4")
+        output_path(out, "--out")
+        trace_set = resolve(traces)
+        the_video = load_video("builtin")
+        ray = ray_module()
+        rows = []
+        for count in counts:
+            if ray.is_initialized():
+                ray.shutdown()
+            connect("local", num_cpus=count)
+            batch = max(1, -(-len(trace_set) // (4 * count)))  # 4 shards per worker
+            started = time.perf_counter()
+            run_policies_ray([(make_policy(policy), trace_set)], the_video, batch_sessions=batch)
+            eval_rate = len(trace_set) / (time.perf_counter() - started)
+            config = PPOConfig(num_envs=32 * count, num_steps=96, total_steps=32 * count * 96 * (updates + 1),
+                               torch_threads=1)  # fmt: skip
+            state = train_on_ray(config, trace_set, the_video, workers=count, stop_after_updates=updates + 1)
+            steps = [m["charts/steps_per_s"] for m in state.metrics[1:]]  # the first update includes actor start-up
+            rows.append({"workers": count, "eval_sessions_per_s": eval_rate,
+                         "rollout_steps_per_s": sum(steps) / len(steps), "num_envs": config.num_envs})  # fmt: skip
+        ray.shutdown()
+    table = Table(title=f"Ray on this machine ({machine_description()})")
+    for column in ("workers", f"eval sessions/s ({policy})", "train steps/s (incl. update)", "sessions"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(str(row["workers"]), f"{row['eval_sessions_per_s']:,.1f}", f"{row['rollout_steps_per_s']:,.0f}",
+                      str(row["num_envs"]))  # fmt: skip
+    console.print(table)
+    if out is not None:
+        write_atomic(out, json.dumps({"date": dt.datetime.now(dt.UTC).isoformat(), "rows": rows}, indent=1).encode())
