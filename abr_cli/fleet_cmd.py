@@ -47,6 +47,10 @@ def fleet(
     duration: Annotated[float, typer.Option(min=1, help="Seconds during which players arrive.")] = 600.0,
     clock: Annotated[str, typer.Option(help="Link trace clock: reference (as the simulator) or wall.")] = "reference",
     seed: Annotated[int, typer.Option(help="Seed of arrivals and watch times.")] = 0,
+    realtime: Annotated[
+        float | None,
+        typer.Option(min=1e-6, help="Pace by the wall clock: wall seconds per simulated second (1: real time)."),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Output folder (summary.json, players.jsonl, fleet.png).")] = Path(
         "runs/fleet"
     ),
@@ -87,7 +91,7 @@ def fleet(
 
             try:
                 result = simulate_fleet(trace_set, the_video, policy, config, on_progress=tick,
-                                        decider_factory=factory)  # fmt: skip
+                                        decider_factory=factory, realtime_factor=realtime)  # fmt: skip
             finally:
                 if remote is not None:
                     remote.close()

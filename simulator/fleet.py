@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 import simpy
+import simpy.rt
 from pydantic import BaseModel, ConfigDict, Field
 
 from policy.base import Policy, make_policy
@@ -302,11 +303,15 @@ def simulate_fleet(
     spec: ObservationSpec | None = None,
     on_progress: Callable[[float], None] | None = None,
     decider_factory: Callable[[simpy.Environment], DeciderLike] | None = None,
+    realtime_factor: float | None = None,
 ) -> FleetResult:
     """Run the fleet until every player has finished (arrivals stop at ``config.duration_s``).
 
     ``decider_factory`` replaces the in-process policy (``policy`` then only names it), e.g. with a
-    client of a running decision server (`abr_server.fleet_client`).
+    client of a running decision server (`abr_server.fleet_client`). ``realtime_factor`` paces the
+    simulation by the wall clock (seconds of wall time per simulated second: 1 is real time, 0.1 ten
+    times faster), so a remote server sees requests at the rate real players would send them; the
+    simulated outcome is the same as without pacing.
     """
     config = config or FleetConfig()
     if not traces:
@@ -314,7 +319,13 @@ def simulate_fleet(
     if not 0 <= config.initial_quality < video.n_levels:
         raise ValueError(f"initial_quality must be in [0, {video.n_levels}), got {config.initial_quality}")
     spec = spec or ObservationSpec()
-    env = simpy.Environment()
+    if realtime_factor is not None and realtime_factor <= 0:
+        raise ValueError(f"realtime_factor must be > 0, got {realtime_factor}")
+    env = (
+        simpy.rt.RealtimeEnvironment(factor=realtime_factor, strict=False)
+        if realtime_factor is not None
+        else simpy.Environment()
+    )
     rng = np.random.default_rng(config.seed)
     link_cfg = config.link
     if link_cfg.has_noise or link_cfg.start != "first":

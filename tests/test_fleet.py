@@ -203,3 +203,14 @@ def test_remote_decider_refuses_a_server_with_another_video() -> None:
             RemoteDecider(simpy.Environment(), url, other)
     with pytest.raises(ValueError, match="http://host:port"):
         RemoteDecider(simpy.Environment(), "ftp://x", VIDEO)
+
+
+def test_a_realtime_fleet_has_the_same_outcome() -> None:
+    traces = generate_from_spec("markov:n=2,seed=8")
+    config = FleetConfig(n_links=2, players_per_link=2)
+    plain = simulate_fleet(traces, VIDEO, "bba", config)
+    paced = simulate_fleet(traces, VIDEO, "bba", config, realtime_factor=1e-4)  # 10,000x faster than real time
+    assert [p.quality for p in paced.players] == [p.quality for p in plain.players]
+    np.testing.assert_allclose([p.delay_ms for p in paced.players], [p.delay_ms for p in plain.players])
+    with pytest.raises(ValueError, match="realtime_factor"):
+        simulate_fleet(traces, VIDEO, "bba", config, realtime_factor=0.0)
