@@ -73,16 +73,21 @@ class RemoteDecider:
         return conn
 
     def _request(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
-        conn = self._connection()
+        """One request; a kept-alive connection the server has closed meanwhile is reopened once.
+
+        Retrying is safe: the server answers a repeated report from the session's last decision.
+        """
         headers = {"content-type": "application/json"} if body is not None else {}
-        try:
-            conn.request(method, path, body=body, headers=headers)
-            reply = conn.getresponse()
-            return reply.status, reply.read()
-        except (OSError, http.client.HTTPException):
-            conn.close()
-            self._local.conn = None
-            return 0, b""
+        for _attempt in range(2):
+            conn = self._connection()
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                reply = conn.getresponse()
+                return reply.status, reply.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self._local.conn = None
+        return 0, b""
 
     def report(self, player: int, log: PlayerLog) -> bytes:
         """The v1 report of ``player``'s last chunk."""
