@@ -68,8 +68,15 @@ def test_the_loop_adapts_the_served_policy_to_a_network_shift(tmp_path: Path) ->
         frozen = through_server(url, AFTER_TEST)  # the shipped model on the new network (not trained on)
         # The round sees the sessions on the new network before the test sessions, and nothing older.
         config = config.model_copy(update={"window_s": shifted_until - shift_at})
-        result = retrain_once(db, models, tmp_path / "work", VIDEO, config, now_s=shifted_until)
-        assert result.traces["rebuilt"] == 24
+        # As `abr retrain watch` would, try again with another seed if the gate refused the candidate (one
+        # round in six was refused in BENCHMARKS.md: PPO from a pretrained policy sometimes collapses).
+        for seed in (1, 3):
+            ppo = config.ppo.model_copy(update={"seed": seed})
+            result = retrain_once(db, models, tmp_path / "work", VIDEO, config.model_copy(update={"ppo": ppo}),
+                                  now_s=shifted_until)  # fmt: skip
+            assert result.traces["rebuilt"] == 24
+            if result.status == "published":
+                break
         assert result.status == "published", result.reason
         deadline = time.monotonic() + 30
         while serving(url) != result.version and time.monotonic() < deadline:
