@@ -44,10 +44,13 @@ def connect(address: str, *, num_cpus: int | None = None) -> None:
     ray = ray_module()
     if ray.is_initialized():
         return
-    if address == "local":
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    else:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    try:
+        if address == "local":
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except Exception as err:  # Ray raises ConnectionError, RuntimeError, ValueError... for a bad address
+        raise ValueError(f"--ray {address}: cannot connect to a Ray cluster there ({err})") from None
 
 
 def shard_batches(n_traces: int, batch_sessions: int) -> list[tuple[int, int]]:
