@@ -27,6 +27,25 @@ Margin = Annotated[float, typer.Option(help="QoE_lin gain on held-out sessions n
 Method = Annotated[str, typer.Option(help="Plasticity method during fine-tuning (resin, redo, none, ...).")]
 Replay = Annotated[str | None, typer.Option(help="Older traces replayed against forgetting (folder or spec).")]
 Reference = Annotated[str | None, typer.Option(help="Reference traces the candidate must not regress on.")]
+Ray = Annotated[
+    str | None,
+    typer.Option(help="Fine-tune with rollouts from Ray actors and gate through Ray tasks: 'local' or a cluster "
+                 "address (needs resin-abr[ray]).", rich_help_panel="Scale-out"),
+]  # fmt: skip
+RayWorkers = Annotated[
+    int,
+    typer.Option(min=1, help="With --ray: rollout actors (sessions split among them).", rich_help_panel="Scale-out"),
+]
+
+
+def _connect(ray: str | None, ray_workers: int) -> int:
+    """Join Ray when asked; the number of rollout actors (0: train locally)."""
+    if ray is None:
+        return 0
+    from policy.distributed import connect
+
+    connect(ray)
+    return ray_workers
 
 
 def _config(
@@ -51,6 +70,8 @@ def once(
     method: Method = "resin",
     replay: Replay = None,
     reference: Reference = None,
+    ray: Ray = None,
+    ray_workers: RayWorkers = 2,
 ) -> None:
     """Run one round: rebuild traces, fine-tune the active version, gate it, publish it if it is better."""
     from abr_server.retrain.loop import retrain_once
@@ -58,7 +79,9 @@ def once(
 
     with user_errors():
         config = _config(window_s, updates, margin, method, replay, reference)
-        result = retrain_once(telemetry, models, work, load_video(video), config)
+        the_video = load_video(video)
+        workers = _connect(ray, ray_workers)
+        result = retrain_once(telemetry, models, work, the_video, config, ray_workers=workers)
     console.print_json(result.model_dump_json())
 
 
@@ -77,6 +100,8 @@ def watch(
     replay: Replay = None,
     reference: Reference = None,
     log: Annotated[Path | None, typer.Option(help="Append every round's result here (JSON lines).")] = None,
+    ray: Ray = None,
+    ray_workers: RayWorkers = 2,
 ) -> None:
     """Run rounds forever (or ``--rounds``), one every ``--interval-s``; a failed round is logged, not fatal."""
     from abr_server.retrain.loop import retrain_once
@@ -85,11 +110,12 @@ def watch(
     with user_errors():
         config = _config(window_s, updates, margin, method, replay, reference)
         the_video = load_video(video)
+        workers = _connect(ray, ray_workers)
     done = 0
     while rounds == 0 or done < rounds:
         started = time.monotonic()
         try:
-            line = retrain_once(telemetry, models, work, the_video, config).model_dump(mode="json")
+            line = retrain_once(telemetry, models, work, the_video, config, ray_workers=workers).model_dump(mode="json")
         except Exception as err:  # the loop must survive a bad round (it is logged)
             line = {"status": "failed", "reason": f"{type(err).__name__}: {err}"}
         line["at"] = time.time()

@@ -234,7 +234,10 @@ def train_on_ray(
     sizes = [config.num_envs // workers + (1 if k < config.num_envs % workers else 0) for k in range(workers)]
     actor = ray.remote(num_cpus=1)(RolloutWorker)
     video_ref = ray.put(video)
-    pool = [actor.remote(config.model_dump_json(), list(traces[k::workers]), video_ref, link, spec, sizes[k], k,
+    # The workers build the learner's architecture, which is the model's own (a checkpoint being
+    # fine-tuned may differ from ``config.network``).
+    worker_config = config.model_copy(update={"network": model.config}).model_dump_json()
+    pool = [actor.remote(worker_config, list(traces[k::workers]), video_ref, link, spec, sizes[k], k,
                          state.update) for k in range(workers)]  # fmt: skip
     shuffle = np.random.default_rng(config.seed * 7_919 + state.update)
     torch.manual_seed(config.seed * 104_729 + state.update)

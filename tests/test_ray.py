@@ -101,3 +101,41 @@ def test_training_through_ray_learns(local_ray: None) -> None:
     assert np.mean(qoe[-3:]) > np.mean(qoe[:3]) + 1.5
     with pytest.raises(ValueError, match="workers"):
         train_on_ray(config, traces, VIDEO, workers=9)
+
+
+@pytest.mark.slow
+def test_a_retraining_round_through_ray_gates_on_the_same_scores(local_ray: None, tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+
+    from abr_server.registry import ModelRegistry
+    from abr_server.retrain.loop import RetrainConfig, retrain_once
+    from policy.learned import DEFAULT_MODEL_DIR
+    from policy.ppo import PPOConfig
+    from tests.test_retrain import session_rows, write_rows
+    from traces.trace import Trace
+
+    now_s = 1_000_000.0
+    db = tmp_path / "telemetry.sqlite"
+    rows = []
+    for k in range(10):
+        link = Trace(f"l{k}", np.array([0.0, 1000.0]), np.array([2.0 + k, 2.0 + k]))
+        rows += session_rows(f"s{k}", link, level=2, received_at_s=now_s - 1000 + 50 * k, n=8)
+    write_rows(db, rows)
+    tiny = PPOConfig(num_envs=4, num_steps=8, num_minibatches=1, update_epochs=1, anneal_lr=False)
+    config = RetrainConfig(min_traces=4, pool_size=8, updates=2, checkpoint_every=2, ppo=tiny, margin=-100.0)
+    results = {}
+    for name, workers in (("local", 0), ("ray", 2)):
+        models = tmp_path / name / "models"
+        shutil.copytree(DEFAULT_MODEL_DIR, models / "v0001")
+        results[name] = retrain_once(db, models, tmp_path / name / "work", VIDEO, config, now_s=now_s,
+                                     ray_workers=workers)  # fmt: skip
+        assert results[name].status == "published"
+        ModelRegistry(models, VIDEO, torch.device("cpu")).load("v0002")  # a whole, servable version
+    local, remote = results["local"], results["ray"]
+    assert (local.trainer, remote.trainer) == ("local", "ray x2")
+    assert remote.traces == local.traces
+    # The same held-out sessions, scored through Ray tasks: the models that did not change score the same.
+    for name in ("deployed", "robustmpc"):
+        assert remote.scores["holdout"][name] == local.scores["holdout"][name]

@@ -89,14 +89,20 @@ class RoundResult(BaseModel):
     skipped: dict[str, int] = Field(default_factory=dict)
     scores: dict[str, dict[str, float]] = Field(default_factory=dict)
     resumed_from_update: int = 0
+    trainer: str = "local"
     wall_s: float = 0.0
 
 
 def retrain_once(
     telemetry: Path, models: Path, work_dir: Path, video: Video, config: RetrainConfig | None = None,
-    *, now_s: float | None = None,
+    *, now_s: float | None = None, ray_workers: int = 0,
 ) -> RoundResult:  # fmt: skip
-    """Run one round (see the module docstring); never leaves a partial version in ``models``."""
+    """Run one round (see the module docstring); never leaves a partial version in ``models``.
+
+    With ``ray_workers`` > 0 the fine-tuning collects its rollouts from that many Ray actors
+    (`policy.distributed.train_on_ray`) and the gate's evaluations run as Ray tasks (identical scores);
+    the caller connects to Ray first (`policy.distributed.connect`).
+    """
     config = config or RetrainConfig()
     started = time.perf_counter()
     now_s = time.time() if now_s is None else now_s
@@ -130,22 +136,30 @@ def retrain_once(
     ppo = config.ppo.model_copy(update={"total_steps": config.updates * config.ppo.batch_size})
     while state.update < config.updates:
         chunk = min(config.checkpoint_every, config.updates - state.update)
-        train(ppo, training, video, state=state, stop_after_updates=chunk, plasticity=hook)
+        if ray_workers:
+            from policy.distributed import train_on_ray
+
+            train_on_ray(ppo, training, video, workers=ray_workers, state=state, stop_after_updates=chunk,
+                         plasticity=hook)  # fmt: skip
+        else:
+            train(ppo, training, video, state=state, stop_after_updates=chunk, plasticity=hook)
         _save_trainer(work_dir, state, video, config, data_key, parent)
 
     state.model.eval()
     parent_ckpt = load_checkpoint(models / parent, video)
     spec, deployed = parent_ckpt.spec, parent_ckpt.model
+    on_ray = ray_workers > 0
     scores = {"holdout": _scores(holdout, video, {"candidate": ModelPolicy(state.model, spec),
                                                    "deployed": ModelPolicy(deployed, spec),
-                                                   "robustmpc": make_policy("robustmpc")})}  # fmt: skip
+                                                   "robustmpc": make_policy("robustmpc")}, on_ray)}  # fmt: skip
     if config.reference:
         reference = resolve(config.reference)
         scores["reference"] = _scores(reference, video, {"candidate": ModelPolicy(state.model, spec),
-                                                          "deployed": ModelPolicy(deployed, spec)})  # fmt: skip
+                                                          "deployed": ModelPolicy(deployed, spec)}, on_ray)  # fmt: skip
     gain = scores["holdout"]["candidate"] - scores["holdout"]["deployed"]
     result = RoundResult(status="rejected", reason="", parent=parent, traces=counts, skipped=dict(pool.skipped),
-                         scores=scores, resumed_from_update=resumed)  # fmt: skip
+                         scores=scores, resumed_from_update=resumed,
+                         trainer=f"ray x{ray_workers}" if on_ray else "local")  # fmt: skip
     if gain < config.margin:
         result.reason = f"holdout gain {gain:+.3f} < margin {config.margin}"
     elif "reference" in scores and (
@@ -183,7 +197,13 @@ def publish(
     return final
 
 
-def _scores(traces: list[Trace], video: Video, policies: dict[str, Any]) -> dict[str, float]:
+def _scores(traces: list[Trace], video: Video, policies: dict[str, Any], on_ray: bool = False) -> dict[str, float]:
+    """Mean QoE_lin of each policy on ``traces`` (through Ray tasks if ``on_ray``: the same numbers)."""
+    if on_ray:
+        from policy.distributed import run_policies_ray
+
+        outcomes = run_policies_ray([(policy, traces) for policy in policies.values()], video)
+        return {name: float(logs.scores().mean()) for name, (logs, _) in zip(policies, outcomes, strict=True)}
     return {name: float(run_policy(policy, traces, video).scores().mean()) for name, policy in policies.items()}
 
 
