@@ -79,8 +79,6 @@ def train_command(
 ) -> None:
     """Train the actor-critic with PPO in the simulator (delay noise and random start points on)."""
     with user_errors():
-        if ray is not None and schedule is not None:
-            raise ValueError("--ray is not supported with --schedule yet (train through --traces)")
         if plasticity not in METHODS:
             raise ValueError(f"--plasticity must be one of {', '.join(METHODS)}, got {plasticity!r}")
         if network not in NETWORKS:
@@ -103,8 +101,13 @@ def train_command(
         if schedule is not None:
             if resume:
                 raise ValueError("--resume is not supported with --schedule")
-            _train_schedule(load_schedule(schedule), plasticity_config, ppo, the_video, video, out, scale,
-                            trace_root, resolve_device(device))  # fmt: skip
+            the_schedule = load_schedule(schedule)
+            if ray is not None:
+                from policy.distributed import connect
+
+                connect(ray)
+            _train_schedule(the_schedule, plasticity_config, ppo, the_video, video, out, scale,
+                            trace_root, resolve_device(device), ray_workers if ray is not None else 0)  # fmt: skip
             return
         sources = _split(traces, DEFAULT_TRACE_SPEC)
         train_set: list[Trace] = [t for s in sources for t in resolve(s)]
@@ -199,7 +202,7 @@ def train_command(
 
 def _train_schedule(
     schedule: Schedule, plasticity: PlasticityConfig, ppo: PPOConfig, video: Video, video_spec: str, out: Path,
-    scale: float, trace_root: Path, device: torch.device,
+    scale: float, trace_root: Path, device: torch.device, ray_workers: int = 0,
 ) -> None:  # fmt: skip
     """Continual training through ``schedule``: ``out/run.json`` (evaluations, diagnostics) and ``out/last``."""
     if (out / "last" / META_FILE).exists():
@@ -213,7 +216,7 @@ def _train_schedule(
             bar.update(task, completed=update, total=total)
 
         record, state = train_schedule(schedule, plasticity, ppo, video, scale=scale, trace_root=trace_root,
-                                       device=device, on_progress=on_progress)  # fmt: skip
+                                       device=device, on_progress=on_progress, ray_workers=ray_workers)  # fmt: skip
     write_atomic(out / "run.json", json.dumps(record).encode())
     save_checkpoint(
         out / "last", state.model, video, ObservationSpec(), qoe_kind=ppo.qoe,

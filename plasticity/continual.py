@@ -89,8 +89,13 @@ def train_schedule(
     trace_root: Path = Path("../shared/traces"),
     device: torch.device | None = None,
     on_progress: ProgressFn | None = None,
+    ray_workers: int = 0,
 ) -> tuple[dict[str, Any], TrainState]:
-    """As `run_schedule`, also returning the trained state (model and optimizer)."""
+    """As `run_schedule`, also returning the trained state (model and optimizer).
+
+    With ``ray_workers`` > 0 rollouts come from that many Ray actors (`policy.distributed.train_on_ray`;
+    the caller connects to Ray first); the plasticity method and the evaluations run here as usual.
+    """
     device = device or torch.device("cpu")
     spec = ObservationSpec()
     updates = phase_updates(schedule, config, scale)
@@ -115,8 +120,14 @@ def train_schedule(
         )
         done = 0
         for point in points:
-            train(ppo, train_sets[index], video, state=state, device=device, spec=spec,
-                  stop_after_updates=point - done, plasticity=hook)  # fmt: skip
+            if ray_workers:
+                from policy.distributed import train_on_ray
+
+                train_on_ray(ppo, train_sets[index], video, workers=ray_workers, state=state, device=device,
+                             spec=spec, stop_after_updates=point - done, plasticity=hook)  # fmt: skip
+            else:
+                train(ppo, train_sets[index], video, state=state, device=device, spec=spec,
+                      stop_after_updates=point - done, plasticity=hook)  # fmt: skip
             done = point
             state.model.eval()
             scores = evaluate_families(state.model, {f: test_sets[f] for f in seen}, video, spec)

@@ -139,3 +139,23 @@ def test_a_retraining_round_through_ray_gates_on_the_same_scores(local_ray: None
     # The same held-out sessions, scored through Ray tasks: the models that did not change score the same.
     for name in ("deployed", "robustmpc"):
         assert remote.scores["holdout"][name] == local.scores["holdout"][name]
+
+
+@pytest.mark.slow
+def test_continual_training_through_a_schedule_on_ray(local_ray: None, tmp_path: Path) -> None:
+    from tests.test_plasticity_bench import TINY_PPO, TINY_SCHEDULE
+
+    schedule = tmp_path / "tiny.json"
+    schedule.write_text(TINY_SCHEDULE.model_dump_json())
+    config = tmp_path / "ppo.json"
+    config.write_text(json.dumps({k: v for k, v in TINY_PPO.model_dump().items() if k != "total_steps"}))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--schedule", str(schedule), "--plasticity", "resin", "--out", str(out),
+                                      "--config", str(config), "--ray", "local", "--ray-workers", "2"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "run.json").read_text())
+    # Same phases, updates and evaluation points as a local run: only where the rollouts come from differs.
+    assert record["phase_updates"] == [4, 2]
+    assert record["total_steps"] == 6 * TINY_PPO.num_envs * TINY_PPO.num_steps
+    assert [(e["phase"], e["update"]) for e in record["evals"]] == [(0, 2), (0, 4), (1, 5), (1, 6)]
+    assert set(record["evals"][-1]["scores"]) == {"low", "high"}
