@@ -25,8 +25,15 @@ Window = Annotated[float, typer.Option(min=1, help="Use telemetry received in th
 Updates = Annotated[int, typer.Option(min=1, help="PPO updates per round.")]
 Margin = Annotated[float, typer.Option(help="QoE_lin gain on held-out sessions needed to publish.")]
 Method = Annotated[str, typer.Option(help="Plasticity method during fine-tuning (resin, redo, none, ...).")]
-Replay = Annotated[str | None, typer.Option(help="Older traces replayed against forgetting (folder or spec).")]
-Reference = Annotated[str | None, typer.Option(help="Reference traces the candidate must not regress on.")]
+Replay = Annotated[
+    str | None,
+    typer.Option(help="Older traces replayed against forgetting: a folder, a generator spec, or 'telemetry' "
+                 "(sessions received before the window)."),
+]  # fmt: skip
+Reference = Annotated[
+    str | None,
+    typer.Option(help="Reference traces the candidate must not regress on (folder, spec or 'telemetry')."),
+]
 Ray = Annotated[
     str | None,
     typer.Option(help="Fine-tune with rollouts from Ray actors and gate through Ray tasks: 'local' or a cluster "

@@ -84,6 +84,22 @@ def test_too_little_telemetry_is_no_round(setup: tuple[Path, Path, Path]) -> Non
     assert old.status == "no-data"  # everything is older than the window
 
 
+def test_older_telemetry_is_replayed_and_is_the_reference(setup: tuple[Path, Path, Path]) -> None:
+    db, models, work = setup
+    # Sessions s0..s9 arrive 50 s apart from NOW - 1000 (8 chunks, one a second): an 800 s window holds
+    # s4..s9 (s4's first chunk arrives exactly at its start); s0..s3 are older.
+    cfg = config(margin=-100.0, tolerance=100.0, window_s=800.0, replay="telemetry", reference="telemetry")
+    result = retrain_once(db, models, work, VIDEO, cfg, now_s=NOW_S)
+    assert result.status == "published"
+    assert result.traces["older_telemetry"] == 4
+    assert result.traces["replay"] == 2  # a quarter of the pool of 8
+    assert set(result.scores["reference"]) == {"candidate", "deployed"}
+    fresh = retrain_once(db, models, work, VIDEO, cfg.model_copy(update={"history_s": 800.0}), now_s=NOW_S)
+    assert fresh.traces["older_telemetry"] == 0  # nothing older than the window within history_s:
+    assert fresh.traces["replay"] == 0  # no replay,
+    assert "reference" not in fresh.scores  # no reference check
+
+
 def test_a_killed_trainer_resumes_its_round(setup: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     db, models, work = setup
     real_save = loop._save_trainer

@@ -50,6 +50,8 @@ from traces.trace import Trace
 log = logging.getLogger("abr_retrain")
 STATE_DIR = "trainer"
 ROUND_FILE = "round.json"
+#: The replay / reference source that means "older sessions from the telemetry store itself".
+TELEMETRY = "telemetry"
 
 
 class RetrainConfig(BaseModel):
@@ -62,9 +64,20 @@ class RetrainConfig(BaseModel):
     min_traces: int = Field(8, ge=2, description="Fewer rebuilt traces than this: no round.")
     holdout_fraction: float = Field(0.25, gt=0, lt=1, description="Newest sessions held out for the gate.")
     pool_size: int = Field(256, ge=1, description="Training traces drawn from the recency-weighted pool.")
-    replay: str | None = Field(None, description="Older traces (folder or generator spec) replayed against forgetting.")
+    replay: str | None = Field(
+        None,
+        description="Older traces replayed against forgetting: a folder, a generator spec, or 'telemetry' (sessions "
+        "the store received before the window, back to history_s).",
+    )
     replay_share: float = Field(0.25, ge=0, lt=1, description="Share of the training set taken from replay.")
-    reference: str | None = Field(None, description="Older reference traces the candidate must not regress on.")
+    reference: str | None = Field(
+        None,
+        description="Older reference traces the candidate must not regress on: a folder, a generator spec, or "
+        "'telemetry' (as for replay).",
+    )
+    history_s: float = Field(
+        7 * 24 * 3600.0, gt=0, description="How far back 'telemetry' replay and reference reach (from now)."
+    )
     updates: int = Field(50, ge=1, description="PPO updates per round.")
     checkpoint_every: int = Field(10, ge=1, description="Trainer state saved every this many updates.")
     margin: float = Field(0.02, description="QoE_lin the candidate must gain on the held-out traces (< 0: may lose).")
@@ -121,14 +134,19 @@ def retrain_once(
     holdout = [pool.traces[i] for i in hold_idx]
     recent = [pool.traces[i] for i in train_idx]
     weights = pool.weights(now_s, config.half_life_s)[train_idx]
-    n_replay = round(config.pool_size * config.replay_share) if config.replay else 0
+    older_telemetry: list[Trace] | None = None
+    if TELEMETRY in (config.replay, config.reference):
+        older_telemetry = rebuild_traces(telemetry, config.rebuild, since_s=now_s - config.history_s,
+                                         until_s=now_s - config.window_s).traces  # fmt: skip
+    replay = _older(config.replay, older_telemetry)
+    n_replay = round(config.pool_size * config.replay_share) if replay else 0
     training = weighted_sample(recent, weights, config.pool_size - n_replay)
     if n_replay:
-        assert config.replay is not None
-        older = resolve(config.replay)
         rng = np.random.default_rng(len(pool.traces))
-        training += [older[i] for i in rng.integers(0, len(older), n_replay)]
+        training += [replay[i] for i in rng.integers(0, len(replay), n_replay)]
     counts |= {"train_recent": len(recent), "train_pool": len(training), "replay": n_replay, "holdout": len(holdout)}
+    if older_telemetry is not None:
+        counts["older_telemetry"] = len(older_telemetry)
     data_key = _data_key(parent, training, holdout, config)
 
     state, resumed = _trainer_state(work_dir, models / parent, video, config, data_key)
@@ -152,8 +170,8 @@ def retrain_once(
     scores = {"holdout": _scores(holdout, video, {"candidate": ModelPolicy(state.model, spec),
                                                    "deployed": ModelPolicy(deployed, spec),
                                                    "robustmpc": make_policy("robustmpc")}, on_ray)}  # fmt: skip
-    if config.reference:
-        reference = resolve(config.reference)
+    reference = _older(config.reference, older_telemetry)
+    if reference:
         scores["reference"] = _scores(reference, video, {"candidate": ModelPolicy(state.model, spec),
                                                           "deployed": ModelPolicy(deployed, spec)}, on_ray)  # fmt: skip
     gain = scores["holdout"]["candidate"] - scores["holdout"]["deployed"]
@@ -195,6 +213,15 @@ def publish(
                     scores=lineage["scores"], data={"lineage": lineage})  # fmt: skip
     staging.rename(final)
     return final
+
+
+def _older(source: str | None, older_telemetry: list[Trace] | None) -> list[Trace]:
+    """The traces of a replay or reference ``source`` (none when it is 'telemetry' and the store has none)."""
+    if source is None:
+        return []
+    if source == TELEMETRY:
+        return older_telemetry or []
+    return resolve(source)
 
 
 def _scores(traces: list[Trace], video: Video, policies: dict[str, Any], on_ray: bool = False) -> dict[str, float]:
