@@ -92,7 +92,12 @@ def _job(args: tuple[dict[str, Any], dict[str, Any], str, float, str, Video, str
 
 #: Settings added after records were first written: (the value older records ran with, the methods that use it).
 #: A record without the field still matches a run of a method the field does not change.
-LATER_SETTINGS: dict[str, tuple[object, frozenset[str]]] = {"futile_backoff": (0, frozenset({"redo", "resin"}))}
+LATER_SETTINGS: dict[str, tuple[object, frozenset[str]]] = {
+    "futile_backoff": (0, frozenset({"redo", "resin"})),
+    "collapse_scope": ("all", frozenset({"resin"})),
+    "shift_ratio": (0.0, frozenset({"resin"})),
+    "neuron_reference": ("history", frozenset({"resin"})),
+}
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:

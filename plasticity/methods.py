@@ -16,7 +16,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -69,6 +69,23 @@ class PlasticityConfig(BaseModel):
         description="ReSiN with history: a layer whose mean gradient fell to <= this fraction of its running mean "
         "receives no gradient as a whole, and all its neurons count as gradient-silent (0: off).",
     )  # fmt: skip
+    collapse_scope: Literal["all", "top"] = Field(
+        "all",
+        description="ReSiN: when layers of one trunk collapse together, reset all of them or only the topmost "
+        "(the lower layers' gradient flows through it, so their silence is its consequence).",
+    )
+    shift_ratio: float = Field(
+        0.0, ge=0,
+        description="ReSiN: a layer's collapse counts only while its trunk's inputs have shifted, i.e. some layer's "
+        "mean activity is >= this factor above or below its running mean (0: off). A policy converging in a "
+        "stationary phase also loses gradient; that is not plasticity loss.",
+    )  # fmt: skip
+    neuron_reference: Literal["layer", "history"] = Field(
+        "history",
+        description="ReSiN with history: normalise each neuron's gradient by max(layer mean, running mean) "
+        "(history) or by the layer's current mean only (layer; whole-layer loss of gradient is then left to the "
+        "collapse rule).",
+    )
     grace_updates: int = Field(20, ge=0, description="Neurons reset less than this many updates ago are exempt.")
     futile_backoff: int = Field(
         6, ge=0,
@@ -149,6 +166,19 @@ class PlasticityMethod(ABC):
         self.config = config
         self.generator = torch.Generator().manual_seed(config.seed * 1_000_003 + 17)
         self.resets = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the method has learned about the network so far, JSON-ready (see `load_state_dict`)."""
+        return {"method": self.name, "resets": self.resets}
+
+    def load_state_dict(self, state: dict[str, Any], *, same_run: bool) -> None:
+        """Restore `state_dict`. ``same_run``: the update count continues (a resumed run), so per-update
+        bookkeeping is restored too; otherwise (a new fine-tuning round of the same network) only what
+        describes the network itself is carried over."""
+        if state.get("method") != self.name:
+            raise ValueError(f"plasticity state is for {state.get('method')!r}, not {self.name!r}")
+        if same_run:
+            self.resets = int(state.get("resets", 0))
 
     def begin_phase(self, model: ActorCritic, optimizer: torch.optim.Optimizer, phase: int) -> dict[str, float]:
         """Called when the training distribution changes (a new schedule phase); most methods ignore it."""
@@ -247,18 +277,78 @@ class _NeuronResetter(PlasticityMethod):
         self.last_reset: dict[str, torch.Tensor] = {}  # layer name -> update of each neuron's last reset
         self.futile: dict[str, torch.Tensor] = {}  # layer name -> resets since each neuron last fired
         self.gradient_reference: dict[str, float] = {}  # layer name -> running mean of its raw gradient score
+        self.activity_reference: dict[str, float] = {}  # layer name -> running mean of its raw activity
         self.use_history = False
 
-    def _backward_scores(self, s: LayerScores) -> torch.Tensor:
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "gradient_reference": dict(self.gradient_reference),
+            "activity_reference": dict(self.activity_reference),
+            "last_reset": {k: v.tolist() for k, v in self.last_reset.items()},
+            "futile": {k: v.tolist() for k, v in self.futile.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], *, same_run: bool) -> None:
+        super().load_state_dict(state, same_run=same_run)
+        # The running means describe the network's normal gradient and activity: they carry over to a new
+        # round, which is what lets a collapse be seen at the new round's first check.
+        self.gradient_reference = {k: float(v) for k, v in state.get("gradient_reference", {}).items()}
+        self.activity_reference = {k: float(v) for k, v in state.get("activity_reference", {}).items()}
+        if same_run:
+            self.last_reset = {k: torch.tensor(v, dtype=torch.long) for k, v in state.get("last_reset", {}).items()}
+            self.futile = {k: torch.tensor(v, dtype=torch.long) for k, v in state.get("futile", {}).items()}
+
+    def _collapsed(self, scores: list[LayerScores]) -> set[str]:
+        """Layers whose mean gradient fell to ``collapse_ratio`` of its running mean (history reference only).
+
+        Updates the running means. With ``shift_ratio`` a collapse counts only in a trunk whose inputs shifted;
+        with ``collapse_scope`` top only the topmost collapsed layer of each trunk is kept.
+        """
+        if not self.use_history:
+            return set()
+        c = self.config
+        collapsed: list[str] = []
+        shifted: set[str] = set()
+        top = {s.layer.name.split(".")[0]: s.layer.name for s in scores}  # layers are listed input first
+        for s in scores:
+            name, trunk = s.layer.name, s.layer.name.split(".")[0]
+            current, activity = float(s.raw_backward.mean()), float(s.raw_forward.mean())
+            reference = self.gradient_reference.get(name, current)
+            activity_ref = self.activity_reference.get(name, activity)
+            self.gradient_reference[name] = c.history_decay * reference + (1 - c.history_decay) * current
+            self.activity_reference[name] = c.history_decay * activity_ref + (1 - c.history_decay) * activity
+            if c.collapse_ratio > 0 and current <= c.collapse_ratio * reference:
+                collapsed.append(name)
+            # The inputs' shift is read where they enter: the layers below the top one (whose activity also
+            # moves as it learns, and most after its own reset).
+            below_top = name != top[trunk] or len(scores) == 1
+            if c.shift_ratio > 0 and below_top and activity_ref > SCORE_EPS and activity > SCORE_EPS:
+                ratio = activity / activity_ref
+                if max(ratio, 1.0 / ratio) >= c.shift_ratio:
+                    shifted.add(trunk)
+        if c.shift_ratio > 0:
+            collapsed = [n for n in collapsed if n.split(".")[0] in shifted]
+            # A shift is handled by one reset: its trunk's activity is re-baselined, so the gate closes until
+            # the inputs shift again (the policy re-converging on the new network loses gradient too).
+            handled = {n.split(".")[0] for n in collapsed}
+            for s in scores:
+                if s.layer.name.split(".")[0] in handled:
+                    self.activity_reference[s.layer.name] = float(s.raw_forward.mean())
+        if c.collapse_scope == "top":  # the last listed collapsed layer of each trunk is its topmost
+            collapsed = list({n.split(".")[0]: n for n in collapsed}.values())
+        return set(collapsed)
+
+    def _backward_scores(self, s: LayerScores, collapsed: bool) -> torch.Tensor:
         """Per-neuron gradient scores, normalised by the layer mean or by max(layer mean, running mean)."""
         if not self.use_history:
             return s.backward
+        if collapsed:
+            return torch.zeros_like(s.raw_backward)  # the whole layer's gradient collapsed
+        if self.config.neuron_reference == "layer":
+            return s.backward
         current = float(s.raw_backward.mean())
         reference = self.gradient_reference.get(s.layer.name, current)
-        decay = self.config.history_decay
-        self.gradient_reference[s.layer.name] = decay * reference + (1 - decay) * current
-        if current <= self.config.collapse_ratio * reference:
-            return torch.zeros_like(s.raw_backward)  # the whole layer's gradient collapsed
         return s.raw_backward / max(current, reference, SCORE_EPS)
 
     def after_update(
@@ -267,13 +357,20 @@ class _NeuronResetter(PlasticityMethod):
         if update % self.config.every_updates:
             return {}
         scores = layer_scores(model, batch, loss_fn)
+        # The backward scores are normalised by the running mean as it was before this check.
+        reference_before = dict(self.gradient_reference)
+        collapsed = self._collapsed(scores)
+        current_reference = self.gradient_reference
+        self.gradient_reference = reference_before
+        backward = {s.layer.name: self._backward_scores(s, s.layer.name in collapsed) for s in scores}
+        self.gradient_reference = current_reference
         reset = 0
         for s in scores:
             name = s.layer.name
             last = self.last_reset.setdefault(name, torch.full((s.layer.units,), -(10**9), dtype=torch.long))
             futile = self.futile.setdefault(name, torch.zeros(s.layer.units, dtype=torch.long))
             futile[(s.forward > self.config.tau_forward).cpu()] = 0  # it fires: its last reset was not futile
-            scored = replace(s, backward=self._backward_scores(s))
+            scored = replace(s, backward=backward[name])
             mask = silent_mask(scored, self.config.tau_forward, self.config.tau_backward, self.rule).cpu()
             mask &= (update - last) >= self.config.grace_updates * 2 ** futile.clamp(max=self.config.futile_backoff)
             n = reset_neurons(s.layer, mask.to(s.forward.device), optimizer, self.generator)
@@ -386,6 +483,14 @@ class Plasticity:
     def begin_phase(self, model: ActorCritic, optimizer: torch.optim.Optimizer, phase: int) -> dict[str, float]:
         """Tell the method the training distribution changed."""
         return self.method.begin_phase(model, optimizer, phase)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The method's state (JSON-ready), to resume a run or carry it into the next round."""
+        return self.method.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any], *, same_run: bool) -> None:
+        """Restore `state_dict` (``same_run``: the update count continues; else a new run of the same network)."""
+        self.method.load_state_dict(state, same_run=same_run)
 
     def diagnose(self, model: ActorCritic, batch: Rollout, loss_fn: LossFn) -> dict[str, float]:
         """All ``plasticity/*`` diagnostics on ``batch``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -317,3 +318,70 @@ def test_resin_layer_reference_ignores_history() -> None:
     with torch.no_grad():
         model.actor_head.weight.mul_(1e-4)
     assert method.after_update(model, optimizer, 2, batch, loss_fn(model))["plasticity/neurons_reset"] == 0.0
+
+
+def _unchanged(before: dict[str, torch.Tensor], model: ActorCritic, prefix: str) -> bool:
+    return all(torch.equal(before[n], p.detach()) for n, p in model.named_parameters() if n.startswith(prefix))
+
+
+def test_resin_top_scope_resets_only_the_topmost_collapsed_layer() -> None:
+    model = tiny_model()
+    config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=0,
+                              collapse_scope="top")  # fmt: skip
+    method = make_method(config)
+    optimizer = EntryAdam(model.parameters())
+    batch = batch_for(model)
+    method.after_update(model, optimizer, 1, batch, loss_fn(model))
+    with torch.no_grad():  # every actor layer's gradient flows through the head: all of them collapse
+        model.actor_head.weight.mul_(1e-4)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    method.after_update(model, optimizer, 2, batch, loss_fn(model))
+    assert torch.all(model.actor_head.weight == 0)  # actor.hidden, the topmost, was reset
+    assert _unchanged(before, model, "actor_trunk.throughput")  # the branches below keep their features
+    assert _unchanged(before, model, "actor_trunk.buffer")
+
+
+def test_resin_shift_gate_ignores_a_collapse_while_the_inputs_are_stationary() -> None:
+    config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=0,
+                              collapse_scope="top", shift_ratio=3.0)  # fmt: skip
+    for shift, reset in ((1.0, False), (10.0, True)):
+        model = tiny_model()
+        method = make_method(config)
+        optimizer = EntryAdam(model.parameters())
+        batch = batch_for(model)
+        method.after_update(model, optimizer, 1, batch, loss_fn(model))
+        with torch.no_grad():
+            model.actor_head.weight.mul_(1e-4)
+        shifted = Rollout(batch.obs * shift, batch.actions, batch.logprobs, batch.advantages, batch.returns,
+                          batch.values)  # fmt: skip
+        method.after_update(model, optimizer, 2, shifted, loss_fn(model))
+        # A converging policy loses gradient too: only a collapse that follows an input shift is reset.
+        assert bool(torch.all(model.actor_head.weight == 0)) is reset
+
+
+def test_resin_state_carries_the_running_levels_into_a_new_round() -> None:
+    config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=0)
+    model = tiny_model()
+    optimizer = EntryAdam(model.parameters())
+    batch = batch_for(model)
+    trained = make_method(config)
+    for update in (1, 2, 3):
+        trained.after_update(model, optimizer, update, batch, loss_fn(model))
+    state = json.loads(json.dumps(trained.state_dict()))  # JSON-ready
+    with torch.no_grad():  # the network arrives at the next round with a collapsed actor
+        model.actor_head.weight.mul_(1e-4)
+    fresh = make_method(config)  # no history: the collapse is the first thing it sees, so it is "normal"
+    fresh.after_update(model, optimizer, 1, batch, loss_fn(model))
+    assert not torch.all(model.actor_head.weight == 0)
+    carried = make_method(config)
+    carried.load_state_dict(state, same_run=False)
+    assert carried.gradient_reference == trained.gradient_reference  # type: ignore[attr-defined]
+    assert carried.last_reset == {}  # type: ignore[attr-defined]  # update numbers restart with the round
+    carried.after_update(model, optimizer, 1, batch, loss_fn(model))
+    assert torch.all(model.actor_head.weight == 0)  # seen at the new round's first check
+    resumed = make_method(config)
+    resumed.load_state_dict(state, same_run=True)
+    assert resumed.resets == trained.resets
+    assert resumed.last_reset.keys() == trained.last_reset.keys()  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="redo"):
+        make_method(config.model_copy(update={"method": "redo"})).load_state_dict(state, same_run=True)

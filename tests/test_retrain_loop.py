@@ -13,6 +13,7 @@ import torch
 from abr_server.registry import ModelRegistry
 from abr_server.retrain import loop
 from abr_server.retrain.loop import RetrainConfig, retrain_once
+from plasticity.methods import PlasticityConfig
 from policy.learned import DEFAULT_MODEL_DIR
 from policy.ppo import PPOConfig
 from simulator.video import Video
@@ -43,7 +44,8 @@ def config(**changes: object) -> RetrainConfig:
 
 def test_a_round_publishes_a_version_with_its_lineage(setup: tuple[Path, Path, Path]) -> None:
     db, models, work = setup
-    result = retrain_once(db, models, work, VIDEO, config(margin=-100.0), now_s=NOW_S)
+    resin = PlasticityConfig(method="resin", every_updates=1)
+    result = retrain_once(db, models, work, VIDEO, config(margin=-100.0, plasticity=resin), now_s=NOW_S)
     assert result.status == "published"
     assert result.version == "v0002"
     assert result.parent == "v0001"
@@ -56,6 +58,10 @@ def test_a_round_publishes_a_version_with_its_lineage(setup: tuple[Path, Path, P
     meta = json.loads((models / "v0002" / "meta.json").read_text())
     assert meta["data"]["lineage"]["parent"] == "v0001"
     assert meta["data"]["lineage"]["plasticity"] == "resin"
+    # ReSiN's running levels travel with the version, for the next round to start from.
+    carried = json.loads((models / "v0002" / loop.PLASTICITY_FILE).read_text())
+    assert carried["method"] == "resin"
+    assert set(carried["gradient_reference"]) >= {"actor.hidden", "critic.hidden"}
     assert not (work / loop.STATE_DIR).exists()  # the round's trainer state is gone
 
 

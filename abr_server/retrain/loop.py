@@ -50,6 +50,8 @@ from traces.trace import Trace
 log = logging.getLogger("abr_retrain")
 STATE_DIR = "trainer"
 ROUND_FILE = "round.json"
+#: The plasticity method's state, kept with the trainer (resume) and with each published version (next round).
+PLASTICITY_FILE = "plasticity.json"
 #: The replay / reference source that means "older sessions from the telemetry store itself".
 TELEMETRY = "telemetry"
 
@@ -151,6 +153,9 @@ def retrain_once(
 
     state, resumed = _trainer_state(work_dir, models / parent, video, config, data_key)
     hook = Plasticity(config.plasticity.model_copy(update={"seed": config.plasticity.seed or config.ppo.seed}))
+    # A resumed round continues its own plasticity state; a new round starts from what the parent's
+    # training learned about the network (ReSiN's running gradient and activity levels).
+    _restore_plasticity(hook, work_dir / STATE_DIR if resumed else models / parent, same_run=bool(resumed))
     ppo = config.ppo.model_copy(update={"total_steps": config.updates * config.ppo.batch_size})
     while state.update < config.updates:
         chunk = min(config.checkpoint_every, config.updates - state.update)
@@ -161,7 +166,7 @@ def retrain_once(
                          plasticity=hook)  # fmt: skip
         else:
             train(ppo, training, video, state=state, stop_after_updates=chunk, plasticity=hook)
-        _save_trainer(work_dir, state, video, config, data_key, parent)
+        _save_trainer(work_dir, state, video, config, data_key, parent, hook)
 
     state.model.eval()
     parent_ckpt = load_checkpoint(models / parent, video)
@@ -189,7 +194,7 @@ def retrain_once(
         version = _next_version(registry.versions())
         lineage = {"parent": parent, "window_s": [now_s - config.window_s, now_s], "traces": counts,
                    "scores": scores, "plasticity": config.plasticity.method, "updates": config.updates}  # fmt: skip
-        publish(models, version, state, video, spec, config, lineage)
+        publish(models, version, state, video, spec, config, lineage, hook)
         result.status, result.version = "published", version
         result.reason = f"holdout gain {gain:+.3f} >= margin {config.margin}"
     shutil.rmtree(work_dir / STATE_DIR, ignore_errors=True)  # the round is over: next time starts afresh
@@ -199,7 +204,7 @@ def retrain_once(
 
 def publish(
     models: Path, version: str, state: TrainState, video: Video, spec: ObservationSpec, config: RetrainConfig,
-    lineage: dict[str, Any],
+    lineage: dict[str, Any], hook: Plasticity | None = None,
 ) -> Path:  # fmt: skip
     """Write ``version`` into the registry: a hidden folder first, renamed into place when complete."""
     final = models / version
@@ -211,6 +216,8 @@ def publish(
                     train_config={"retrain": config.model_dump(mode="json")},
                     progress={"update": state.update, "global_step": state.global_step},
                     scores=lineage["scores"], data={"lineage": lineage})  # fmt: skip
+    if hook is not None:
+        write_atomic(staging / PLASTICITY_FILE, json.dumps(hook.state_dict()).encode())
     staging.rename(final)
     return final
 
@@ -269,14 +276,27 @@ def _trainer_state(
     return TrainState(ckpt.model, optimizer), 0
 
 
+def _restore_plasticity(hook: Plasticity, folder: Path, *, same_run: bool) -> None:
+    """Load ``folder``'s plasticity state into ``hook`` if it has one for the same method (else start afresh)."""
+    path = folder / PLASTICITY_FILE
+    if not path.is_file():
+        return
+    try:
+        hook.load_state_dict(json.loads(path.read_text()), same_run=same_run)
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        log.warning("plasticity state %s not used (%s)", path, err)
+
+
 def _save_trainer(
-    work_dir: Path, state: TrainState, video: Video, config: RetrainConfig, data_key: str, parent: str
-) -> None:
+    work_dir: Path, state: TrainState, video: Video, config: RetrainConfig, data_key: str, parent: str,
+    hook: Plasticity,
+) -> None:  # fmt: skip
     folder = work_dir / STATE_DIR
     save_checkpoint(folder, state.model, video, ObservationSpec(), qoe_kind=config.ppo.qoe,
                     train_config={"parent": parent}, progress={"update": state.update},
                     optimizer=state.optimizer)  # fmt: skip
     state.model.train()
+    write_atomic(folder / PLASTICITY_FILE, json.dumps(hook.state_dict()).encode())
     write_atomic(folder / ROUND_FILE, json.dumps({"data_key": data_key, "update": state.update,
                                                   "global_step": state.global_step}).encode())  # fmt: skip
 
