@@ -7,8 +7,8 @@ round then runs on that epoch's telemetry (`retrain_once`: held-out newest quart
 the server picks up what it publishes before the next epoch. The network alternates between a 3G-like
 regime and a much faster one, so both directions of shift happen and the model is fine-tuned many times.
 
-    PYTHONPATH=. python benchmarks/retrain_timeline.py --arms frozen,none,resin --seeds 1,2 \\
-        --out runs/retrain-timeline
+    PYTHONPATH=. python benchmarks/retrain_timeline.py --arms frozen,none,resin,none+replay,resin+replay \\
+        --seeds 1 --out runs/retrain-timeline
 
 Writes ``results.json``, ``timeline.png`` and prints a Markdown table (mean over seeds per epoch).
 """
@@ -59,9 +59,11 @@ def run_arm(arm: str, seed: int, timeline: tuple[str, ...], updates: int) -> lis
                 row: dict[str, Any] = {"epoch": epoch, "regime": regime, "served": serving(url),
                                        "qoe": float(np.nanmean(fleet.player_scores()))}  # fmt: skip
                 if arm != "frozen":
+                    method, _, extra = arm.partition("+")
                     config = RetrainConfig(
                         window_s=time.time() - started + 1e-3, min_traces=8, updates=updates, checkpoint_every=10,
-                        pool_size=64, margin=0.02, plasticity=PlasticityConfig(method=arm),  # type: ignore[arg-type]
+                        pool_size=64, margin=0.02, plasticity=PlasticityConfig(method=method),  # type: ignore[arg-type]
+                        replay="telemetry" if extra == "replay" else None,
                         ppo=PPOConfig(num_envs=32, num_steps=64, learning_rate=3e-4, anneal_lr=False,
                                       ent_coef_start=0.01, ent_coef_end=0.01, torch_threads=1, seed=seed * 100 + epoch),
                     )  # fmt: skip
@@ -92,7 +94,7 @@ def plot(results: dict[str, Any], timeline: tuple[str, ...], path: Path) -> None
     for arm, runs in results["arms"].items():
         qoe = np.array([[r["qoe"] for r in run] for run in runs.values()])
         ax.errorbar(epochs, qoe.mean(0), yerr=qoe.std(0) if len(qoe) > 1 else None, marker="o", capsize=3,
-                    label="frozen model" if arm == "frozen" else f"loop, {arm}")  # fmt: skip
+                    label="frozen model" if arm == "frozen" else f"loop, {arm.replace('+', ' + ')}")  # fmt: skip
     ax.set_xticks(epochs, [f"{k}\n{r}" for k, r in enumerate(timeline)])
     ax.set_xlabel("epoch (shaded: fast network)")
     ax.set_ylabel("players' mean QoE_lin")
@@ -103,7 +105,11 @@ def plot(results: dict[str, Any], timeline: tuple[str, ...], path: Path) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--arms", default="frozen,none,resin", help="frozen and/or plasticity methods")
+    parser.add_argument(
+        "--arms",
+        default="frozen,none,resin,none+replay,resin+replay",
+        help="frozen and/or plasticity methods, +replay: older telemetry replayed (a quarter)",
+    )
     parser.add_argument("--seeds", default="1")
     parser.add_argument("--updates", type=int, default=30, help="PPO updates per round")
     parser.add_argument("--out", type=Path, default=Path("runs/retrain-timeline"))

@@ -71,8 +71,9 @@ class PlasticityConfig(BaseModel):
     )  # fmt: skip
     collapse_scope: Literal["all", "top"] = Field(
         "all",
-        description="ReSiN: when layers of one trunk collapse together, reset all of them or only the topmost "
-        "(the lower layers' gradient flows through it, so their silence is its consequence).",
+        description="ReSiN: which layers can collapse as a whole: all, or only each trunk's top layer (the "
+        "lower layers' gradient flows through it, so their silence is its consequence; their silent neurons "
+        "are still reset one by one).",
     )
     shift_ratio: float = Field(
         0.0, ge=0,
@@ -138,6 +139,11 @@ def reset_neurons(
         columns = cols.to(idx.device)[idx].flatten()
         consumer.weight[:, columns] = 0.0
         _reset_optimizer_entries(optimizer, consumer.weight, (slice(None), columns))
+        if consumer.bias is not None and not torch.any(consumer.weight):
+            # The consumer has no input left (a head whose whole layer was reset): its bias alone would
+            # keep the old output (a policy saturated on one level stays saturated), so it restarts too.
+            consumer.bias.zero_()
+            _reset_optimizer_entries(optimizer, consumer.bias, (slice(None),))
     return int(idx.numel())
 
 
@@ -329,14 +335,17 @@ class _NeuronResetter(PlasticityMethod):
                     shifted.add(trunk)
         if c.shift_ratio > 0:
             collapsed = [n for n in collapsed if n.split(".")[0] in shifted]
-            # A shift is handled by one reset: its trunk's activity is re-baselined, so the gate closes until
-            # the inputs shift again (the policy re-converging on the new network loses gradient too).
-            handled = {n.split(".")[0] for n in collapsed}
+            # A shift is handled once its trunk's top layer is reset (the policy or value is then renewed):
+            # the trunk's activity is re-baselined, so the gate closes until the inputs shift again (the
+            # policy re-converging on the new network loses gradient too). A lower layer's reset leaves
+            # the gate open.
+            tops = set(top.values())
+            handled = {n.split(".")[0] for n in collapsed if n in tops or c.collapse_scope == "all"}
             for s in scores:
                 if s.layer.name.split(".")[0] in handled:
                     self.activity_reference[s.layer.name] = float(s.raw_forward.mean())
-        if c.collapse_scope == "top":  # the last listed collapsed layer of each trunk is its topmost
-            collapsed = list({n.split(".")[0]: n for n in collapsed}.values())
+        if c.collapse_scope == "top":  # a trunk's lower layers lose gradient through its top layer
+            collapsed = [n for n in collapsed if n in top.values()]
         return set(collapsed)
 
     def _backward_scores(self, s: LayerScores, collapsed: bool) -> torch.Tensor:

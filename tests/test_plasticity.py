@@ -334,9 +334,13 @@ def test_resin_top_scope_resets_only_the_topmost_collapsed_layer() -> None:
     method.after_update(model, optimizer, 1, batch, loss_fn(model))
     with torch.no_grad():  # every actor layer's gradient flows through the head: all of them collapse
         model.actor_head.weight.mul_(1e-4)
+        model.actor_head.bias[3] = 8.0  # and the policy is saturated on level 3
+        model.critic_head.bias.fill_(2.0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     method.after_update(model, optimizer, 2, batch, loss_fn(model))
     assert torch.all(model.actor_head.weight == 0)  # actor.hidden, the topmost, was reset
+    assert torch.all(model.actor_head.bias == 0)  # the head has no input left: uniform policy, it explores
+    assert torch.all(model.critic_head.bias == 2.0)
     assert _unchanged(before, model, "actor_trunk.throughput")  # the branches below keep their features
     assert _unchanged(before, model, "actor_trunk.buffer")
 
