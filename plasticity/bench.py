@@ -97,6 +97,7 @@ LATER_SETTINGS: dict[str, tuple[object, frozenset[str]]] = {
     "collapse_scope": ("all", frozenset({"resin"})),
     "shift_ratio": (0.0, frozenset({"resin"})),
     "neuron_reference": ("history", frozenset({"resin"})),
+    "shift_window_updates": (0, frozenset({"resin"})),
 }
 
 

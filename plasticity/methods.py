@@ -70,23 +70,28 @@ class PlasticityConfig(BaseModel):
         "receives no gradient as a whole, and all its neurons count as gradient-silent (0: off).",
     )  # fmt: skip
     collapse_scope: Literal["all", "top"] = Field(
-        "all",
+        "top",
         description="ReSiN: which layers can collapse as a whole: all, or only each trunk's top layer (the "
         "lower layers' gradient flows through it, so their silence is its consequence; their silent neurons "
         "are still reset one by one).",
     )
     shift_ratio: float = Field(
-        0.0, ge=0,
+        3.0, ge=0,
         description="ReSiN: a layer's collapse counts only while its trunk's inputs have shifted, i.e. some layer's "
         "mean activity is >= this factor above or below its running mean (0: off). A policy converging in a "
         "stationary phase also loses gradient; that is not plasticity loss.",
     )  # fmt: skip
     neuron_reference: Literal["layer", "history"] = Field(
-        "history",
+        "layer",
         description="ReSiN with history: normalise each neuron's gradient by max(layer mean, running mean) "
         "(history) or by the layer's current mean only (layer; whole-layer loss of gradient is then left to the "
         "collapse rule).",
     )
+    shift_window_updates: int = Field(
+        100, ge=1,
+        description="ReSiN: how long after an input shift its trunk's collapse still counts (unless its top layer "
+        "was reset for it first): a policy's gradient takes a few checks to collapse after the shift.",
+    )  # fmt: skip
     grace_updates: int = Field(20, ge=0, description="Neurons reset less than this many updates ago are exempt.")
     futile_backoff: int = Field(
         6, ge=0,
@@ -284,6 +289,7 @@ class _NeuronResetter(PlasticityMethod):
         self.futile: dict[str, torch.Tensor] = {}  # layer name -> resets since each neuron last fired
         self.gradient_reference: dict[str, float] = {}  # layer name -> running mean of its raw gradient score
         self.activity_reference: dict[str, float] = {}  # layer name -> running mean of its raw activity
+        self.shift_at: dict[str, int] = {}  # trunk -> update at which its inputs were last seen shifted
         self.use_history = False
 
     def state_dict(self) -> dict[str, Any]:
@@ -293,6 +299,7 @@ class _NeuronResetter(PlasticityMethod):
             "activity_reference": dict(self.activity_reference),
             "last_reset": {k: v.tolist() for k, v in self.last_reset.items()},
             "futile": {k: v.tolist() for k, v in self.futile.items()},
+            "shift_at": dict(self.shift_at),
         }
 
     def load_state_dict(self, state: dict[str, Any], *, same_run: bool) -> None:
@@ -304,18 +311,19 @@ class _NeuronResetter(PlasticityMethod):
         if same_run:
             self.last_reset = {k: torch.tensor(v, dtype=torch.long) for k, v in state.get("last_reset", {}).items()}
             self.futile = {k: torch.tensor(v, dtype=torch.long) for k, v in state.get("futile", {}).items()}
+            self.shift_at = {k: int(v) for k, v in state.get("shift_at", {}).items()}
 
-    def _collapsed(self, scores: list[LayerScores]) -> set[str]:
+    def _collapsed(self, scores: list[LayerScores], update: int) -> set[str]:
         """Layers whose mean gradient fell to ``collapse_ratio`` of its running mean (history reference only).
 
-        Updates the running means. With ``shift_ratio`` a collapse counts only in a trunk whose inputs shifted;
-        with ``collapse_scope`` top only the topmost collapsed layer of each trunk is kept.
+        Updates the running means. With ``shift_ratio`` a collapse counts only in a trunk whose inputs shifted
+        within the last ``shift_window_updates``; with ``collapse_scope`` top only each trunk's top layer can
+        collapse.
         """
         if not self.use_history:
             return set()
         c = self.config
         collapsed: list[str] = []
-        shifted: set[str] = set()
         top = {s.layer.name.split(".")[0]: s.layer.name for s in scores}  # layers are listed input first
         for s in scores:
             name, trunk = s.layer.name, s.layer.name.split(".")[0]
@@ -332,7 +340,8 @@ class _NeuronResetter(PlasticityMethod):
             if c.shift_ratio > 0 and below_top and activity_ref > SCORE_EPS and activity > SCORE_EPS:
                 ratio = activity / activity_ref
                 if max(ratio, 1.0 / ratio) >= c.shift_ratio:
-                    shifted.add(trunk)
+                    self.shift_at[trunk] = update
+        shifted = {t for t, at in self.shift_at.items() if update - at <= c.shift_window_updates}
         if c.shift_ratio > 0:
             collapsed = [n for n in collapsed if n.split(".")[0] in shifted]
             # A shift is handled once its trunk's top layer is reset (the policy or value is then renewed):
@@ -344,6 +353,8 @@ class _NeuronResetter(PlasticityMethod):
             for s in scores:
                 if s.layer.name.split(".")[0] in handled:
                     self.activity_reference[s.layer.name] = float(s.raw_forward.mean())
+            for trunk in handled:
+                self.shift_at.pop(trunk, None)
         if c.collapse_scope == "top":  # a trunk's lower layers lose gradient through its top layer
             collapsed = [n for n in collapsed if n in top.values()]
         return set(collapsed)
@@ -368,7 +379,7 @@ class _NeuronResetter(PlasticityMethod):
         scores = layer_scores(model, batch, loss_fn)
         # The backward scores are normalised by the running mean as it was before this check.
         reference_before = dict(self.gradient_reference)
-        collapsed = self._collapsed(scores)
+        collapsed = self._collapsed(scores, update)
         current_reference = self.gradient_reference
         self.gradient_reference = reference_before
         backward = {s.layer.name: self._backward_scores(s, s.layer.name in collapsed) for s in scores}

@@ -293,7 +293,8 @@ def test_every_method_runs_behind_the_trainer_hook(method: str) -> None:
 
 def test_resin_treats_a_collapse_of_a_layers_gradient_as_silence() -> None:
     model = tiny_model()
-    config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=0)
+    config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=0,
+                              shift_ratio=0.0)  # no input-shift gate  # fmt: skip
     method = make_method(config)
     optimizer = EntryAdam(model.parameters())
     batch = batch_for(model)
@@ -327,7 +328,7 @@ def _unchanged(before: dict[str, torch.Tensor], model: ActorCritic, prefix: str)
 def test_resin_top_scope_resets_only_the_topmost_collapsed_layer() -> None:
     model = tiny_model()
     config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=0,
-                              collapse_scope="top")  # fmt: skip
+                              collapse_scope="top", shift_ratio=0.0)  # fmt: skip
     method = make_method(config)
     optimizer = EntryAdam(model.parameters())
     batch = batch_for(model)
@@ -364,7 +365,8 @@ def test_resin_shift_gate_ignores_a_collapse_while_the_inputs_are_stationary() -
 
 
 def test_resin_state_carries_the_running_levels_into_a_new_round() -> None:
-    config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=0)
+    config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=0,
+                              shift_ratio=0.0)  # fmt: skip
     model = tiny_model()
     optimizer = EntryAdam(model.parameters())
     batch = batch_for(model)
@@ -389,3 +391,23 @@ def test_resin_state_carries_the_running_levels_into_a_new_round() -> None:
     assert resumed.last_reset.keys() == trained.last_reset.keys()  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="redo"):
         make_method(config.model_copy(update={"method": "redo"})).load_state_dict(state, same_run=True)
+
+
+def test_resin_shift_gate_stays_open_for_a_window_after_the_shift() -> None:
+    config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=0,
+                              collapse_scope="top", shift_ratio=3.0, shift_window_updates=5)  # fmt: skip
+    for collapse_at, reset in ((4, True), (8, False)):
+        model = tiny_model()
+        method = make_method(config)
+        optimizer = EntryAdam(model.parameters())
+        batch = batch_for(model)
+        shifted = Rollout(batch.obs * 10, batch.actions, batch.logprobs, batch.advantages, batch.returns,
+                          batch.values)  # fmt: skip
+        method.after_update(model, optimizer, 1, batch, loss_fn(model))
+        method.after_update(model, optimizer, 2, shifted, loss_fn(model))  # the inputs shift; no collapse yet
+        with torch.no_grad():
+            model.actor_head.weight.mul_(1e-4)
+        method.after_update(model, optimizer, collapse_at, batch, loss_fn(model))  # (no new shift: 10x -> 1x
+        # is under 3x against the running mean of 1.9x). The gradient collapses 2 updates after the shift
+        # (within the window of 5) or 6 after (outside it).
+        assert bool(torch.all(model.actor_head.weight == 0)) is reset
