@@ -393,6 +393,10 @@ class _NeuronResetter(PlasticityMethod):
             scored = replace(s, backward=backward[name])
             mask = silent_mask(scored, self.config.tau_forward, self.config.tau_backward, self.rule).cpu()
             mask &= (update - last) >= self.config.grace_updates * 2 ** futile.clamp(max=self.config.futile_backoff)
+            if name in collapsed and self.config.collapse_scope == "top":
+                # A collapsed top layer is reset whole, grace or not: a partial reset leaves the head's bias
+                # and the kept units' weights, and with them the saturated policy.
+                mask[:] = True
             n = reset_neurons(s.layer, mask.to(s.forward.device), optimizer, self.generator)
             last[mask] = update
             futile[mask] += 1

@@ -411,3 +411,20 @@ def test_resin_shift_gate_stays_open_for_a_window_after_the_shift() -> None:
         # is under 3x against the running mean of 1.9x). The gradient collapses 2 updates after the shift
         # (within the window of 5) or 6 after (outside it).
         assert bool(torch.all(model.actor_head.weight == 0)) is reset
+
+
+def test_resin_resets_a_collapsed_top_layer_whole_even_within_grace() -> None:
+    model = tiny_model()
+    config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=50,
+                              shift_ratio=0.0)  # fmt: skip
+    method = make_method(config)
+    optimizer = EntryAdam(model.parameters())
+    batch = batch_for(model)
+    method.after_update(model, optimizer, 1, batch, loss_fn(model))
+    method.last_reset["actor.hidden"][:3] = 0  # type: ignore[attr-defined]  # three units reset recently
+    with torch.no_grad():
+        model.actor_head.weight.mul_(1e-4)
+        model.actor_head.bias[3] = 8.0
+    method.after_update(model, optimizer, 2, batch, loss_fn(model))
+    assert torch.all(model.actor_head.weight == 0)
+    assert torch.all(model.actor_head.bias == 0)
