@@ -59,11 +59,12 @@ def run_arm(arm: str, seed: int, timeline: tuple[str, ...], updates: int) -> lis
                 row: dict[str, Any] = {"epoch": epoch, "regime": regime, "served": serving(url),
                                        "qoe": float(np.nanmean(fleet.player_scores()))}  # fmt: skip
                 if arm != "frozen":
-                    method, _, extra = arm.partition("+")
+                    method, *extras = arm.split("+")
                     config = RetrainConfig(
                         window_s=time.time() - started + 1e-3, min_traces=8, updates=updates, checkpoint_every=10,
                         pool_size=64, margin=0.02, plasticity=PlasticityConfig(method=method),  # type: ignore[arg-type]
-                        replay="telemetry" if extra == "replay" else None,
+                        replay="telemetry" if "replay" in extras else None,
+                        reference="telemetry" if "reference" in extras else None,
                         ppo=PPOConfig(num_envs=32, num_steps=64, learning_rate=3e-4, anneal_lr=False,
                                       ent_coef_start=0.01, ent_coef_end=0.01, torch_threads=1, seed=seed * 100 + epoch),
                     )  # fmt: skip
