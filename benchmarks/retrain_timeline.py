@@ -20,6 +20,8 @@ import json
 import shutil
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -114,14 +116,20 @@ def main() -> None:
     parser.add_argument("--seeds", default="1")
     parser.add_argument("--updates", type=int, default=30, help="PPO updates per round")
     parser.add_argument("--out", type=Path, default=Path("runs/retrain-timeline"))
+    parser.add_argument("--workers", type=int, default=1, help="(arm, seed) runs in parallel processes")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     results: dict[str, Any] = {"timeline": TIMELINE, "regimes": REGIMES, "sessions_per_epoch": SESSIONS_PER_EPOCH,
                                "updates": args.updates, "arms": {}}  # fmt: skip
-    for arm in args.arms.split(","):
-        for seed in seeds if arm != "frozen" else seeds[:1]:
-            results["arms"].setdefault(arm, {})[str(seed)] = run_arm(arm, seed, TIMELINE, args.updates)
+    jobs = [(arm, seed) for arm in args.arms.split(",") for seed in (seeds if arm != "frozen" else seeds[:1])]
+    for arm, _ in jobs:
+        results["arms"].setdefault(arm, {})
+    with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(run_arm, arm, seed, TIMELINE, args.updates): (arm, seed) for arm, seed in jobs}
+        for future in as_completed(futures):
+            arm, seed = futures[future]
+            results["arms"][arm][str(seed)] = future.result()
             write_atomic(args.out / "results.json", json.dumps(results, indent=1).encode())
     plot(results, TIMELINE, args.out / "timeline.png")
     arms = list(results["arms"])
@@ -130,6 +138,14 @@ def main() -> None:
     for k, regime in enumerate(TIMELINE):
         cells = [np.mean([run[k]["qoe"] for run in results["arms"][a].values()]) for a in arms]
         print(f"| {k} | {regime} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    # Per run: mean over epochs 2.. (after the first shift); then mean and spread over seeds.
+    summary = []
+    for a in arms:
+        per_seed = np.array([np.mean([r["qoe"] for r in run[2:]]) for run in results["arms"][a].values()])
+        worst = min(r["qoe"] for run in results["arms"][a].values() for r in run)
+        summary.append(f"{per_seed.mean():.3f} +- {per_seed.std(ddof=1) if len(per_seed) > 1 else 0.0:.3f}"
+                       f" (worst epoch {worst:.2f})")  # fmt: skip
+    print("| mean epochs 2.. (sd over seeds) | | " + " | ".join(summary) + " |")
 
 
 if __name__ == "__main__":
