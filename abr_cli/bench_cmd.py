@@ -133,8 +133,9 @@ def bench_serve(
     concurrency: Annotated[list[int] | None, typer.Option(help="Concurrent players (repeatable).")] = None,
     seconds: Annotated[float, typer.Option(min=0.1, help="Duration per concurrency level.")] = 10.0,
     rate: Annotated[
-        float, typer.Option(min=0.0, help="Offered decisions/s of the open-loop runs (0: closed loop only).")
-    ] = 2000.0,
+        list[float] | None,
+        typer.Option(min=0.0, help="Offered decisions/s of an open-loop run (repeatable; 0: closed loop only)."),
+    ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Server processes of the local server.")] = 1,
     batch: Annotated[list[int] | None, typer.Option(help="Batch sizes of the inference-only measurement.")] = None,
     device: Annotated[str, typer.Option(help="Device of the inference-only measurement.")] = "cpu",
@@ -161,7 +162,7 @@ def bench_serve(
         for b in batch or [1, 16, 64, 256, 1024]:
             per_s, ms = inference_throughput(loaded, width, b)
             inference.append({"batch": b, "decisions_per_s": per_s, "ms_per_forward": ms})
-        modes: list[float | None] = [None] + ([rate] if rate > 0 else [])
+        modes: list[float | None] = [None, *(r for r in (rate or [2000.0]) if r > 0)]
 
         def drive(target: str) -> list[tuple[float | None, LoadResult]]:
             return [(mode, asyncio.run(run_load(target, c, seconds, video, seed=c, rate_per_s=mode)))

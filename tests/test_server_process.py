@@ -54,3 +54,21 @@ def test_load_generator_drives_a_real_server(server: tuple[str, Path, subprocess
     assert closed.mean_batch is not None
     assert 1.0 <= closed.mean_batch <= 4.0
     assert len(read_rows(db)) == closed.decisions + opened.decisions  # every answer was logged
+
+
+@pytest.mark.slow
+def test_bench_serve_runs_each_offered_rate(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from abr_cli.main import app
+
+    out = tmp_path / "serve.json"
+    args = ["bench", "serve", "--seconds", "0.5", "--concurrency", "2", "--rate", "20", "--rate", "40",
+            "--batch", "1", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    load = json.loads(out.read_text())["load"]
+    assert [row["offered_per_s"] for row in load] == [None, 20.0, 40.0]
+    assert all(row["errors"] == 0 and row["decisions"] > 0 for row in load)

@@ -37,7 +37,9 @@ def test_each_append_returns_once_its_row_is_committed_and_one_turn_is_one_trans
         assert seen == [50] * 50
         await store.append(row("b", 0))
         assert committed(path)[-1] == ("b", 0)
-        assert store.rows_written == 51 and store.failed == 0 and store.handed_off_batches == 0
+        assert store.rows_written == 51
+        assert store.failed == 0
+        assert store.handed_off_batches == 0
         store.close()
 
     asyncio.run(main())
@@ -60,7 +62,9 @@ def test_a_database_locked_by_another_writer_never_blocks_the_loop_and_keeps_the
         for _ in range(10):
             await asyncio.sleep(0.01)
             ticks += 1
-        assert ticks == 10 and not first.done() and not second.done()
+        assert ticks == 10
+        assert not first.done()
+        assert not second.done()
         assert store.handed_off_batches == 2
         other.execute("COMMIT")
         other.close()
@@ -68,7 +72,8 @@ def test_a_database_locked_by_another_writer_never_blocks_the_loop_and_keeps_the
         # Once the thread has caught up, the loop commits again itself.
         await store.append(row("a", 3))
         assert store.handed_off_batches == 2
-        assert store.rows_written == 4 and store.failed == 0
+        assert store.rows_written == 4
+        assert store.failed == 0
         store.close()
 
     asyncio.run(main())
