@@ -26,14 +26,16 @@ Updates = Annotated[int, typer.Option(min=1, help="PPO updates per round.")]
 Margin = Annotated[float, typer.Option(help="QoE_lin gain on held-out sessions needed to publish.")]
 Method = Annotated[str, typer.Option(help="Plasticity method during fine-tuning (resin, redo, none, ...).")]
 Replay = Annotated[
-    str | None,
-    typer.Option(help="Older traces replayed against forgetting: a folder, a generator spec, or 'telemetry' "
-                 "(sessions received before the window)."),
+    str,
+    typer.Option(help="Older traces replayed against forgetting: a folder, a generator spec, 'telemetry' "
+                 "(sessions received before the window) or 'none'."),
 ]  # fmt: skip
 Reference = Annotated[
-    str | None,
-    typer.Option(help="Reference traces the candidate must not regress on (folder, spec or 'telemetry')."),
+    str,
+    typer.Option(help="Reference traces the candidate must not regress on: folder, spec, 'telemetry' or 'none'."),
 ]
+#: What --replay / --reference take to turn them off.
+OFF = "none"
 Ray = Annotated[
     str | None,
     typer.Option(help="Fine-tune with rollouts from Ray actors and gate through Ray tasks: 'local' or a cluster "
@@ -55,13 +57,13 @@ def _connect(ray: str | None, ray_workers: int) -> int:
     return ray_workers
 
 
-def _config(
-    window_s: float, updates: int, margin: float, method: str, replay: str | None, reference: str | None
-) -> RetrainConfig:
+def _config(window_s: float, updates: int, margin: float, method: str, replay: str, reference: str) -> RetrainConfig:
     from abr_server.retrain.loop import RetrainConfig
     from plasticity.methods import PlasticityConfig
 
-    return RetrainConfig(window_s=window_s, updates=updates, margin=margin, replay=replay, reference=reference,
+    return RetrainConfig(window_s=window_s, updates=updates, margin=margin,
+                         replay=None if replay.lower() == OFF else replay,
+                         reference=None if reference.lower() == OFF else reference,
                          plasticity=PlasticityConfig(method=method))  # fmt: skip
 
 
@@ -75,8 +77,8 @@ def once(
     updates: Updates = 50,
     margin: Margin = 0.02,
     method: Method = "resin",
-    replay: Replay = None,
-    reference: Reference = None,
+    replay: Replay = "telemetry",
+    reference: Reference = "telemetry",
     ray: Ray = None,
     ray_workers: RayWorkers = 2,
 ) -> None:
@@ -104,8 +106,8 @@ def watch(
     updates: Updates = 50,
     margin: Margin = 0.02,
     method: Method = "resin",
-    replay: Replay = None,
-    reference: Reference = None,
+    replay: Replay = "telemetry",
+    reference: Reference = "telemetry",
     log: Annotated[Path | None, typer.Option(help="Append every round's result here (JSON lines).")] = None,
     ray: Ray = None,
     ray_workers: RayWorkers = 2,

@@ -56,7 +56,8 @@ def test_the_loop_adapts_the_served_policy_to_a_network_shift(tmp_path: Path) ->
     shutil.copytree(DEFAULT_MODEL_DIR, models / "v0001")
     env = {"ABR_MODELS_DIR": str(models), "ABR_TELEMETRY_DB": str(db), "ABR_WATCH_INTERVAL_S": "0.2"}
     config = RetrainConfig(
-        window_s=3600.0, min_traces=8, updates=30, checkpoint_every=10, pool_size=64, margin=0.02,
+        window_s=3600.0, replay=None, reference=None, min_traces=8, updates=30, checkpoint_every=10, pool_size=64,
+        margin=0.02,
         ppo=PPOConfig(num_envs=32, num_steps=64, learning_rate=3e-4, anneal_lr=False, ent_coef_start=0.01,
                       ent_coef_end=0.01, torch_threads=1),
     )  # fmt: skip
@@ -66,7 +67,8 @@ def test_the_loop_adapts_the_served_policy_to_a_network_shift(tmp_path: Path) ->
         through_server(url, AFTER_TRAIN)
         shifted_until = time.time()
         frozen = through_server(url, AFTER_TEST)  # the shipped model on the new network (not trained on)
-        # The round sees the sessions on the new network before the test sessions, and nothing older.
+        # The round sees the sessions on the new network before the test sessions, and nothing older (no
+        # replay, no reference set: this is the one-round measurement of BENCHMARKS.md).
         config = config.model_copy(update={"window_s": shifted_until - shift_at})
         # As `abr retrain watch` would, try again with another seed if the gate refused the candidate (one
         # round in six was refused in BENCHMARKS.md: PPO from a pretrained policy sometimes collapses).

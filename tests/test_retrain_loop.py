@@ -157,6 +157,12 @@ def test_retrain_commands(setup: tuple[Path, Path, Path], tmp_path: Path) -> Non
     once = CliRunner().invoke(app, ["retrain", "once", *args, "--margin", "100"])
     assert once.exit_code == 0, once.output
     assert json.loads(once.output)["status"] == "rejected"
+    # Older telemetry is replayed and is the reference set by default (none is older than this window).
+    assert json.loads(once.output)["traces"]["older_telemetry"] == 0
+    off = CliRunner().invoke(app, ["retrain", "once", *args, "--margin", "100", "--replay", "none",
+                                   "--reference", "none"])  # fmt: skip
+    assert off.exit_code == 0, off.output
+    assert "older_telemetry" not in json.loads(off.output)["traces"]
     log = tmp_path / "rounds.jsonl"
     watched = CliRunner().invoke(app, ["retrain", "watch", *args, "--margin", "-100", "--rounds", "1",
                                        "--log", str(log)])  # fmt: skip

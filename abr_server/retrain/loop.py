@@ -67,15 +67,15 @@ class RetrainConfig(BaseModel):
     holdout_fraction: float = Field(0.25, gt=0, lt=1, description="Newest sessions held out for the gate.")
     pool_size: int = Field(256, ge=1, description="Training traces drawn from the recency-weighted pool.")
     replay: str | None = Field(
-        None,
-        description="Older traces replayed against forgetting: a folder, a generator spec, or 'telemetry' (sessions "
-        "the store received before the window, back to history_s).",
+        TELEMETRY,
+        description="Older traces replayed against forgetting: a folder, a generator spec, 'telemetry' (sessions "
+        "the store received before the window, back to history_s; none yet: no replay), or None.",
     )
     replay_share: float = Field(0.25, ge=0, lt=1, description="Share of the training set taken from replay.")
     reference: str | None = Field(
-        None,
-        description="Older reference traces the candidate must not regress on: a folder, a generator spec, or "
-        "'telemetry' (as for replay).",
+        TELEMETRY,
+        description="Older reference traces the candidate must not regress on: a folder, a generator spec, "
+        "'telemetry' (as for replay), or None.",
     )
     history_s: float = Field(
         7 * 24 * 3600.0, gt=0, description="How far back 'telemetry' replay and reference reach (from now)."
