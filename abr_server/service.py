@@ -65,7 +65,6 @@ class DecisionService:
                 await self._watcher
         await self.batcher.stop()
         if self.telemetry is not None:
-            self.telemetry.flush()  # in the loop, like every commit of the rows it queued
             await asyncio.to_thread(self.telemetry.close)
 
     # ------------------------------------------------------------------ decisions
