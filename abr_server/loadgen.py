@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -202,13 +203,15 @@ def local_server(
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Run `abr serve` on a free loopback port (``env`` adds ``ABR_*`` settings); yield its URL and process.
 
-    Waits until ``/healthz`` answers; the process is killed when the block ends.
+    Waits until ``/healthz`` answers. When the block ends the server is stopped (SIGTERM, then SIGKILL), and
+    its process group with it, so no worker of ``--workers N`` outlives it.
     """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     cmd = [sys.executable, "-m", "abr_cli.main", "serve", "--port", str(port), "--workers", str(workers)]
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})})
+    # Its own process group: with --workers N, uvicorn's worker processes go with it at the end.
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + startup_s
@@ -227,5 +230,11 @@ def local_server(
         yield url, proc
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+            proc.terminate()  # a graceful stop: uvicorn stops its workers and commits queued telemetry
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever the server left behind (workers of a killed master)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,3 +73,30 @@ def test_bench_serve_runs_each_offered_rate(tmp_path: Path) -> None:
     load = json.loads(out.read_text())["load"]
     assert [row["offered_per_s"] for row in load] == [None, 20.0, 40.0]
     assert all(row["errors"] == 0 and row["decisions"] > 0 for row in load)
+
+
+@pytest.mark.slow
+def test_a_local_server_with_workers_leaves_no_process_behind() -> None:
+    with local_server(workers=2) as (url, proc):
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        group = os.getpgid(proc.pid)
+        assert group == proc.pid  # a group of its own: the master and its workers
+    alive = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if _group_of(pid) == group]
+    assert [pid for pid in alive if _state_of(pid) not in ("Z", "X", None)] == []  # nobody left running in it
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/healthz")
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _state_of(pid: int) -> str | None:
+    """The process's state letter (R, S, Z for a zombie, ...), None if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
