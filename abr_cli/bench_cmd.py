@@ -165,7 +165,9 @@ def bench_serve(
         modes: list[float | None] = [None, *(r for r in (rate or [2000.0]) if r > 0)]
 
         def drive(target: str) -> list[tuple[float | None, LoadResult]]:
-            return [(mode, asyncio.run(run_load(target, c, seconds, video, seed=c, rate_per_s=mode)))
+            # Behind several processes each /metrics counts one process's batches: no mean batch then.
+            return [(mode, asyncio.run(run_load(target, c, seconds, video, seed=c, rate_per_s=mode,
+                                                measure_batch=url is not None or workers == 1)))
                     for mode in modes for c in levels]  # fmt: skip
 
         started_local = url is None

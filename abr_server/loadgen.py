@@ -130,7 +130,13 @@ async def _player(url: str, name: str, video: Video, rng: np.random.Generator, s
 
 
 async def run_load(
-    url: str, concurrency: int, seconds: float, video: Video, seed: int = 0, rate_per_s: float | None = None
+    url: str,
+    concurrency: int,
+    seconds: float,
+    video: Video,
+    seed: int = 0,
+    rate_per_s: float | None = None,
+    measure_batch: bool = True,
 ) -> LoadResult:
     """Drive ``concurrency`` players against ``url`` for ``seconds`` (one keep-alive connection each).
 
@@ -138,19 +144,20 @@ async def run_load(
     the server sustains and latency is queueing (``concurrency / rate``). With ``rate_per_s``, open
     loop: the players together send that many requests per second at Poisson times (each player's
     requests still one at a time, as a real player's are), and latency counts from when a request
-    was due.
+    was due. The mean micro-batch comes from the server's /metrics before and after (``measure_batch``
+    False: not measured, as behind several server processes, whose /metrics each count their own).
     """
     latencies: list[float] = []
     errors: list[int] = []
     interval_s = concurrency / rate_per_s if rate_per_s else None
-    batches_before = await asyncio.to_thread(batch_totals, url)
+    batches_before = await asyncio.to_thread(batch_totals, url) if measure_batch else None
     started = time.perf_counter()
     stop_at = started + seconds
     rngs = np.random.default_rng(seed).spawn(concurrency)
     await asyncio.gather(*(_player(url, f"load-{seed}-{i}", video, rngs[i], stop_at, interval_s, latencies, errors)
                            for i in range(concurrency)))  # fmt: skip
     elapsed = time.perf_counter() - started
-    batches_after = await asyncio.to_thread(batch_totals, url)
+    batches_after = await asyncio.to_thread(batch_totals, url) if measure_batch else None
     mean_batch = None
     if batches_before is not None and batches_after is not None and batches_after[0] > batches_before[0]:
         mean_batch = (batches_after[1] - batches_before[1]) / (batches_after[0] - batches_before[0])

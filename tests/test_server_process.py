@@ -73,6 +73,13 @@ def test_bench_serve_runs_each_offered_rate(tmp_path: Path) -> None:
     load = json.loads(out.read_text())["load"]
     assert [row["offered_per_s"] for row in load] == [None, 20.0, 40.0]
     assert all(row["errors"] == 0 and row["decisions"] > 0 for row in load)
+    assert all(row["mean_batch"] >= 1.0 for row in load)
+    # Two server processes: each one's /metrics counts only its own batches, so no mean batch is claimed.
+    args = ["bench", "serve", "--seconds", "0.5", "--concurrency", "2", "--rate", "0", "--workers", "2",
+            "--batch", "1", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert [row["mean_batch"] for row in json.loads(out.read_text())["load"]] == [None]
 
 
 @pytest.mark.slow
