@@ -45,6 +45,15 @@ def plasticity_bench(
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per method.")] = 5,
     scale: Annotated[float, typer.Option(min=1e-6, help="Multiplies every phase's environment steps.")] = 1.0,
     workers: Annotated[int, typer.Option(min=1, help="Runs in parallel (one process, one torch thread each).")] = 2,
+    phase_jitter: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.99,
+            help="Phase lengths x U(1-j, 1+j) per seed (same for all methods): shifts "
+            "at times no fixed period matches.",
+        ),
+    ] = 0.0,
     ray: Annotated[
         str | None, typer.Option(help="Run every (method, seed) as a Ray task: 'local' or a cluster address.")
     ] = None,
@@ -78,6 +87,7 @@ def plasticity_bench(
         config = BenchConfig(
             methods=chosen, seeds=seeds, scale=scale, workers=workers, trace_root=str(trace_root),
             ppo=PPOConfig(**ppo_fields), plasticity=PlasticityConfig(**plast), method_overrides=overrides,
+            phase_jitter=phase_jitter,
         )  # fmt: skip
         for method in chosen:  # validate every method's settings before any run starts
             config.method_config(method, 1)

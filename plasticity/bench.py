@@ -31,6 +31,8 @@ from traces.io import write_atomic
 T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
        2.045, 2.042)  # fmt: skip
+#: Random stream of the phase-length jitter (kept apart from the training seeds' streams).
+PHASE_JITTER_STREAM = 7_919
 DIAGNOSTICS_PLOTTED = ("plasticity/silent_ratio", "plasticity/dormant_ratio", "plasticity/grad_silent_ratio",
                        "plasticity/effective_rank")  # fmt: skip
 
@@ -48,6 +50,23 @@ class BenchConfig(BaseModel):
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     plasticity: PlasticityConfig = Field(default_factory=PlasticityConfig, description="Shared by every method.")
     method_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per-method fields.")
+    phase_jitter: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Each phase's steps times a factor drawn from U(1 - j, 1 + j), per seed and the same for every "
+        "method at that seed: shifts come at times no fixed period can match (0: the schedule as written).",
+    )
+
+    def seed_schedule(self, schedule: Schedule, seed: int) -> Schedule:
+        """``schedule`` as run with ``seed``: phase lengths jittered by `phase_jitter` (unchanged at 0)."""
+        if self.phase_jitter == 0:
+            return schedule
+        rng = np.random.default_rng([seed, PHASE_JITTER_STREAM])
+        factors = rng.uniform(1 - self.phase_jitter, 1 + self.phase_jitter, size=len(schedule.phases))
+        phases = [p.model_copy(update={"steps": max(1, round(p.steps * f))})
+                  for p, f in zip(schedule.phases, factors, strict=True)]  # fmt: skip
+        return schedule.model_copy(update={"phases": phases})
 
     def method_config(self, method: str, seed: int) -> PlasticityConfig:
         """The plasticity settings of ``method`` in run ``seed``."""
@@ -144,16 +163,17 @@ def run_bench(
     jobs, paths = [], []
     # Seed-major order: a bench stopped part-way has every method at the seeds it finished.
     for seed in range(1, config.seeds + 1):
+        seeded = config.seed_schedule(schedule, seed)
         for method in config.methods:
             plasticity = config.method_config(method, seed)
             path = runs_dir / f"{method}-seed{seed}.json"
             paths.append(path)
-            if _matches(path, plasticity, config.scale, schedule):
+            if _matches(path, plasticity, config.scale, seeded):
                 if on_done is not None:
                     on_done(f"{path.name} (kept)")
                 continue
             ppo = config.ppo.model_copy(update={"seed": seed, "torch_threads": 1})
-            jobs.append((schedule.model_dump(), plasticity.model_dump(), ppo.model_dump_json(), config.scale,
+            jobs.append((seeded.model_dump(), plasticity.model_dump(), ppo.model_dump_json(), config.scale,
                          config.trace_root, video, str(path)))  # fmt: skip
     if jobs and ray is not None:
         _run_on_ray(ray, jobs, on_done)
@@ -339,8 +359,14 @@ def write_report(summary: dict[str, Any], config: BenchConfig, schedule: Schedul
         f"Command: `{command}`",
         "",
         f"Seeds: {config.seeds}; scale {config.scale} (phase steps: "
-        f"{', '.join(str(round(p.steps * config.scale)) for p in schedule.phases)}); "
-        f"batch {config.ppo.batch_size} steps per update.",
+        f"{', '.join(str(round(p.steps * config.scale)) for p in schedule.phases)}"
+        + (
+            f", each x U({1 - config.phase_jitter:g}, {1 + config.phase_jitter:g}) per seed, the same for every "
+            "method; plotted phase boundaries are seed 1's"
+            if config.phase_jitter
+            else ""
+        )
+        + f"); batch {config.ppo.batch_size} steps per update.",
         "",
         "## Mean post-shift QoE (eval QoE_lin on each phase's test family, phases 1..n, 95% t-interval)",
         "",

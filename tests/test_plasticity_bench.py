@@ -126,6 +126,23 @@ def test_bench_runs_resumes_and_reports(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "results.json").read_text())["summary"]["methods"]["none"]["seeds"] == 2
 
 
+def test_phase_jitter_draws_one_schedule_per_seed_for_every_method(tmp_path: Path) -> None:
+    plain = BenchConfig(methods=["none", "reset"], seeds=3, workers=1, ppo=TINY_PPO)
+    assert plain.seed_schedule(TINY_SCHEDULE, 1) == TINY_SCHEDULE
+    jittered = plain.model_copy(update={"phase_jitter": 0.5})
+    lengths = {seed: [p.steps for p in jittered.seed_schedule(TINY_SCHEDULE, seed).phases] for seed in (1, 2, 3)}
+    assert lengths[1] == [p.steps for p in jittered.seed_schedule(TINY_SCHEDULE, 1).phases]  # reproducible
+    assert len({tuple(v) for v in lengths.values()}) == 3  # seeds differ
+    for steps in lengths.values():
+        for step, phase in zip(steps, TINY_SCHEDULE.phases, strict=True):
+            assert 0.5 * phase.steps <= step <= 1.5 * phase.steps
+    one_seed = jittered.model_copy(update={"seeds": 1})
+    records = run_bench(TINY_SCHEDULE, one_seed, Video.builtin(), tmp_path)
+    # Every method of a seed ran the same jittered phases, and its record says which.
+    assert [[p["steps"] for p in r["schedule"]["phases"]] for r in records] == [lengths[1], lengths[1]]
+    assert records[0]["phase_start_steps"] == records[1]["phase_start_steps"]
+
+
 @pytest.mark.parametrize(("method", "kept"), [("none", True), ("reset", True), ("redo", False), ("resin", False)])
 def test_records_from_before_a_new_setting_are_kept_only_where_it_changes_nothing(
     tmp_path: Path, method: str, kept: bool
