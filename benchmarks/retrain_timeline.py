@@ -7,8 +7,9 @@ round then runs on that epoch's telemetry (`retrain_once`: held-out newest quart
 the server picks up what it publishes before the next epoch. The network alternates between a 3G-like
 regime and a much faster one, so both directions of shift happen and the model is fine-tuned many times.
 
-    PYTHONPATH=. python benchmarks/retrain_timeline.py --arms frozen,none,resin,none+replay,resin+replay \\
-        --seeds 1 --out runs/retrain-timeline
+    PYTHONPATH=. python benchmarks/retrain_timeline.py \\
+        --arms frozen,none,resin,none+replay,resin+replay,none+replay+reference,resin+replay+reference \\
+        --seeds 1,2,3,4,5 --workers 2 --out runs/retrain-timeline
 
 Writes ``results.json``, ``timeline.png`` and prints a Markdown table (mean over seeds per epoch).
 """
@@ -111,7 +112,8 @@ def main() -> None:
     parser.add_argument(
         "--arms",
         default="frozen,none,resin,none+replay,resin+replay",
-        help="frozen and/or plasticity methods, +replay: older telemetry replayed (a quarter)",
+        help="frozen and/or plasticity methods; +replay: older telemetry replayed (a quarter); +reference: the "
+        "gate also checks older telemetry (arms without them run with replay and reference off)",
     )
     parser.add_argument("--seeds", default="1")
     parser.add_argument("--updates", type=int, default=30, help="PPO updates per round")
