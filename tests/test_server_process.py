@@ -84,7 +84,7 @@ def test_bench_serve_runs_each_offered_rate(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_local_server_with_workers_leaves_no_process_behind() -> None:
-    with local_server(workers=2) as (url, proc):
+    with local_server({"ABR_TELEMETRY_DB": ""}, workers=2) as (url, proc):
         assert httpx.get(f"{url}/healthz").status_code == 200
         group = os.getpgid(proc.pid)
         assert group == proc.pid  # a group of its own: the master and its workers
