@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
@@ -139,13 +140,22 @@ def bench_serve(
     workers: Annotated[int, typer.Option(min=1, help="Server processes of the local server.")] = 1,
     batch: Annotated[list[int] | None, typer.Option(help="Batch sizes of the inference-only measurement.")] = None,
     device: Annotated[str, typer.Option(help="Device of the inference-only measurement.")] = "cpu",
+    path: Annotated[
+        list[str] | None,
+        typer.Option(help="Inference-only paths (repeatable): served, folded, module, resident [default: served]."),
+    ] = None,
+    load: Annotated[bool, typer.Option(help="Run the load test (--no-load: inference only).")] = True,
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
 ) -> None:
-    """Decisions/s and p50/p99 latency of the server under load; inference-only throughput per batch."""
+    """Decisions/s and p50/p99 latency of the server under load; inference-only throughput per batch.
+
+    The local server runs on ``ABR_DEVICE`` (default auto) with the other ``ABR_*`` settings of the
+    environment; ``--device`` is the inference-only measurement's device.
+    """
     import asyncio
     import tempfile
 
-    from abr_server.loadgen import LoadResult, inference_throughput, local_server, run_load
+    from abr_server.loadgen import INFERENCE_PATHS, LoadResult, inference_throughput, local_server, run_load
     from abr_server.registry import ModelRegistry
     from policy.ppo import resolve_device
     from simulator.observation import ObservationSpec
@@ -154,14 +164,19 @@ def bench_serve(
     with user_errors():
         if out is not None:
             output_path(out, "--out")
+        paths = path or ["served"]
+        for p in paths:
+            if p not in INFERENCE_PATHS:
+                raise typer.BadParameter(f"--path must be one of {', '.join(INFERENCE_PATHS)}, got {p!r}")
         levels = concurrency or [1, 16, 64, 256]
         video = Video.builtin()
         loaded = ModelRegistry(None, video, resolve_device(device)).load_servable()
         width = ObservationSpec().width(video)
         inference = []
-        for b in batch or [1, 16, 64, 256, 1024]:
-            per_s, ms = inference_throughput(loaded, width, b)
-            inference.append({"batch": b, "decisions_per_s": per_s, "ms_per_forward": ms})
+        for p in paths:
+            for b in batch or [1, 16, 64, 256, 1024]:
+                per_s, ms = inference_throughput(loaded, width, b, path=p)
+                inference.append({"path": p, "batch": b, "decisions_per_s": per_s, "ms_per_forward": ms})
         modes: list[float | None] = [None, *(r for r in (rate or [2000.0]) if r > 0)]
 
         def drive(target: str) -> list[tuple[float | None, LoadResult]]:
@@ -171,30 +186,38 @@ def bench_serve(
                     for mode in modes for c in levels]  # fmt: skip
 
         started_local = url is None
-        if url is None:
+        if not load:
+            load_results: list[tuple[float | None, LoadResult]] = []
+        elif url is None:
             telemetry = Path(tempfile.mkdtemp(prefix="abr-bench-")) / "telemetry.sqlite"
-            with local_server({"ABR_TELEMETRY_DB": str(telemetry)}, workers=workers) as (local_url, _):
-                load = drive(local_url)
+            env = {"ABR_TELEMETRY_DB": str(telemetry)} if "ABR_TELEMETRY_DB" not in os.environ else {}
+            with local_server(env, workers=workers) as (local_url, _):
+                load_results = drive(local_url)
             url = local_url
         else:
-            load = drive(url)
+            load_results = drive(url)
     table = Table("load", "players", "decisions/s", "p50 ms", "p99 ms", "mean batch", "errors")
-    for mode, r in load:
+    for mode, r in load_results:
         label = "closed loop" if mode is None else f"open {mode:,.0f}/s"
         batch_text = "-" if r.mean_batch is None else f"{r.mean_batch:.1f}"
         table.add_row(label, str(r.concurrency), f"{r.per_second:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
                       batch_text, str(r.errors))  # fmt: skip
-    console.print(table)
-    itable = Table("batch", "decisions/s", "ms/forward")
+    if load_results:
+        console.print(table)
+    itable = Table("path", "batch", "decisions/s", "ms/forward")
     for row in inference:
-        itable.add_row(str(row["batch"]), f"{row['decisions_per_s']:,.0f}", f"{row['ms_per_forward']:.3f}")
+        itable.add_row(str(row["path"]), str(row["batch"]), f"{row['decisions_per_s']:,.0f}",
+                       f"{row['ms_per_forward']:.3f}")  # fmt: skip
     console.print(f"inference only ({loaded.device}):")
     console.print(itable)
     if out is not None:
         payload = {
             "date": dt.date.today().isoformat(), "machine": machine_description(), "url": url,
             "workers": workers if started_local else None,
-            "load": [{**asdict(r), "offered_per_s": mode, "decisions_per_s": r.per_second} for mode, r in load],
+            "server_device": os.environ.get("ABR_DEVICE", "auto") if load_results else None,
+            "load": [
+                {**asdict(r), "offered_per_s": mode, "decisions_per_s": r.per_second} for mode, r in load_results
+            ],
             "inference": inference,
         }  # fmt: skip
         write_atomic(out, json.dumps(payload, indent=2).encode())

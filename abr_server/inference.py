@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from abr_server.cuda_graphs import GraphedActor
 from policy.dense import DenseActor
 from policy.network import ActorCritic
 
@@ -36,10 +37,19 @@ class LoadedModel:
     model: ActorCritic
     version: str
     device: torch.device
+    cuda_graphs: bool = True
     actor: DenseActor = field(init=False, repr=False, compare=False)
+    graphs: GraphedActor | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "actor", DenseActor(self.model).to(self.device).eval())
+        use_graphs = self.cuda_graphs and self.device.type == "cuda"
+        object.__setattr__(self, "graphs", GraphedActor(self.actor, self.model.width) if use_graphs else None)
+
+    def prepare(self, max_batch: int) -> None:
+        """Do the one-time work of serving batches up to ``max_batch`` now (CUDA graph capture), not on a request."""
+        if self.graphs is not None:
+            self.graphs.prepare(max_batch)
 
 
 class ModelSlot:
@@ -55,7 +65,9 @@ class ModelSlot:
 
 
 def forward_levels(loaded: LoadedModel, states: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
-    """Greedy levels for a batch of states ``[B, 6, W]``."""
+    """Greedy levels for a batch of states ``[B, 6, W]`` (through CUDA graphs where the model has them)."""
+    if loaded.graphs is not None:
+        return loaded.graphs(states)
     with torch.inference_mode():
         logits = loaded.actor(torch.from_numpy(states).to(loaded.device, non_blocking=True))
         return logits.argmax(dim=-1).cpu().numpy().astype(np.int64)

@@ -188,16 +188,53 @@ def batch_totals(url: str) -> tuple[float, float] | None:
     return totals["abr_inference_batch_size_count"], totals["abr_inference_batch_size_sum"]
 
 
-def inference_throughput(loaded: LoadedModel, width: int, batch: int, seconds: float = 1.0) -> tuple[float, float]:
-    """(decisions/s, ms per forward) of `forward_levels` at ``batch`` states."""
+INFERENCE_PATHS = ("served", "folded", "module", "resident")
+"""What `inference_throughput` times, host numpy in and out except ``resident``:
+``served``: what the server runs (`forward_levels`: CUDA graphs on a GPU, the folded actor on a CPU);
+``folded``: the folded actor, eager; ``module``: the trained network's actor as it is (plain eager
+PyTorch); ``resident``: the folded actor, eager, on states already on the device, levels left there
+(the device's ceiling, no transfers)."""
+
+
+def inference_throughput(
+    loaded: LoadedModel, width: int, batch: int, seconds: float = 1.0, path: str = "served"
+) -> tuple[float, float]:
+    """(decisions/s, ms per forward pass) of ``path`` (one of `INFERENCE_PATHS`) at ``batch`` states."""
     states: npt.NDArray[np.float32] = np.random.default_rng(0).random((batch, 6, width), dtype=np.float32)
-    forward_levels(loaded, states)  # warm-up
-    if loaded.device.type == "cuda":
-        torch.cuda.synchronize()
+    on_device = torch.from_numpy(states).to(loaded.device)
+
+    def served() -> None:
+        forward_levels(loaded, states)
+
+    def folded() -> None:
+        with torch.inference_mode():
+            loaded.actor(torch.from_numpy(states).to(loaded.device)).argmax(dim=-1).cpu().numpy()
+
+    def module() -> None:
+        with torch.inference_mode():
+            loaded.model.logits(torch.from_numpy(states).to(loaded.device)).argmax(dim=-1).cpu().numpy()
+
+    def resident() -> None:
+        with torch.inference_mode():
+            loaded.actor(on_device).argmax(dim=-1)
+
+    runs = {"served": served, "folded": folded, "module": module, "resident": resident}
+    if path not in runs:
+        raise ValueError(f"inference path must be one of {', '.join(INFERENCE_PATHS)}, got {path!r}")
+    run = runs[path]
+    run()  # warm-up (and CUDA graph capture)
+    run()
+    cuda = loaded.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(loaded.device)
     calls, started = 0, time.perf_counter()
     while True:
-        forward_levels(loaded, states)
+        run()
         calls += 1
+        if cuda and path == "resident":
+            if calls % 64:
+                continue
+            torch.cuda.synchronize(loaded.device)
         elapsed = time.perf_counter() - started
         if elapsed >= seconds:
             break

@@ -86,7 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         video = load_video(settings.video)
-        registry = ModelRegistry(settings.models_dir, video, resolve_device(settings.device))
+        registry = ModelRegistry(settings.models_dir, video, resolve_device(settings.device),
+                                 max_batch=settings.max_batch, cuda_graphs=settings.cuda_graphs)  # fmt: skip
         service = DecisionService(settings, video, registry, Metrics())
         await service.start()
         app.state.service = service

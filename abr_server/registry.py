@@ -28,8 +28,12 @@ class RegistryError(ValueError):
 class ModelRegistry:
     """Lists, validates and loads versions; records the active one."""
 
-    def __init__(self, root: Path | None, video: Video, device: torch.device) -> None:
+    def __init__(
+        self, root: Path | None, video: Video, device: torch.device, max_batch: int = 0, cuda_graphs: bool = True
+    ) -> None:
+        """``max_batch`` > 0: `LoadedModel.prepare` every loaded version for batches up to it (graph capture)."""
         self.root, self.video, self.device = root, video, device
+        self.max_batch, self.cuda_graphs = max_batch, cuda_graphs
 
     def versions(self) -> list[str]:
         """Versions present (folders with a checkpoint), oldest first."""
@@ -65,7 +69,10 @@ class ModelRegistry:
         except CheckpointError as err:
             raise RegistryError(f"model version {version!r} refused: {err}") from None
         ckpt.model.eval()
-        return LoadedModel(ckpt.model, version, self.device)
+        loaded = LoadedModel(ckpt.model, version, self.device, cuda_graphs=self.cuda_graphs)
+        if self.max_batch > 0:
+            loaded.prepare(self.max_batch)
+        return loaded
 
     def load_servable(self) -> LoadedModel:
         """The active version, or if that cannot be served, the newest version that can (start-up)."""

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
         description="Run forward passes on a thread (true) or inline in the event loop (false); "
         "unset: a thread on CUDA, inline on CPU. Only a thread lets the timeout cut off a model that hangs.",
     )
+    cuda_graphs: bool = Field(
+        True, description="On CUDA, run forward passes as captured CUDA graphs (one launch instead of several)."
+    )
     torch_threads: int = Field(1, ge=0, description="torch CPU threads for inference (0: torch's default).")
     inference_timeout_ms: float = Field(200.0, gt=0, description="Later than this, the fallback answers.")
     max_sessions: int = Field(100_000, ge=1, description="Sessions kept; the least recently used goes first.")

@@ -29,7 +29,7 @@ def _branch_map(trunk: Trunk, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     Probing a float64 copy with the zero observation and the unit observations gives every entry of A
     exactly (each is one weight of the trunk, or zero), whatever the branch layout.
     """
-    twin = copy.deepcopy(trunk).double()
+    twin = copy.deepcopy(trunk).cpu().double()
     for name in twin.acts:
         twin.acts[name] = nn.Identity()
     captured: list[torch.Tensor] = []

@@ -115,4 +115,7 @@ def machine_description() -> str:
         pass
     import os
 
-    return f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}"
+    import torch
+
+    gpu = f", {torch.cuda.get_device_name(0)} (torch {torch.__version__})" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}{gpu}"
