@@ -42,7 +42,11 @@ class DecisionService:
         for spec in {settings.policy, settings.ab_policy} - {None, LEARNED}:
             assert spec is not None
             self._classic(spec)  # fail at start-up, not on the first request, if a spec is wrong
-        self.telemetry = TelemetryStore(settings.telemetry_db) if settings.telemetry_db else None
+        self.telemetry = (
+            TelemetryStore(settings.telemetry_db, settings.telemetry_flush_interval_s)
+            if settings.telemetry_db
+            else None
+        )
         self._watcher: asyncio.Task[None] | None = None
         self._swap_lock = asyncio.Lock()
 
@@ -94,7 +98,7 @@ class DecisionService:
             session.last_report, session.last_decision = report, decision
             if self.telemetry is not None:
                 try:
-                    await self.telemetry.append(self._row(session_id, report, decision))
+                    self.telemetry.append(self._row(session_id, report, decision))  # journaled: durable now
                     self.metrics.telemetry_rows.inc()
                 except Exception:  # the player still gets its answer; the loss is counted
                     self.metrics.errors.labels("telemetry").inc()

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     max_sessions: int = Field(100_000, ge=1, description="Sessions kept; the least recently used goes first.")
     session_ttl_s: float = Field(600.0, gt=0, description="Sessions idle this long are forgotten.")
     telemetry_db: Path | None = Field(Path("abr-telemetry.sqlite"), description="SQLite telemetry (None: off).")
+    telemetry_flush_interval_s: float = Field(
+        0.1, gt=0, le=3600,
+        description="Reports are journaled before the answer and moved into the database this often.",
+    )  # fmt: skip
     admin_token: SecretStr | None = Field(None, description="Bearer token of the admin routes (unset: admin off).")
     cors_origins: list[str] = Field(default_factory=list, description="Player origins allowed by CORS.")
     fast_path: bool = Field(

@@ -21,7 +21,7 @@ from abr_server.registry import ModelRegistry
 from abr_server.service import DecisionService
 from abr_server.sessions import SessionStore
 from abr_server.settings import Settings
-from abr_server.telemetry import read_rows
+from abr_server.telemetry import journal_dir, read_rows
 from policy.learned import DEFAULT_MODEL_DIR, DefaultPolicy
 from simulator.observation import ObservationBuilder, ObservationSpec
 from simulator.video import Video
@@ -162,12 +162,17 @@ def test_fallback_when_the_model_is_late(tmp_path: Path) -> None:
         assert 'reason="timeout"' in client.get("/metrics").text
 
 
-def test_telemetry_is_committed_before_the_answer(client: TestClient, app_settings: Settings) -> None:
-    for index in range(3):
-        assert client.post("/v1/sessions/t/decision", json=report(index)).status_code == 200
-        assert app_settings.telemetry_db is not None
-        rows = read_rows(app_settings.telemetry_db)
-        assert len(rows) == index + 1
+def test_telemetry_is_journaled_before_the_answer_and_in_the_database_after(tmp_path: Path) -> None:
+    db = tmp_path / "t.sqlite"
+    settings = Settings(telemetry_db=db, telemetry_flush_interval_s=3600)  # type: ignore[call-arg]
+    with TestClient(create_app(settings)) as client:
+        for index in range(3):
+            assert client.post("/v1/sessions/t/decision", json=report(index)).status_code == 200
+            journaled = [json.loads(line) for f in sorted(journal_dir(db).iterdir()) for line in f.open()]
+            assert len(journaled) == index + 1  # on the OS before the answer: survives a crash
+            assert journaled[-1][2] == index
+        assert read_rows(db) == []  # the writer moves rows every hour in this test...
+    rows = read_rows(db)  # ...and at shutdown
     assert [r["chunk_index"] for r in rows] == [0, 1, 2]
     assert rows[0]["session_id"] == "t"
     assert rows[0]["delay_ms"] == 800.0
@@ -183,6 +188,7 @@ def test_a_retried_report_gets_the_same_answer_and_is_recorded_once(client: Test
     # The same index with a different report is not a retry (a player restarting, say): it is recorded.
     assert client.post("/v1/sessions/r/decision", json=report(3, buffer_s=1.0)).status_code == 200
     assert app_settings.telemetry_db is not None
+    client.app.state.service.telemetry.flush()  # type: ignore[attr-defined]
     assert [r["chunk_index"] for r in read_rows(app_settings.telemetry_db)] == [0, 1, 2, 3, 3]
     assert "abr_repeated_reports_total 1.0" in client.get("/metrics").text
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from abr_server.loadgen import local_server, run_load
-from abr_server.telemetry import read_rows
+from abr_server.telemetry import ingest_pending, read_rows
 from simulator.video import Video
 
 
@@ -37,8 +38,10 @@ def test_real_server_answers_and_keeps_acknowledged_reports(server: tuple[str, P
             acknowledged += 1
         assert client.post("/v1/sessions/real/decision", json={"index": -1}).status_code == 422
         assert "abr_decision_latency_seconds_count" in client.get("/metrics").text
-    proc.kill()  # no graceful shutdown at all: what was acknowledged must already be committed
+    proc.kill()  # no graceful shutdown at all: what was acknowledged must already be journaled
     proc.wait(timeout=30)
+    in_database = len(read_rows(db))
+    assert in_database + ingest_pending(db) == acknowledged  # the rest was journaled: the next start moves it in
     assert len(read_rows(db)) == acknowledged
 
 
@@ -54,6 +57,9 @@ def test_load_generator_drives_a_real_server(server: tuple[str, Path, subprocess
     assert 0 < closed.p50_ms <= closed.p99_ms
     assert closed.mean_batch is not None
     assert 1.0 <= closed.mean_batch <= 4.0
+    deadline = time.monotonic() + 5.0  # rows reach the database within the flush interval (0.1 s)
+    while len(read_rows(db)) < closed.decisions + opened.decisions and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(read_rows(db)) == closed.decisions + opened.decisions  # every answer was logged
 
 
@@ -88,8 +94,15 @@ def test_a_local_server_with_workers_leaves_no_process_behind() -> None:
         assert httpx.get(f"{url}/healthz").status_code == 200
         group = os.getpgid(proc.pid)
         assert group == proc.pid  # a group of its own: the master and its workers
-    alive = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if _group_of(pid) == group]
-    assert [pid for pid in alive if _state_of(pid) not in ("Z", "X", None)] == []  # nobody left running in it
+
+    def running() -> list[int]:
+        members = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if _group_of(pid) == group]
+        return [pid for pid in members if _state_of(pid) not in ("Z", "X", None)]
+
+    deadline = time.monotonic() + 5.0  # a SIGKILLed process takes a moment to be torn down
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert running() == []  # nobody left running in it
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/healthz")
 
