@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -33,6 +34,7 @@ from typing import Any, Literal
 import numpy as np
 
 from abr_server.netns import KernelShaper, private_netns
+from abr_server.telemetry import ingest_pending
 from policy.base import make_policy
 from policy.evaluate import DEFAULT_INITIAL_QUALITY, run_policy
 from simulator.link import LinkConfig
@@ -126,6 +128,7 @@ class ServerView:
 
 def server_view(db: Path, session_id: str, outcome: PlayerOutcome, state: dict[str, Any]) -> ServerView:
     """Read ``session_id``'s rows from the telemetry ``db`` and compare them with the player's record."""
+    ingest_pending(db)  # rows a server that did not stop cleanly left journaled
     with contextlib.closing(sqlite3.connect(db)) as con:
         rows = con.execute(
             "SELECT chunk_index, quality, decided_quality, rebuffer_ms, end_ms FROM chunks "
@@ -321,8 +324,11 @@ def emulate(
             run_dir.mkdir(parents=True, exist_ok=True)
             session_id = f"emu-{len(results)}-{int(time.time())}"
             db = run_dir / "telemetry.sqlite"
-            for stale in run_dir.glob("telemetry.sqlite*"):
-                stale.unlink()
+            for stale in run_dir.glob("telemetry.sqlite*"):  # the database, its WAL files and its journal folder
+                if stale.is_dir():
+                    shutil.rmtree(stale)
+                else:
+                    stale.unlink()
             started = time.monotonic()
             shaper = KernelShaper(load_file(trace)) if shaping == "kernel" else None
             if shaper is not None:
