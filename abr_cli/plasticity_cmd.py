@@ -46,14 +46,14 @@ def plasticity_bench(
     scale: Annotated[float, typer.Option(min=1e-6, help="Multiplies every phase's environment steps.")] = 1.0,
     workers: Annotated[int, typer.Option(min=1, help="Runs in parallel (one process, one torch thread each).")] = 2,
     phase_jitter: Annotated[
-        float,
+        float | None,
         typer.Option(
             min=0.0,
             max=0.99,
-            help="Phase lengths x U(1-j, 1+j) per seed (same for all methods): shifts "
-            "at times no fixed period matches.",
+            help="Phase lengths x U(1-j, 1+j) per seed (same for all methods): shifts at times no fixed period "
+            "matches; 0 runs the lengths as written [default: the schedule's phase_jitter].",
         ),
-    ] = 0.0,
+    ] = None,
     ray: Annotated[
         str | None, typer.Option(help="Run every (method, seed) as a Ray task: 'local' or a cluster address.")
     ] = None,

@@ -50,23 +50,30 @@ class BenchConfig(BaseModel):
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     plasticity: PlasticityConfig = Field(default_factory=PlasticityConfig, description="Shared by every method.")
     method_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per-method fields.")
-    phase_jitter: float = Field(
-        0.0,
+    phase_jitter: float | None = Field(
+        None,
         ge=0,
         lt=1,
         description="Each phase's steps times a factor drawn from U(1 - j, 1 + j), per seed and the same for every "
-        "method at that seed: shifts come at times no fixed period can match (0: the schedule as written).",
+        "method at that seed: shifts come at times no fixed period can match (0: the schedule as written; "
+        "None: the schedule's own `phase_jitter`).",
     )
 
+    def jitter(self, schedule: Schedule) -> float:
+        """The phase jitter this benchmark applies to ``schedule``."""
+        return schedule.phase_jitter if self.phase_jitter is None else self.phase_jitter
+
     def seed_schedule(self, schedule: Schedule, seed: int) -> Schedule:
-        """``schedule`` as run with ``seed``: phase lengths jittered by `phase_jitter` (unchanged at 0)."""
-        if self.phase_jitter == 0:
-            return schedule
+        """``schedule`` as run with ``seed``: phase lengths jittered (unchanged at 0); the jitter is applied."""
+        jitter = self.jitter(schedule)
+        applied = schedule.model_copy(update={"phase_jitter": 0.0})
+        if jitter == 0:
+            return applied
         rng = np.random.default_rng([seed, PHASE_JITTER_STREAM])
-        factors = rng.uniform(1 - self.phase_jitter, 1 + self.phase_jitter, size=len(schedule.phases))
+        factors = rng.uniform(1 - jitter, 1 + jitter, size=len(schedule.phases))
         phases = [p.model_copy(update={"steps": max(1, round(p.steps * f))})
                   for p, f in zip(schedule.phases, factors, strict=True)]  # fmt: skip
-        return schedule.model_copy(update={"phases": phases})
+        return applied.model_copy(update={"phases": phases})
 
     def method_config(self, method: str, seed: int) -> PlasticityConfig:
         """The plasticity settings of ``method`` in run ``seed``."""
@@ -140,8 +147,15 @@ def _matches(path: Path, plasticity: PlasticityConfig, scale: float, schedule: S
         isinstance(record.get("plasticity"), dict)
         and _comparable(record["plasticity"]) == _comparable(plasticity.model_dump())
         and record.get("scale") == scale
-        and record.get("schedule") == schedule.model_dump()
+        and _without_zero_jitter(record.get("schedule")) == _without_zero_jitter(schedule.model_dump())
     )
+
+
+def _without_zero_jitter(schedule: Any) -> Any:
+    """A schedule record as compared on resume (records written before schedules had a jitter field match)."""
+    if isinstance(schedule, dict) and schedule.get("phase_jitter") == 0:
+        return {k: v for k, v in schedule.items() if k != "phase_jitter"}
+    return schedule
 
 
 def run_bench(
@@ -361,9 +375,9 @@ def write_report(summary: dict[str, Any], config: BenchConfig, schedule: Schedul
         f"Seeds: {config.seeds}; scale {config.scale} (phase steps: "
         f"{', '.join(str(round(p.steps * config.scale)) for p in schedule.phases)}"
         + (
-            f", each x U({1 - config.phase_jitter:g}, {1 + config.phase_jitter:g}) per seed, the same for every "
-            "method; plotted phase boundaries are seed 1's"
-            if config.phase_jitter
+            f", each x U({1 - config.jitter(schedule):g}, {1 + config.jitter(schedule):g}) per seed, the same for "
+            "every method; plotted phase boundaries are seed 1's"
+            if config.jitter(schedule)
             else ""
         )
         + f"); batch {config.ppo.batch_size} steps per update.",

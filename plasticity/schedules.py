@@ -42,6 +42,11 @@ class Schedule(BaseModel):
     description: str = ""
     evals_per_phase: int = Field(4, ge=1, description="Continual evaluations inside each phase (the last at its end).")
     phases: list[Phase] = Field(min_length=1)
+    phase_jitter: float = Field(
+        0.0, ge=0, lt=1,
+        description="The benchmark draws each phase's length per seed from steps x U(1 - j, 1 + j): shifts come "
+        "at times no fixed period can match, as in real networks (0: the lengths as written).",
+    )  # fmt: skip
 
     def families(self) -> list[str]:
         """Family names in order of first appearance."""

@@ -143,6 +143,27 @@ def test_phase_jitter_draws_one_schedule_per_seed_for_every_method(tmp_path: Pat
     assert records[0]["phase_start_steps"] == records[1]["phase_start_steps"]
 
 
+def test_a_schedule_carries_its_own_jitter_and_the_bench_can_override_it(tmp_path: Path) -> None:
+    uncertain = TINY_SCHEDULE.model_copy(update={"phase_jitter": 0.5})
+    by_schedule = BenchConfig(methods=["none"], seeds=1, workers=1, ppo=TINY_PPO)  # phase_jitter None
+    explicit = by_schedule.model_copy(update={"phase_jitter": 0.5})
+    assert by_schedule.jitter(uncertain) == 0.5
+    assert by_schedule.seed_schedule(uncertain, 2) == explicit.seed_schedule(TINY_SCHEDULE, 2)
+    assert by_schedule.seed_schedule(uncertain, 2).phase_jitter == 0.0  # what a run records: jitter applied
+    as_written = by_schedule.model_copy(update={"phase_jitter": 0.0})
+    assert [p.steps for p in as_written.seed_schedule(uncertain, 2).phases] == [p.steps for p in uncertain.phases]
+    # A record written before schedules had the field still resumes.
+    records = run_bench(TINY_SCHEDULE, by_schedule, Video.builtin(), tmp_path)
+    path = tmp_path / "runs" / "none-seed1.json"
+    old = json.loads(path.read_text())
+    del old["schedule"]["phase_jitter"]
+    path.write_text(json.dumps(old))
+    kept: list[str] = []
+    run_bench(TINY_SCHEDULE, by_schedule, Video.builtin(), tmp_path, on_done=kept.append)
+    assert kept == ["none-seed1.json (kept)"]
+    assert records[0]["schedule"]["phase_jitter"] == 0.0
+
+
 @pytest.mark.parametrize(("method", "kept"), [("none", True), ("reset", True), ("redo", False), ("resin", False)])
 def test_records_from_before_a_new_setting_are_kept_only_where_it_changes_nothing(
     tmp_path: Path, method: str, kept: bool
