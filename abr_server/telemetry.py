@@ -204,17 +204,19 @@ class TelemetryStore:
         with self._flush_lock:
             with self._lock:
                 if self._current.rows:
+                    fresh = self._open_segment()  # if this fails, nothing has moved
                     self._closed_segments.append(self._current)
-                    self._current = self._open_segment()
+                    self._current = fresh
             while self._closed_segments:
                 segment = self._closed_segments[0]
                 try:
                     _commit_segment(self._conn, segment.name, segment.rows)
                 except sqlite3.Error as err:
+                    if not self.failed:  # once per outage, not every interval
+                        log.error("telemetry: rows not moved into %s (%s); kept in the journal, retrying",
+                                  self.path, err)  # fmt: skip
                     self.failed = sum(len(s.rows) for s in self._closed_segments)
                     self.failures += 1
-                    log.error("telemetry: %d row(s) not moved into %s yet (%s); kept in the journal",
-                              self.failed, self.path, err)  # fmt: skip
                     return
                 self._closed_segments.pop(0)
                 self.rows_written += len(segment.rows)
@@ -245,7 +247,11 @@ class TelemetryStore:
     def _run(self) -> None:
         while not self._stop.wait(self.flush_interval_s):
             if self._current.rows or self._closed_segments:  # a racy peek is fine: the next turn sees it
-                self.flush()
+                try:
+                    self.flush()
+                except OSError as err:  # e.g. no new segment file (disk full): rows stay journaled, retry
+                    self.failures += 1
+                    log.error("telemetry journal %s: %s", self._dir, err)
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
