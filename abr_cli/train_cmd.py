@@ -17,9 +17,16 @@ from abr_cli.common import console, err_console, output_dir, progress, user_erro
 from plasticity.continual import train_schedule
 from plasticity.methods import METHODS, Plasticity, PlasticityConfig
 from plasticity.schedules import Schedule, load_schedule
-from policy.checkpoint import META_FILE, load_checkpoint, load_optimizer_state, save_checkpoint
+from policy.checkpoint import (
+    META_FILE,
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    load_optimizer_state,
+    save_checkpoint,
+)
 from policy.evaluate import run_policy
-from policy.learned import ModelPolicy
+from policy.learned import DEFAULT_MODEL_DIR, ModelPolicy
 from policy.network import NetworkConfig
 from policy.ppo import PPOConfig, TrainState, new_state, resolve_device, train
 from simulator.observation import ObservationSpec
@@ -61,6 +68,13 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Seed (runs on the CPU are reproducible).")] = 1,
     config: Annotated[Path | None, typer.Option(help="JSON file with PPOConfig fields (overrides the above).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its last checkpoint.")] = False,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="Fine-tune: start from a trained model's weights ('default' or a checkpoint folder) with a fresh "
+            "optimizer and schedule; the network shape is the checkpoint's."
+        ),
+    ] = None,
     plasticity: Annotated[
         str, typer.Option(help=f"Plasticity method: {', '.join(METHODS)} (plasticity/* is logged with any).")
     ] = "none",
@@ -84,11 +98,13 @@ def train_command(
         if network not in NETWORKS:
             raise ValueError(f"--network must be one of {', '.join(NETWORKS)}, got {network!r}")
         output_dir(out, "--out")
+        the_video = load_video(video)
+        start = _initial_model(init, the_video) if init is not None else None
         fields: dict[str, Any] = {
             "total_steps": steps,
             "num_envs": num_envs,
             "seed": seed,
-            "network": NETWORKS[network],
+            "network": start.network if start is not None else NETWORKS[network],
         }
         if config is not None:
             try:
@@ -96,11 +112,12 @@ def train_command(
             except (OSError, json.JSONDecodeError) as err:
                 raise ValueError(f"--config {config}: {err}") from None
         ppo = PPOConfig(**fields)
-        the_video = load_video(video)
+        if start is not None and ppo.network != start.network:
+            raise ValueError(f"--init {init}: the checkpoint's network {start.network} differs from --config's")
         plasticity_config = PlasticityConfig(method=plasticity, seed=seed)
         if schedule is not None:
-            if resume:
-                raise ValueError("--resume is not supported with --schedule")
+            if resume or init is not None:
+                raise ValueError("--resume and --init are not supported with --schedule")
             the_schedule = load_schedule(schedule)
             if ray is not None:
                 from policy.distributed import connect
@@ -115,6 +132,10 @@ def train_command(
         dev = resolve_device(device)
         spec = ObservationSpec()
         state = new_state(ppo, the_video, spec, dev)
+        if start is not None:
+            if start.spec != spec:
+                raise ValueError(f"--init {init}: the checkpoint observes {start.spec}, training uses {spec}")
+            state.model.load_state_dict(start.model.state_dict())
         last_dir, best_dir = out / "last", out / "best"
         best_score = -np.inf
         if resume:
@@ -157,7 +178,8 @@ def train_command(
                           "best_score": best if np.isfinite(best) else None,
                           "wall_s": time.perf_counter() - started},
                 scores=scores, optimizer=st.optimizer,
-                data={"train_traces": sources, "eval_traces": [name for name, _ in eval_sets], "video": video},
+                data={"train_traces": sources, "eval_traces": [name for name, _ in eval_sets], "video": video,
+                      "init": init},
             )  # fmt: skip
 
         def on_update(st: TrainState, metrics: dict[str, float]) -> None:
@@ -198,6 +220,15 @@ def train_command(
         if not eval_sets:
             checkpoint(state, best_dir, {}, best_score)
         console.print(f"done in {time.perf_counter() - started:.0f} s: {out / 'best'} (best), {last_dir} (last)")
+
+
+def _initial_model(init: str, video: Video) -> Checkpoint:
+    """The checkpoint ``--init`` names (``default``: the shipped model), validated against ``video``."""
+    folder = DEFAULT_MODEL_DIR if init == "default" else Path(init)
+    try:
+        return load_checkpoint(folder, video)
+    except CheckpointError as err:
+        raise ValueError(f"--init {init}: {err}") from None
 
 
 def _train_schedule(

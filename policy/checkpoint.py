@@ -60,6 +60,11 @@ class Checkpoint:
         """The observation spec the model was trained with."""
         return ObservationSpec(**self.meta["observation"]["spec"])
 
+    @property
+    def network(self) -> NetworkConfig:
+        """The shape of the model's network."""
+        return NetworkConfig(**self.meta["network"])
+
 
 def save_checkpoint(
     folder: str | Path,

@@ -64,3 +64,36 @@ def test_train_bad_input(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path / "none")])
     assert result.exit_code == 2
     assert "nothing" in result.stderr or "no checkpoint" in result.stderr
+
+
+def test_train_init_fine_tunes_from_a_checkpoint(tmp_path: Path) -> None:
+    from policy.checkpoint import load_checkpoint
+
+    assert _run(tmp_path).exit_code == 0  # type: ignore[attr-defined]
+    start = tmp_path / "run" / "last"
+    # A learning rate of 1e-12 leaves the weights where --init put them: the fine-tuned model is the start model.
+    config = tmp_path / "still.json"
+    config.write_text(json.dumps({**TINY, "learning_rate": 1e-12}))
+    args = ["train", "-t", "markov:n=4,seed=1", "--steps", "64", "--num-envs", "8", "--device", "cpu"]
+    tuned = ["--out", str(tmp_path / "tuned"), "--config", str(config), "--init", str(start)]
+    result = runner.invoke(app, [*args, *tuned])
+    assert result.exit_code == 0, result.output
+    before, after = load_checkpoint(start).model.state_dict(), load_checkpoint(tmp_path / "tuned" / "best").model
+    for name, tensor in after.state_dict().items():
+        assert (tensor - before[name]).abs().max() < 1e-6, name
+    meta = json.loads((tmp_path / "tuned" / "best" / "meta.json").read_text())
+    assert meta["data"]["init"] == str(start)
+    assert meta["network"] == {"hidden": 8, "filters": 4, "kernel": 4, "shared_trunk": False}
+    # Without --config the network shape comes from the checkpoint; a --config with another shape is refused.
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "shape"), "--init", str(start)])
+    assert result.exit_code == 0, result.output
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**TINY, "network": {"hidden": 16, "filters": 4}}))
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "x"), "--config", str(other), "--init", str(start)])
+    assert result.exit_code == 2
+    assert "--init" in result.stderr
+    assert "network" in result.stderr
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "y"), "--init", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2
+    assert "--init" in result.stderr
+    assert "not a checkpoint" in result.stderr
