@@ -130,6 +130,9 @@ LATER_SETTINGS: dict[str, tuple[object, frozenset[str]]] = {
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` with later settings filled in as older records ran them, and dropped where unused."""
     out = dict(config)
+    if "method" in config:  # the check cadence as it ran (older records hold the number, newer may hold None)
+        fields = {k: v for k, v in config.items() if k in PlasticityConfig.model_fields}
+        out["every_updates"] = PlasticityConfig.model_construct(**fields).check_every_updates
     for name, (legacy, methods) in LATER_SETTINGS.items():
         if config.get("method") in methods:
             out.setdefault(name, legacy)

@@ -42,6 +42,13 @@ MethodName = Literal["none", "reset", "redo", "shrink-perturb", "cbp", "resin", 
 METHODS: tuple[str, ...] = ("none", "reset", "redo", "shrink-perturb", "cbp", "resin", "fresh")
 SilentRule = Literal["both", "either", "forward", "backward"]
 
+#: Updates between checks for silent neurons, per method. ReSiN checks twice as often as ReDo: a policy's
+#: gradient collapses within a few updates of a network shift, and every update it keeps training silent
+#: neurons delays recovery (on the jittered schedules 5 scored at least as well as 10 on every schedule;
+#: BENCHMARKS.md). ReDo's forward-only score does not see that collapse at any cadence.
+CHECK_EVERY_UPDATES: dict[str, int] = {"resin": 5}
+DEFAULT_CHECK_EVERY_UPDATES = 10
+
 #: Gain of the trunk layers' orthogonal init (`policy.network.layer_init`'s default): resets redraw from it.
 TRUNK_GAIN = math.sqrt(2.0)
 
@@ -52,7 +59,11 @@ class PlasticityConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     method: MethodName = Field("none", description="none, reset, redo, shrink-perturb, cbp, resin or fresh.")
-    every_updates: int = Field(10, ge=1, description="Check for (and reset) silent neurons every this many updates.")
+    every_updates: int | None = Field(
+        None, ge=1,
+        description="ReDo / ReSiN: check for (and reset) silent neurons every this many updates (None: the "
+        "method's own cadence, `CHECK_EVERY_UPDATES`).",
+    )  # fmt: skip
     diagnose_every_updates: int = Field(10, ge=0, description="Log plasticity/* every this many updates (0: never).")
     batch_size: int = Field(1024, ge=2, description="Recent transitions the scores are computed on.")
     tau_forward: float = Field(0.025, ge=0, description="Dormant when the normalised activation score <= this.")
@@ -107,6 +118,13 @@ class PlasticityConfig(BaseModel):
     cbp_maturity_updates: int = Field(50, ge=0, description="cbp: units younger than this are never replaced.")
     cbp_decay: float = Field(0.99, ge=0, lt=1, description="cbp: running-average decay of the utility.")
     seed: int = Field(0, description="Seeds re-initialisations and the diagnostic batch.")
+
+    @property
+    def check_every_updates(self) -> int:
+        """How often ReDo / ReSiN check for silent neurons: ``every_updates``, else the method's cadence."""
+        if self.every_updates is not None:
+            return self.every_updates
+        return CHECK_EVERY_UPDATES.get(self.method, DEFAULT_CHECK_EVERY_UPDATES)
 
 
 # --------------------------------------------------------------------------- per-layer operations
@@ -374,7 +392,7 @@ class _NeuronResetter(PlasticityMethod):
     def after_update(
         self, model: ActorCritic, optimizer: torch.optim.Optimizer, update: int, batch: Rollout, loss_fn: LossFn
     ) -> dict[str, float]:
-        if update % self.config.every_updates:
+        if update % self.config.check_every_updates:
             return {}
         scores = layer_scores(model, batch, loss_fn)
         # The backward scores are normalised by the running mean as it was before this check.

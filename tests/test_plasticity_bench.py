@@ -213,3 +213,20 @@ def test_recovery_against_a_given_level_counts_a_stuck_run_as_never() -> None:
     stuck = np.full(10, 1.2)
     assert recovery_steps(steps, stuck, window=1) == 100.0  # recovered to its own (poor) level at once
     assert recovery_steps(steps, stuck, window=1, level=4.2) == float("inf")
+
+
+@pytest.mark.parametrize(
+    ("method", "recorded", "kept"),
+    [("redo", 10, True), ("none", 10, True), ("resin", 10, False), ("resin", 5, True), ("resin", None, True)],
+)
+def test_records_match_on_the_check_cadence_they_ran_with(
+    tmp_path: Path, method: str, recorded: int | None, kept: bool
+) -> None:
+    """Records hold the cadence as a number (older ones) or None (the method's own): compared as it ran."""
+    config = PlasticityConfig(method=method)
+    assert config.check_every_updates == (5 if method == "resin" else 10)
+    old = {**config.model_dump(), "every_updates": recorded}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"plasticity": old, "scale": 0.1, "schedule": TINY_SCHEDULE.model_dump()}))
+    assert _matches(path, config, 0.1, TINY_SCHEDULE) is kept
+    assert _matches(path, config.model_copy(update={"every_updates": recorded}), 0.1, TINY_SCHEDULE)
