@@ -82,6 +82,25 @@ class Policy(ABC):
         return self.video
 
 
+class PlannedPolicy(Policy):
+    """An offline policy that plans every session's levels in `plan_sessions` and replays them in `select`.
+
+    Subclasses implement `plan_sessions` and store the plan with `_remember` (levels ``[sessions, chunks]``).
+    """
+
+    offline = True
+
+    def _remember(self, levels: npt.ArrayLike) -> None:
+        self._levels = np.asarray(levels, dtype=np.int64)
+
+    def select(self, obs: Observation) -> IntArray:
+        if not hasattr(self, "_levels"):
+            raise RuntimeError(f"{self.name} is an offline policy: plan_sessions() must run first (abr eval does this)")
+        if self._levels.shape[0] != obs.n_sessions:
+            raise RuntimeError(f"{self.name}: observation batch does not match the planned sessions")
+        return np.asarray(self._levels[np.arange(obs.n_sessions), obs.chunk_index], dtype=np.int64)
+
+
 _REGISTRY: dict[str, type[Policy]] = {}
 P = TypeVar("P", bound=type[Policy])
 

@@ -26,10 +26,9 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
-from policy.base import IntArray, Policy, PolicyConfig, register
+from policy.base import IntArray, PlannedPolicy, PolicyConfig, register
 from simulator.batch import BatchSimulator, SessionState
 from simulator.link import LinkConfig
-from simulator.observation import Observation
 from simulator.qoe import QoEConfig, QoEKind
 from simulator.video import Video
 from traces.trace import Trace
@@ -80,7 +79,11 @@ def clairvoyant_levels(
     out = np.empty(chunk.size, dtype=np.int64)
     for first in range(0, chunk.size, group):
         rows = slice(first, first + group)
-        out[rows] = _search(traces, video, link, _take(state, rows), np.asarray(last_level)[rows], cfg)
+        part = _take(state, rows)
+        # The branch simulators index only this group's traces: their trace table is rebuilt at every depth.
+        used, local = np.unique(part.trace_index, return_inverse=True)
+        part = SessionState(local.astype(np.int64), part.interval, part.clock_s, part.buffer_s, part.chunk_index)
+        out[rows] = _search([traces[i] for i in used], video, link, part, np.asarray(last_level)[rows], cfg)
     return out
 
 
@@ -136,12 +139,11 @@ def _search(
     return (best // n_levels ** (cfg.horizon - 1)).astype(np.int64)
 
 
-class ClairvoyantPolicy(Policy):
+class ClairvoyantPolicy(PlannedPolicy):
     """Clairvoyant MPC: plans each session in advance with `clairvoyant_levels`, then replays the levels."""
 
     config: ClairvoyantConfig
     config_type = ClairvoyantConfig
-    offline = True
 
     def plan_sessions(self, traces: Sequence[Trace], video: Video, link: LinkConfig, initial_quality: int) -> IntArray:
         """Play every session (one per trace) with the planner and remember the levels for `select`."""
@@ -156,15 +158,8 @@ class ClairvoyantPolicy(Policy):
             sim.step(levels[:, k])
             if k + 1 < video.n_chunks:
                 levels[:, k + 1] = clairvoyant_levels(traces, video, link, sim.state(), levels[:, k], self.config)
-        self._levels = levels
+        self._remember(levels)
         return levels
-
-    def select(self, obs: Observation) -> IntArray:
-        if not hasattr(self, "_levels"):
-            raise RuntimeError("clairvoyant is an offline policy: plan_sessions() must run first (abr eval does this)")
-        if self._levels.shape[0] != obs.n_sessions:
-            raise RuntimeError("clairvoyant: observation batch does not match the planned sessions")
-        return np.asarray(self._levels[np.arange(obs.n_sessions), obs.chunk_index], dtype=np.int64)
 
 
 register("clairvoyant")(ClairvoyantPolicy)

@@ -29,10 +29,9 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
-from policy.base import IntArray, Policy, PolicyConfig, register
+from policy.base import IntArray, PlannedPolicy, PolicyConfig, register
 from simulator.batch import BatchSimulator, SessionState
 from simulator.link import LinkConfig
-from simulator.observation import Observation
 from simulator.qoe import QoEConfig, QoEKind
 from simulator.video import Video
 from traces.trace import Trace
@@ -191,7 +190,7 @@ def _merge(
     return np.sort(order[keep])
 
 
-class OptimalPolicy(Policy):
+class OptimalPolicy(PlannedPolicy):
     """Offline optimum (an upper bound for tables): plans each session with `optimal_plan`, then replays.
 
     It needs the traces in advance, so it only runs where the evaluation loop gives them
@@ -200,7 +199,6 @@ class OptimalPolicy(Policy):
 
     config: OptimalConfig
     config_type = OptimalConfig
-    offline = True
 
     def plan_sessions(
         self, traces: Sequence[Trace], video: Video, link: LinkConfig, initial_quality: int
@@ -222,15 +220,8 @@ class OptimalPolicy(Policy):
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 plans = list(pool.map(plan, traces, chunksize=max(1, len(traces) // (4 * workers))))
-        self._levels = np.stack([p.levels for p in plans])
+        self._remember(np.stack([p.levels for p in plans]))
         return plans
-
-    def select(self, obs: Observation) -> IntArray:
-        if not hasattr(self, "_levels"):
-            raise RuntimeError("optimal is an offline policy: plan_sessions() must run first (abr eval does this)")
-        if self._levels.shape[0] != obs.n_sessions:
-            raise RuntimeError("optimal: observation batch does not match the planned sessions")
-        return np.asarray(self._levels[np.arange(obs.n_sessions), obs.chunk_index], dtype=np.int64)
 
 
 register("optimal")(OptimalPolicy)
