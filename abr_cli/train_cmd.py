@@ -90,6 +90,13 @@ def train_command(
     ray_workers: Annotated[
         int, typer.Option(min=1, help="With --ray: rollout actors (sessions split among them).")
     ] = 2,
+    critic_future: Annotated[
+        bool,
+        typer.Option(
+            "--critic-future",
+            help="The critic (never the policy) also sees the network's next 32 s: an input-dependent baseline.",
+        ),
+    ] = False,
 ) -> None:
     """Train the actor-critic with PPO in the simulator (delay noise and random start points on)."""
     with user_errors():
@@ -111,8 +118,13 @@ def train_command(
                 fields.update(json.loads(config.read_text()))
             except (OSError, json.JSONDecodeError) as err:
                 raise ValueError(f"--config {config}: {err}") from None
+        if critic_future:
+            net = NetworkConfig.model_validate(fields["network"])
+            fields["network"] = NetworkConfig(**{**net.model_dump(), "critic_future": True})
         ppo = PPOConfig(**fields)
-        if start is not None and ppo.network != start.network:
+        if start is not None and ppo.network.model_copy(update={"critic_future": start.network.critic_future}) != (
+            start.network
+        ):
             raise ValueError(f"--init {init}: the checkpoint's network {start.network} differs from --config's")
         plasticity_config = PlasticityConfig(method=plasticity, seed=seed)
         if schedule is not None:
@@ -135,14 +147,18 @@ def train_command(
         if start is not None:
             if start.spec != spec:
                 raise ValueError(f"--init {init}: the checkpoint observes {start.spec}, training uses {spec}")
-            state.model.load_state_dict(start.model.state_dict())
+            weights = start.model.state_dict()
+            if ppo.network.critic_future != start.network.critic_future:
+                # The policy and the critic's trunk carry over; the value head (its input changes) starts fresh.
+                weights = {k: v for k, v in weights.items() if not k.startswith(("critic_head.", "critic_future."))}
+            state.model.load_state_dict(weights, strict=ppo.network.critic_future == start.network.critic_future)
         last_dir, best_dir = out / "last", out / "best"
         best_score = -np.inf
         if resume:
             if not (last_dir / META_FILE).is_file():
                 raise ValueError(f"--resume: {last_dir} has no checkpoint to resume from")
             ckpt = load_checkpoint(last_dir, the_video, dev)
-            if ckpt.meta["train_config"] != json.loads(ppo.model_dump_json()):
+            if PPOConfig.model_validate(ckpt.meta["train_config"]) != ppo:  # fields added since default alike
                 raise ValueError(f"--resume: the options differ from the run in {out} (see {last_dir / META_FILE})")
             state.model.load_state_dict(ckpt.model.state_dict())
             state.model.train()

@@ -163,12 +163,22 @@ class RolloutWorker:
         self.envs = ABRVectorEnv(num_envs, traces, video, link=link or LinkConfig.training(),
                                  qoe=QoEConfig(kind=self.config.qoe), spec=spec)  # fmt: skip
         seed = (self.config.seed * 1_000_003 + start_update) * 7_919 + worker
+        self.video = video
         obs, _ = self.envs.reset(seed=seed)
-        self.next_obs = torch.as_tensor(obs)
+        self.next_obs = self._observed(obs)
         self.next_done = torch.zeros(num_envs)
         self.model = ActorCritic(spec.width(video), video.n_levels, self.config.network)
         self.ladder_kbps = np.asarray(video.bitrates_kbps, dtype=np.float64)
         self.generator_seed = seed
+
+    def _observed(self, obs: np.ndarray) -> Any:
+        import torch
+
+        from policy.ppo import with_future_row
+
+        if self.config.network.critic_future:
+            obs = with_future_row(obs, self.envs.sim, self.video)
+        return torch.as_tensor(obs)
 
     def collect(self, weights: dict[str, Any], update: int) -> dict[str, Any]:
         """One rollout with ``weights``: ``[T, N]`` buffers, the bootstrap value and QoE statistics."""
@@ -188,7 +198,7 @@ class RolloutWorker:
                 actions[step], logprobs[step], values[step] = action, logprob, value
                 next_obs, reward, terminated, truncated, _ = self.envs.step(action.numpy())
                 rewards[step] = torch.as_tensor(reward * self.config.reward_scale, dtype=torch.float32)
-                self.next_obs = torch.as_tensor(next_obs)
+                self.next_obs = self._observed(next_obs)
                 self.next_done = torch.as_tensor(np.logical_or(terminated, truncated), dtype=torch.float32)
                 qoe_sum += float(reward.sum())
                 bitrate_sum += float(self.ladder_kbps[action.numpy()].sum())

@@ -11,6 +11,13 @@ Each of actor and critic has its own trunk (``shared_trunk=False``, the default)
 
 The published Pensieve code feeds row 4 into the branch meant for row 5 (chunks remaining); here each
 branch reads its own row. All layers are initialised orthogonally through `layer_init`.
+
+With ``critic_future`` the critic (never the actor) also reads one more row, ``ROW_FUTURE``: the mean
+throughput the network will offer over the next W chunk durations, which only training in the
+simulator knows. The value then explains the part of the return that the network alone decides, an
+input-dependent baseline (Mao et al., ICLR 2019): it does not depend on the action, so the policy
+gradient stays unbiased, and the advantages are less noisy. The actor's branches never index that row,
+so the policy serves from the usual 6-row observation.
 """
 
 from __future__ import annotations
@@ -20,12 +27,14 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.distributions import Categorical
 
 #: Rows of the observation (see simulator.observation).
 ROW_BITRATE, ROW_BUFFER, ROW_THROUGHPUT, ROW_DELAY, ROW_SIZES, ROW_REMAINING = range(6)
+#: The row only a future-seeing critic reads (training only; see `policy.ppo.with_future_row`).
+ROW_FUTURE = 6
 
 
 #: The trunk's input branches, in the order their outputs are concatenated.
@@ -62,6 +71,15 @@ class NetworkConfig(BaseModel):
     filters: int = Field(128, ge=1, description="Channels of the 1-D convolutions.")
     kernel: int = Field(4, ge=1, description="Kernel width of the 1-D convolutions.")
     shared_trunk: bool = Field(False, description="One trunk for actor and critic instead of one each.")
+    critic_future: bool = Field(
+        False, description="The critic also reads the network's future throughput (training only; separate trunks)."
+    )
+
+    @model_validator(mode="after")
+    def _future_needs_own_critic(self) -> NetworkConfig:
+        if self.critic_future and self.shared_trunk:
+            raise ValueError("critic_future needs separate trunks: with a shared trunk the actor would see the future")
+        return self
 
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
@@ -160,13 +178,21 @@ class ActorCritic(nn.Module):
         self.width, self.n_levels = width, n_levels
         self.actor_trunk = Trunk(width, n_levels, self.config)
         self.critic_trunk = None if self.config.shared_trunk else Trunk(width, n_levels, self.config)
-        self.actor_head = layer_init(nn.Linear(self.config.hidden, n_levels), gain=0.01)
-        self.critic_head = layer_init(nn.Linear(self.config.hidden, 1), gain=1.0)
+        h = self.config.hidden
+        self.actor_head = layer_init(nn.Linear(h, n_levels), gain=0.01)
+        self.critic_future = layer_init(nn.Linear(width, h)) if self.config.critic_future else None
+        self.critic_future_act = nn.ReLU()
+        self.critic_head = layer_init(nn.Linear(2 * h if self.config.critic_future else h, 1), gain=1.0)
 
     def _critic_features(self, obs: torch.Tensor, actor_features: torch.Tensor | None = None) -> torch.Tensor:
         if self.critic_trunk is None:
             return actor_features if actor_features is not None else self.actor_trunk(obs)
-        return self.critic_trunk(obs)
+        if self.critic_future is None:
+            return self.critic_trunk(obs)
+        if obs.shape[1] <= ROW_FUTURE:
+            raise ValueError(f"this critic reads the future (row {ROW_FUTURE}); got {obs.shape[1]}-row observations")
+        future = self.critic_future_act(self.critic_future(obs[:, ROW_FUTURE, :]))
+        return torch.cat([self.critic_trunk(obs), future], dim=1)
 
     def get_value(self, obs: torch.Tensor) -> torch.Tensor:
         """State values ``[B]``."""
@@ -198,6 +224,11 @@ class ActorCritic(nn.Module):
             for layer in trunk.neuron_layers(heads):
                 layers.append(NeuronLayer(f"{prefix}.{layer.name}", layer.incoming, layer.activation,
                                           layer.positions, layer.outgoing))  # fmt: skip
+        if self.critic_future is not None:
+            h = self.config.hidden
+            cols = (h + torch.arange(h)).unsqueeze(1)  # the head reads these after the trunk's features
+            layers.append(NeuronLayer("critic.future", self.critic_future, self.critic_future_act, 1,
+                                      [(self.critic_head, cols)]))  # fmt: skip
         return layers
 
     def act_greedy(self, obs: torch.Tensor) -> torch.Tensor:

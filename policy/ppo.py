@@ -19,12 +19,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from policy.network import ActorCritic, NetworkConfig
+from policy.network import ROW_FUTURE, ActorCritic, NetworkConfig
 from policy.optim import EntryAdam
+from simulator.batch import BatchSimulator
 from simulator.envs import ABRVectorEnv
 from simulator.link import LinkConfig
-from simulator.observation import ObservationSpec
+from simulator.observation import BYTES_PER_MB, ObservationSpec
 from simulator.qoe import QoEConfig, QoEKind
+from simulator.reference import BITS_PER_BYTE, BITS_PER_MBIT
 from simulator.video import Video
 from traces.trace import Trace
 
@@ -103,6 +105,20 @@ def entropy_coef(config: PPOConfig, progress: float) -> float:
 
 
 MetricsCallback = Callable[[TrainState, dict[str, float]], None]
+
+
+def with_future_row(obs: np.ndarray, sim: BatchSimulator, video: Video) -> np.ndarray:
+    """``obs [B, 6, W]`` plus row `ROW_FUTURE`: each session's next W chunk durations of network throughput.
+
+    In the throughput row's unit (MB/s), one column per chunk duration from the session's clock. Only a
+    ``critic_future`` critic reads it; the simulator knows it, a player never does.
+    """
+    _, rows, width = obs.shape
+    if rows != ROW_FUTURE:
+        raise ValueError(f"expected {ROW_FUTURE}-row observations, got {rows}")
+    future_mbps = sim.future_throughput_mbps(width, video.chunk_duration_s)
+    row = (future_mbps * BITS_PER_MBIT / BITS_PER_BYTE / BYTES_PER_MB).astype(np.float32)
+    return np.concatenate([obs, row[:, None, :]], axis=1)
 
 
 @dataclass(frozen=True)
@@ -196,13 +212,17 @@ def train(
 
     # The environment's random streams are keyed by (seed, update) so a resumed run continues exactly.
     envs = ABRVectorEnv(config.num_envs, traces, video, link=link, qoe=QoEConfig(kind=config.qoe), spec=spec)
+    future = model.config.critic_future
+
+    def observed(obs_np: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(with_future_row(obs_np, envs.sim, video) if future else obs_np, device=device)
+
     next_obs_np, _ = envs.reset(seed=config.seed * 1_000_003 + state.update)
-    next_obs = torch.as_tensor(next_obs_np, device=device)
+    next_obs = observed(next_obs_np)
     shuffle = np.random.default_rng(config.seed * 7_919 + state.update)
     torch.manual_seed(config.seed * 104_729 + state.update)
 
-    obs_shape = envs.single_observation_space.shape
-    assert obs_shape is not None
+    obs_shape = tuple(next_obs.shape[1:])
     n, t = config.num_envs, config.num_steps
     obs_buf = torch.zeros((t, n, *obs_shape), device=device)
     actions = torch.zeros((t, n), dtype=torch.long, device=device)
@@ -232,7 +252,7 @@ def train(
             logprobs[step] = logprob
             next_obs_np, reward, terminated, truncated, _ = envs.step(action.cpu().numpy())
             rewards[step] = torch.as_tensor(reward * config.reward_scale, dtype=torch.float32, device=device)
-            next_obs = torch.as_tensor(next_obs_np, device=device)
+            next_obs = observed(next_obs_np)
             next_done = torch.as_tensor(np.logical_or(terminated, truncated), dtype=torch.float32, device=device)
             qoe_sum += float(reward.sum())
             qoe_count += reward.size

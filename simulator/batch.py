@@ -462,6 +462,28 @@ class BatchSimulator:
             chunk_index=ops.to_numpy(self.chunk_index).astype(np.int64),
         )
 
+    def future_throughput_mbps(self, bins: int, bin_s: float) -> npt.NDArray[np.float64]:
+        """Mean deliverable throughput (Mbit/s of payload) of each session's trace over the next ``bins``
+        windows of ``bin_s`` seconds from its clock, ``[B, bins]``: what the network will offer, whatever
+        the player fetches (delay noise aside). Training-only knowledge, for a critic that sees the future.
+        """
+        if bins < 1 or not bin_s > 0:
+            raise ValueError(f"bins must be >= 1 and bin_s > 0, got {bins} and {bin_s}")
+        state, table = self.state(), self.table
+        row = state.trace_index
+        period_s = table.period_s[row]
+        first = table.offset[row]
+        last = first + table.n_intervals[row] - 1
+
+        def delivered_bytes(position_s: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+            cycles, x = np.divmod(position_s, period_s)
+            k = np.clip(np.searchsorted(table.time_key, row + x / period_s, side="right"), first, last)
+            within = table.cum_start_bytes[k] + table.rate_bytes_per_s[k] * np.clip(x - table.start_s[k], 0.0, None)
+            return np.asarray(cycles * table.cycle_bytes[row] + np.minimum(within, table.cum_end_bytes[k]))
+
+        edges = np.stack([delivered_bytes(state.clock_s + bin_s * j) for j in range(bins + 1)], axis=1)
+        return np.diff(edges, axis=1) * BITS_PER_BYTE / BITS_PER_MBIT / bin_s
+
     def load_state(self, state: SessionState) -> None:
         """Put every session at ``state`` (e.g. to branch a search from saved positions).
 

@@ -33,7 +33,8 @@ def test_train_writes_metrics_and_checkpoints(tmp_path: Path) -> None:
     for sub in ("best", "last"):
         meta = json.loads((run / sub / "meta.json").read_text())
         assert meta["train_config"]["num_envs"] == 8
-        assert meta["network"] == {"hidden": 8, "filters": 4, "kernel": 4, "shared_trunk": False}
+        network = {"hidden": 8, "filters": 4, "kernel": 4, "shared_trunk": False, "critic_future": False}
+        assert meta["network"] == network
     assert json.loads((run / "last" / "meta.json").read_text())["progress"]["global_step"] == 256
     # The checkpoint serves as a policy.
     result = runner.invoke(app, ["simulate", "-t", "markov:n=2,seed=5", "-p", f"checkpoint:{run / 'best'}"])
@@ -83,7 +84,7 @@ def test_train_init_fine_tunes_from_a_checkpoint(tmp_path: Path) -> None:
         assert (tensor - before[name]).abs().max() < 1e-6, name
     meta = json.loads((tmp_path / "tuned" / "best" / "meta.json").read_text())
     assert meta["data"]["init"] == str(start)
-    assert meta["network"] == {"hidden": 8, "filters": 4, "kernel": 4, "shared_trunk": False}
+    assert meta["network"] == {"hidden": 8, "filters": 4, "kernel": 4, "shared_trunk": False, "critic_future": False}
     # Without --config the network shape comes from the checkpoint; a --config with another shape is refused.
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "shape"), "--init", str(start)])
     assert result.exit_code == 0, result.output
