@@ -50,11 +50,13 @@ def test_network_shapes_branches_and_init() -> None:
     "device",
     ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))],
 )
-def test_smoke_training_learns_the_top_level_on_a_fast_link(device: str) -> None:
+@pytest.mark.parametrize("critic_future", [False, True], ids=["critic", "critic-sees-future"])
+def test_smoke_training_learns_the_top_level_on_a_fast_link(device: str, critic_future: bool) -> None:
     traces = [make_trace(list(np.arange(0.0, 200.0)), [50.0] * 200, name=f"fast{i}") for i in range(3)]
     video = Video.synthetic(n_chunks=12, seed=0)
+    network = SMALL.model_copy(update={"critic_future": critic_future})
     config = PPOConfig(
-        total_steps=24_000, num_envs=32, num_steps=24, network=SMALL, learning_rate=3e-3, ent_coef_start=0.01,
+        total_steps=24_000, num_envs=32, num_steps=24, network=network, learning_rate=3e-3, ent_coef_start=0.01,
         ent_coef_end=0.0, seed=0,
     )  # fmt: skip
     state = train(config, traces, video, device=torch.device(device))
