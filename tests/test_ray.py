@@ -86,14 +86,17 @@ def test_plasticity_bench_through_ray_gives_the_same_records(local_ray: None, tm
 
 
 @pytest.mark.slow
-def test_training_through_ray_learns(local_ray: None) -> None:
+@pytest.mark.parametrize("critic_future", [False, True], ids=["critic", "critic-sees-future"])
+def test_training_through_ray_learns(local_ray: None, critic_future: bool) -> None:
     from policy.distributed import train_on_ray
+    from policy.network import NetworkConfig
     from policy.ppo import PPOConfig
     from traces.trace import Trace
 
     # On fast constant links the best policy fetches high levels: a learner that learns gains a lot of QoE.
     traces = [Trace(f"c{k}", np.array([0.0, 500.0]), np.array([8.0 + k, 8.0 + k])) for k in range(4)]
-    config = PPOConfig(num_envs=8, num_steps=48, total_steps=8 * 48 * 16, learning_rate=3e-3, torch_threads=1)
+    config = PPOConfig(num_envs=8, num_steps=48, total_steps=8 * 48 * 16, learning_rate=3e-3, torch_threads=1,
+                       network=NetworkConfig(critic_future=critic_future))  # fmt: skip
     state = train_on_ray(config, traces, VIDEO, workers=2)
     qoe = [m["charts/qoe"] for m in state.metrics]
     assert len(qoe) == 16
