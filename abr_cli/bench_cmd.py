@@ -157,7 +157,7 @@ def bench_serve(
 
     from abr_server.loadgen import INFERENCE_PATHS, LoadResult, inference_throughput, local_server, run_load
     from abr_server.registry import ModelRegistry
-    from policy.ppo import resolve_device
+    from policy.learning.ppo import resolve_device
     from simulator.observation import ObservationSpec
     from simulator.video import Video
 
@@ -239,8 +239,10 @@ def bench_ray(
     import time
 
     from policy.base import make_policy
-    from policy.distributed import connect, ray_module, run_policies_ray, train_on_ray
-    from policy.ppo import PPOConfig
+    from policy.cluster import connect, ray_module
+    from policy.evaluation.distributed import run_policies_ray
+    from policy.learning.distributed import train_on_ray
+    from policy.learning.ppo import PPOConfig
 
     with user_errors():
         counts = [int(w) for w in workers.split(",") if w.strip()]

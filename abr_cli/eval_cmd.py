@@ -14,8 +14,8 @@ from abr_cli.common import console, output_dir, progress, user_errors
 from abr_cli.simulate_cmd import summary_table
 from policy import available_policies, make_policy
 from policy.base import Policy
-from policy.evaluate import DEFAULT_BATCH_SESSIONS, DEFAULT_INITIAL_QUALITY, DEFAULT_POLICIES, run_policy
-from policy.report import (
+from policy.evaluation.loop import DEFAULT_BATCH_SESSIONS, DEFAULT_INITIAL_QUALITY, DEFAULT_POLICIES, run_policy
+from policy.evaluation.report import (
     OPTIMAL_NAME,
     QOE_KINDS,
     Evaluation,
@@ -146,7 +146,8 @@ def _evaluate_on_ray(
     timeline_set: int, timeline_index: int,
 ) -> None:  # fmt: skip
     """Every (policy, trace set, batch) as one Ray task; results added in the local loop's order."""
-    from policy.distributed import connect, run_policies_ray
+    from policy.cluster import connect
+    from policy.evaluation.distributed import run_policies_ray
 
     connect(address)
     jobs = [(pol, trace_set) for _, trace_set in trace_sets for pol in policies]

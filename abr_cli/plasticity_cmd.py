@@ -15,7 +15,7 @@ from abr_cli.train_cmd import NETWORKS
 from plasticity.bench import BenchConfig, aggregate, run_bench, write_report
 from plasticity.methods import METHODS, PlasticityConfig
 from plasticity.schedules import available_schedules, load_schedule
-from policy.ppo import PPOConfig
+from policy.learning.ppo import PPOConfig
 from simulator.video import load_video
 
 #: PPO settings of the benchmark unless --ppo-config overrides them: a smaller batch per update than

@@ -51,7 +51,7 @@ def _connect(ray: str | None, ray_workers: int) -> int:
     """Join Ray when asked; the number of rollout actors (0: train locally)."""
     if ray is None:
         return 0
-    from policy.distributed import connect
+    from policy.cluster import connect
 
     connect(ray)
     return ray_workers

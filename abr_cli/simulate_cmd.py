@@ -13,7 +13,14 @@ from rich.table import Table
 
 from abr_cli.common import console, output_path, progress, user_errors
 from policy import make_policy
-from policy.evaluate import DEFAULT_INITIAL_QUALITY, DEFAULT_POLICIES, Summary, run_policy, summarize, write_jsonl
+from policy.evaluation.loop import (
+    DEFAULT_INITIAL_QUALITY,
+    DEFAULT_POLICIES,
+    Summary,
+    run_policy,
+    summarize,
+    write_jsonl,
+)
 from simulator.link import LinkConfig
 from simulator.qoe import QoEConfig, QoEKind
 from simulator.video import load_video

@@ -17,7 +17,9 @@ from abr_cli.common import console, err_console, output_dir, progress, user_erro
 from plasticity.continual import train_schedule
 from plasticity.methods import METHODS, Plasticity, PlasticityConfig
 from plasticity.schedules import Schedule, load_schedule
-from policy.checkpoint import (
+from policy.evaluation.loop import run_policy
+from policy.learned import DEFAULT_MODEL_DIR, ModelPolicy
+from policy.learning.checkpoint import (
     META_FILE,
     Checkpoint,
     CheckpointError,
@@ -25,10 +27,8 @@ from policy.checkpoint import (
     load_optimizer_state,
     save_checkpoint,
 )
-from policy.evaluate import run_policy
-from policy.learned import DEFAULT_MODEL_DIR, ModelPolicy
-from policy.network import NetworkConfig
-from policy.ppo import PPOConfig, TrainState, new_state, resolve_device, train
+from policy.learning.network import NetworkConfig
+from policy.learning.ppo import PPOConfig, TrainState, new_state, resolve_device, train
 from simulator.observation import ObservationSpec
 from simulator.video import Video, load_video
 from traces.io import write_atomic
@@ -132,7 +132,7 @@ def train_command(
                 raise ValueError("--resume and --init are not supported with --schedule")
             the_schedule = load_schedule(schedule)
             if ray is not None:
-                from policy.distributed import connect
+                from policy.cluster import connect
 
                 connect(ray)
             _train_schedule(the_schedule, plasticity_config, ppo, the_video, video, out, scale,
@@ -225,7 +225,8 @@ def train_command(
                 bar.update(task, completed=st.update)
 
             if ray is not None:
-                from policy.distributed import connect, train_on_ray
+                from policy.cluster import connect
+                from policy.learning.distributed import train_on_ray
 
                 connect(ray)
                 train_on_ray(ppo, train_set, the_video, workers=ray_workers, state=state, device=dev, spec=spec,

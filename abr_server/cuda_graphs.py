@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from policy.dense import DenseActor
+from policy.learning.dense import DenseActor
 
 WARMUP_RUNS = 3  # eager runs on a side stream before a capture (cuBLAS picks its kernels there)
 MAX_GRAPH_BATCH = 1 << 16  # the largest bucket; bigger batches run in slices of it

@@ -36,7 +36,7 @@ import numpy as np
 from abr_server.netns import KernelShaper, private_netns
 from abr_server.telemetry import ingest_pending
 from policy.base import make_policy
-from policy.evaluate import DEFAULT_INITIAL_QUALITY, run_policy
+from policy.evaluation.loop import DEFAULT_INITIAL_QUALITY, run_policy
 from simulator.link import LinkConfig
 from simulator.qoe import QoEConfig, session_qoe, session_score
 from simulator.video import Video, load_video

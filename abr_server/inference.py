@@ -22,15 +22,15 @@ import numpy.typing as npt
 import torch
 
 from abr_server.cuda_graphs import GraphedActor
-from policy.dense import DenseActor
-from policy.network import ActorCritic
+from policy.learning.dense import DenseActor
+from policy.learning.network import ActorCritic
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     """A model ready to serve, with the version it was loaded as.
 
-    ``actor`` is the model's actor folded into three dense layers (`policy.dense.DenseActor`): the
+    ``actor`` is the model's actor folded into three dense layers (`policy.learning.dense.DenseActor`): the
     same function, several times faster at serving batch sizes. Decisions come from it.
     """
 

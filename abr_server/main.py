@@ -23,7 +23,7 @@ from abr_server.registry import ModelRegistry
 from abr_server.service import DecisionService
 from abr_server.settings import Settings
 from abr_server.shaping import ShapedLink
-from policy.ppo import resolve_device
+from policy.learning.ppo import resolve_device
 from simulator.capacity import TraceCapacity
 from simulator.link import LinkConfig
 from simulator.video import load_video

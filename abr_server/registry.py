@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from abr_server.inference import LoadedModel
-from policy.checkpoint import META_FILE, MODEL_FILE, CheckpointError, load_checkpoint
 from policy.learned import DEFAULT_MODEL_DIR
+from policy.learning.checkpoint import META_FILE, MODEL_FILE, CheckpointError, load_checkpoint
 from simulator.video import Video
 from traces.io import write_atomic
 

@@ -1,7 +1,7 @@
 """Issue 4 experiment: PPO with an input-dependent baseline (`abr train --critic-future`) against the same run
 with the usual critic, evaluated on the three test sets (greedy QoE_lin), one JSON line per evaluation.
 
-The critic also reads the mean throughput of the trace over the next 8 x 4 s (`policy.network`'s
+The critic also reads the mean throughput of the trace over the next 8 x 4 s (`policy.learning.network`'s
 ``critic_future``); the policy sees only the past, as always (Mao et al., "Variance Reduction for
 Reinforcement Learning in Input-Driven Environments", ICLR 2019). Settings are run A's (BENCHMARKS.md).
 
@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from policy.evaluate import run_policy
+from policy.evaluation.loop import run_policy
 from policy.learned import ModelPolicy
-from policy.network import NetworkConfig
-from policy.ppo import PPOConfig, TrainState, new_state, train
+from policy.learning.network import NetworkConfig
+from policy.learning.ppo import PPOConfig, TrainState, new_state, train
 from simulator.observation import ObservationSpec
 from simulator.video import Video
 from traces.sources import resolve, split_sources

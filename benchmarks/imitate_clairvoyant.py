@@ -19,11 +19,11 @@ import time
 import numpy as np
 import torch
 
-from policy.checkpoint import load_checkpoint
 from policy.clairvoyant import ClairvoyantConfig, clairvoyant_levels
-from policy.evaluate import run_policy
+from policy.evaluation.loop import run_policy
 from policy.learned import DEFAULT_MODEL_DIR, ModelPolicy
-from policy.network import ActorCritic
+from policy.learning.checkpoint import load_checkpoint
+from policy.learning.network import ActorCritic
 from simulator.batch import BatchSimulator
 from simulator.link import LinkConfig
 from simulator.observation import ObservationBuilder, ObservationSpec

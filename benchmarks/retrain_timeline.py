@@ -32,7 +32,7 @@ from abr_server.loadgen import local_server
 from abr_server.retrain.loop import RetrainConfig, retrain_once
 from plasticity.methods import PlasticityConfig
 from policy.learned import DEFAULT_MODEL_DIR
-from policy.ppo import PPOConfig
+from policy.learning.ppo import PPOConfig
 from tests.test_retrain_e2e import VIDEO, serving, through_server
 from traces.io import write_atomic
 

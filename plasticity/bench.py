@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from plasticity.continual import eventual_level, recovery_steps, run_schedule
 from plasticity.methods import METHODS, PlasticityConfig
 from plasticity.schedules import Schedule
-from policy.ppo import PPOConfig
+from policy.learning.ppo import PPOConfig
 from simulator.video import Video
 from traces.io import write_atomic
 
@@ -207,7 +207,7 @@ def run_bench(
 
 
 def _run_on_ray(address: str, jobs: list[Any], on_done: Callable[[str], None] | None) -> None:
-    from policy.distributed import connect, ray_module
+    from policy.cluster import connect, ray_module
 
     connect(address)
     ray_ = ray_module()

@@ -19,10 +19,10 @@ import torch
 
 from plasticity.methods import Plasticity, PlasticityConfig
 from plasticity.schedules import Schedule, expand
-from policy.evaluate import run_policy
+from policy.evaluation.loop import run_policy
 from policy.learned import ModelPolicy
-from policy.network import ActorCritic
-from policy.ppo import PPOConfig, TrainState, new_state, train
+from policy.learning.network import ActorCritic
+from policy.learning.ppo import PPOConfig, TrainState, new_state, train
 from simulator.observation import ObservationSpec
 from simulator.video import Video
 from traces.sources import resolve
@@ -93,7 +93,7 @@ def train_schedule(
 ) -> tuple[dict[str, Any], TrainState]:
     """As `run_schedule`, also returning the trained state (model and optimizer).
 
-    With ``ray_workers`` > 0 rollouts come from that many Ray actors (`policy.distributed.train_on_ray`;
+    With ``ray_workers`` > 0 rollouts come from that many Ray actors (`policy.learning.distributed.train_on_ray`;
     the caller connects to Ray first); the plasticity method and the evaluations run here as usual.
     """
     device = device or torch.device("cpu")
@@ -121,7 +121,7 @@ def train_schedule(
         done = 0
         for point in points:
             if ray_workers:
-                from policy.distributed import train_on_ray
+                from policy.learning.distributed import train_on_ray
 
                 train_on_ray(ppo, train_sets[index], video, workers=ray_workers, state=state, device=device,
                              spec=spec, stop_after_updates=point - done, plasticity=hook)  # fmt: skip

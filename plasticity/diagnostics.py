@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from policy.network import ActorCritic, NeuronLayer
-from policy.ppo import Rollout
+from policy.learning.network import ActorCritic, NeuronLayer
+from policy.learning.ppo import Rollout
 
 LossFn = Callable[[Rollout], torch.Tensor]
 

@@ -2,7 +2,7 @@
 
 Every method implements ``after_update(model, optimizer, update, batch, loss_fn) -> stats`` and
 ``begin_phase(model, optimizer, phase)``; `Plasticity` adds the periodic diagnostics and is what
-`policy.ppo.train` receives, so the trainer never knows which method runs.
+`policy.learning.ppo.train` receives, so the trainer never knows which method runs.
 
 Neuron resets (ReDo, CBP, ReSiN) share `reset_neurons`: incoming weights re-drawn from the layer's
 initial distribution (orthogonal rows, gain sqrt 2, bias 0), outgoing weights zeroed so that the
@@ -35,8 +35,8 @@ from plasticity.diagnostics import (
     unit_activity,
     weight_magnitude,
 )
-from policy.network import ActorCritic, NeuronLayer
-from policy.ppo import Rollout
+from policy.learning.network import ActorCritic, NeuronLayer
+from policy.learning.ppo import Rollout
 
 MethodName = Literal["none", "reset", "redo", "shrink-perturb", "cbp", "resin", "fresh"]
 METHODS: tuple[str, ...] = ("none", "reset", "redo", "shrink-perturb", "cbp", "resin", "fresh")
@@ -49,7 +49,7 @@ SilentRule = Literal["both", "either", "forward", "backward"]
 CHECK_EVERY_UPDATES: dict[str, int] = {"resin": 5}
 DEFAULT_CHECK_EVERY_UPDATES = 10
 
-#: Gain of the trunk layers' orthogonal init (`policy.network.layer_init`'s default): resets redraw from it.
+#: Gain of the trunk layers' orthogonal init (`policy.learning.network.layer_init`'s default): resets redraw from it.
 TRUNK_GAIN = math.sqrt(2.0)
 
 

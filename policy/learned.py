@@ -10,8 +10,8 @@ import torch
 from pydantic import Field
 
 from policy.base import IntArray, Policy, PolicyConfig, PolicySpecError, register
-from policy.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from policy.network import ActorCritic
+from policy.learning.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from policy.learning.network import ActorCritic
 from simulator.observation import Observation, ObservationSpec
 from simulator.video import Video
 

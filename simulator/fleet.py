@@ -32,7 +32,7 @@ import simpy.rt
 from pydantic import BaseModel, ConfigDict, Field
 
 from policy.base import Policy, make_policy
-from policy.evaluate import DEFAULT_INITIAL_QUALITY
+from policy.evaluation.loop import DEFAULT_INITIAL_QUALITY
 from simulator.capacity import TraceCapacity
 from simulator.link import LinkConfig
 from simulator.observation import Observation, ObservationBuilder, ObservationSpec

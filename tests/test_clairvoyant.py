@@ -10,7 +10,7 @@ import pytest
 from policy import clairvoyant as clairvoyant_module
 from policy import make_policy
 from policy.clairvoyant import ClairvoyantConfig, clairvoyant_levels
-from policy.evaluate import run_policy
+from policy.evaluation.loop import run_policy
 from simulator.batch import BatchSimulator
 from simulator.link import LinkConfig
 from simulator.observation import ObservationBuilder

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from abr_cli.main import app
-from policy.evaluate import RECORD_FIELDS as EVAL_RECORD_FIELDS
+from policy.evaluation.loop import RECORD_FIELDS as EVAL_RECORD_FIELDS
 
 runner = CliRunner()
 

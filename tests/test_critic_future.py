@@ -15,11 +15,11 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from abr_cli.main import app
-from policy.checkpoint import load_checkpoint, save_checkpoint
-from policy.evaluate import run_policy
+from policy.evaluation.loop import run_policy
 from policy.learned import ModelPolicy
-from policy.network import ROW_FUTURE, ActorCritic, NetworkConfig
-from policy.ppo import PPOConfig, train, with_future_row
+from policy.learning.checkpoint import load_checkpoint, save_checkpoint
+from policy.learning.network import ROW_FUTURE, ActorCritic, NetworkConfig
+from policy.learning.ppo import PPOConfig, train, with_future_row
 from simulator.batch import BatchSimulator, SessionState
 from simulator.link import LinkConfig
 from simulator.observation import ObservationBuilder, ObservationSpec

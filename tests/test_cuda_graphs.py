@@ -16,8 +16,8 @@ from abr_server.inference import LoadedModel, forward_levels
 from abr_server.main import create_app
 from abr_server.registry import ModelRegistry
 from abr_server.settings import Settings
-from policy.dense import DenseActor
-from policy.network import ActorCritic
+from policy.learning.dense import DenseActor
+from policy.learning.network import ActorCritic
 from simulator.observation import ObservationSpec
 from simulator.video import Video
 

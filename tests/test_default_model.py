@@ -7,9 +7,9 @@ import json
 import numpy as np
 
 from policy import make_policy
-from policy.checkpoint import load_checkpoint
-from policy.evaluate import run_policy
+from policy.evaluation.loop import run_policy
 from policy.learned import DEFAULT_MODEL_DIR
+from policy.learning.checkpoint import load_checkpoint
 from simulator.video import Video
 from traces.generate import generate_from_spec
 

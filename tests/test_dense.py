@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy.dense import DenseActor
-from policy.network import ActorCritic, NetworkConfig
+from policy.learning.dense import DenseActor
+from policy.learning.network import ActorCritic, NetworkConfig
 
 
 @settings(max_examples=15, deadline=None)

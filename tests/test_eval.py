@@ -1,4 +1,4 @@
-"""``abr eval`` end to end (CliRunner) and the pure report builders of `policy.report`."""
+"""``abr eval`` end to end (CliRunner) and the pure report builders of `policy.evaluation.report`."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from abr_cli import eval_cmd
 from abr_cli.main import app
 from policy import available_policies, make_policy
 from policy.base import Policy
-from policy.evaluate import run_policy, summarize
-from policy.report import (
+from policy.evaluation.loop import run_policy, summarize
+from policy.evaluation.report import (
     Evaluation,
     PolicyResult,
     RunInfo,
@@ -278,7 +278,7 @@ def test_default_policies_are_the_registered_ones(monkeypatch: pytest.MonkeyPatc
 
 
 def test_importing_the_cli_does_not_import_matplotlib() -> None:
-    code = "import sys, abr_cli.main, policy.report; print('matplotlib' in sys.modules)"
+    code = "import sys, abr_cli.main, policy.evaluation.report; print('matplotlib' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
 

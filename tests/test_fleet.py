@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from abr_cli.fleet_cmd import parse_arrivals
 from abr_cli.main import app
 from policy.base import make_policy
-from policy.evaluate import run_policy
+from policy.evaluation.loop import run_policy
 from simulator.capacity import TraceCapacity
 from simulator.fleet import FleetConfig, SharedLink, simulate_fleet, stack_observations
 from simulator.observation import ObservationBuilder

@@ -11,11 +11,11 @@ import torch
 
 from policy import make_policy
 from policy.base import PolicySpecError
-from policy.checkpoint import CheckpointError, load_checkpoint, load_optimizer_state, save_checkpoint
-from policy.evaluate import run_policy
+from policy.evaluation.loop import run_policy
 from policy.learned import ModelPolicy
-from policy.network import ActorCritic, NetworkConfig
-from policy.ppo import PPOConfig, new_state, train
+from policy.learning.checkpoint import CheckpointError, load_checkpoint, load_optimizer_state, save_checkpoint
+from policy.learning.network import ActorCritic, NetworkConfig
+from policy.learning.ppo import PPOConfig, new_state, train
 from simulator.observation import ObservationSpec
 from simulator.video import Video
 from tests.helpers import make_trace

@@ -9,7 +9,7 @@ import pytest
 
 from policy import make_policy
 from policy.classic import harmonic_mean_recent
-from policy.evaluate import run_policy
+from policy.evaluation.loop import run_policy
 from policy.mpc import RobustMPCPolicy
 from policy.optimal import _merge, optimal_plan
 from simulator.batch import BatchSimulator

@@ -1,4 +1,4 @@
-"""Classic rules (BBA, fixed), the policy registry and spec strings, and `policy.evaluate.run_policy`."""
+"""Classic rules (BBA, fixed), the policy registry and spec strings, and `policy.evaluation.loop.run_policy`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from policy import PolicySpecError, available_policies, make_policy
 from policy.base import IntArray, Policy
 from policy.classic import BBAConfig, BBAPolicy, FixedPolicy
-from policy.evaluate import RECORD_FIELDS, SessionLogs, run_policy, summarize
+from policy.evaluation.loop import RECORD_FIELDS, SessionLogs, run_policy, summarize
 from simulator.link import LinkConfig
 from simulator.observation import Observation, ObservationBuilder
 from simulator.video import Video

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from abr_cli.main import app
 from policy.base import make_policy
-from policy.distributed import concat_logs, run_policy_ray, shard_batches
-from policy.evaluate import run_policy
+from policy.evaluation.distributed import concat_logs, run_policy_ray, shard_batches
+from policy.evaluation.loop import run_policy
 from simulator.video import Video
 from traces.generate import generate_from_spec
 
@@ -88,9 +88,9 @@ def test_plasticity_bench_through_ray_gives_the_same_records(local_ray: None, tm
 @pytest.mark.slow
 @pytest.mark.parametrize("critic_future", [False, True], ids=["critic", "critic-sees-future"])
 def test_training_through_ray_learns(local_ray: None, critic_future: bool) -> None:
-    from policy.distributed import train_on_ray
-    from policy.network import NetworkConfig
-    from policy.ppo import PPOConfig
+    from policy.learning.distributed import train_on_ray
+    from policy.learning.network import NetworkConfig
+    from policy.learning.ppo import PPOConfig
     from traces.trace import Trace
 
     # On fast constant links the best policy fetches high levels: a learner that learns gains a lot of QoE.
@@ -115,7 +115,7 @@ def test_a_retraining_round_through_ray_gates_on_the_same_scores(local_ray: None
     from abr_server.registry import ModelRegistry
     from abr_server.retrain.loop import RetrainConfig, retrain_once
     from policy.learned import DEFAULT_MODEL_DIR
-    from policy.ppo import PPOConfig
+    from policy.learning.ppo import PPOConfig
     from tests.test_retrain import session_rows, write_rows
     from traces.trace import Trace
 

@@ -11,7 +11,7 @@ import pytest
 from abr_server.retrain.rebuild import RebuildConfig, rebuild_traces, weighted_sample
 from abr_server.telemetry import COLUMNS, SCHEMA
 from policy.base import make_policy
-from policy.evaluate import run_policy
+from policy.evaluation.loop import run_policy
 from simulator.link import LinkConfig
 from simulator.reference import ScalarSession
 from simulator.video import Video

@@ -18,7 +18,7 @@ from abr_server.fleet_client import RemoteDecider
 from abr_server.loadgen import local_server
 from abr_server.retrain.loop import RetrainConfig, retrain_once
 from policy.learned import DEFAULT_MODEL_DIR
-from policy.ppo import PPOConfig
+from policy.learning.ppo import PPOConfig
 from simulator.fleet import FleetConfig, FleetResult, simulate_fleet
 from simulator.video import Video
 from traces.generate import generate_from_spec

@@ -68,7 +68,7 @@ def test_train_bad_input(tmp_path: Path) -> None:
 
 
 def test_train_init_fine_tunes_from_a_checkpoint(tmp_path: Path) -> None:
-    from policy.checkpoint import load_checkpoint
+    from policy.learning.checkpoint import load_checkpoint
 
     assert _run(tmp_path).exit_code == 0  # type: ignore[attr-defined]
     start = tmp_path / "run" / "last"

@@ -36,11 +36,11 @@ from abr_server.registry import ModelRegistry
 from abr_server.retrain.rebuild import RebuildConfig, rebuild_traces, weighted_sample
 from plasticity.methods import Plasticity, PlasticityConfig
 from policy.base import make_policy
-from policy.checkpoint import CheckpointError, load_checkpoint, load_optimizer_state, save_checkpoint
-from policy.evaluate import run_policy
+from policy.evaluation.loop import run_policy
 from policy.learned import ModelPolicy
-from policy.optim import EntryAdam
-from policy.ppo import PPOConfig, TrainState, train
+from policy.learning.checkpoint import CheckpointError, load_checkpoint, load_optimizer_state, save_checkpoint
+from policy.learning.optim import EntryAdam
+from policy.learning.ppo import PPOConfig, TrainState, train
 from simulator.observation import ObservationSpec
 from simulator.video import Video
 from traces.io import write_atomic
@@ -115,8 +115,8 @@ def retrain_once(
     """Run one round (see the module docstring); never leaves a partial version in ``models``.
 
     With ``ray_workers`` > 0 the fine-tuning collects its rollouts from that many Ray actors
-    (`policy.distributed.train_on_ray`) and the gate's evaluations run as Ray tasks (identical scores);
-    the caller connects to Ray first (`policy.distributed.connect`).
+    (`policy.learning.distributed.train_on_ray`) and the gate's evaluations run as Ray tasks (identical scores);
+    the caller connects to Ray first (`policy.learning.distributed.connect`).
     """
     config = config or RetrainConfig()
     started = time.perf_counter()
@@ -160,7 +160,7 @@ def retrain_once(
     while state.update < config.updates:
         chunk = min(config.checkpoint_every, config.updates - state.update)
         if ray_workers:
-            from policy.distributed import train_on_ray
+            from policy.learning.distributed import train_on_ray
 
             train_on_ray(ppo, training, video, workers=ray_workers, state=state, stop_after_updates=chunk,
                          plasticity=hook)  # fmt: skip
@@ -234,7 +234,7 @@ def _older(source: str | None, older_telemetry: list[Trace] | None) -> list[Trac
 def _scores(traces: list[Trace], video: Video, policies: dict[str, Any], on_ray: bool = False) -> dict[str, float]:
     """Mean QoE_lin of each policy on ``traces`` (through Ray tasks if ``on_ray``: the same numbers)."""
     if on_ray:
-        from policy.distributed import run_policies_ray
+        from policy.evaluation.distributed import run_policies_ray
 
         outcomes = run_policies_ray([(policy, traces) for policy in policies.values()], video)
         return {name: float(logs.scores().mean()) for name, (logs, _) in zip(policies, outcomes, strict=True)}

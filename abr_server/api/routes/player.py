@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from abr_server.deps import ServiceDep, SettingsDep
 from policy.classic import BBAConfig
-from policy.evaluate import DEFAULT_INITIAL_QUALITY
+from policy.evaluation.loop import DEFAULT_INITIAL_QUALITY
 from simulator.link import LinkConfig
 
 PLAYER_DIR = Path(__file__).resolve().parents[2] / "player"

@@ -1,14 +1,4 @@
-"""Scale-out on Ray (the optional ``resin-abr[ray]`` extra): evaluation shards as Ray tasks.
-
-``--ray local`` starts a Ray instance on this machine; ``--ray ADDRESS`` (``ray://host:10001`` or
-``host:6379``) joins a running cluster. Every node needs the project installed and the trace files at
-the same paths as the driver (file paths travel, not file contents).
-
-Evaluation: the trace set of each policy is cut into contiguous shards of ``batch_sessions`` traces,
-one Ray task each; a shard is simulated exactly as the local loop simulates that batch (same sessions
-together, same seed), so the merged result is identical to `policy.evaluate.run_policy` with the same
-``batch_sessions``.
-"""
+"""PPO rollouts on Ray actors."""
 
 from __future__ import annotations
 
@@ -18,128 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from policy.base import Policy
-from policy.evaluate import DEFAULT_BATCH_SESSIONS, DEFAULT_INITIAL_QUALITY, SessionLogs, run_policy
-from policy.network import ActorCritic
-from policy.ppo import PlasticityHook, PPOConfig, TrainState, entropy_coef
+from policy.cluster import ray_module
+from policy.learning.network import ActorCritic
+from policy.learning.ppo import PlasticityHook, PPOConfig, TrainState, entropy_coef
 from simulator.link import LinkConfig
 from simulator.observation import ObservationSpec
 from simulator.video import Video
 from traces.trace import Trace
-
-INSTALL_HINT = "Ray is not installed: pip install 'resin-abr[ray]' (or pip install ray)"
-
-
-def ray_module() -> Any:
-    """The ``ray`` module, or a clear error naming the extra to install."""
-    try:
-        import ray
-    except ImportError:
-        raise ValueError(INSTALL_HINT) from None
-    return ray
-
-
-def connect(address: str, *, num_cpus: int | None = None) -> None:
-    """Join the cluster at ``address``, or start a local instance for ``local`` (idempotent)."""
-    ray = ray_module()
-    if ray.is_initialized():
-        return
-    try:
-        if address == "local":
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-    except Exception as err:  # Ray raises ConnectionError, RuntimeError, ValueError... for a bad address
-        raise ValueError(f"--ray {address}: cannot connect to a Ray cluster there ({err})") from None
-
-
-def shard_batches(n_traces: int, batch_sessions: int) -> list[tuple[int, int]]:
-    """Contiguous (start, stop) shards of at most ``batch_sessions`` traces, in order."""
-    if batch_sessions < 1:
-        raise ValueError(f"batch_sessions must be >= 1, got {batch_sessions}")
-    return [(start, min(start + batch_sessions, n_traces)) for start in range(0, n_traces, batch_sessions)]
-
-
-def _shard(policy: Policy, traces: Sequence[Trace], video: Video, link: LinkConfig, initial_quality: int,
-           seed: int) -> tuple[SessionLogs, float]:  # fmt: skip
-    started = time.perf_counter()
-    logs = run_policy(policy, traces, video, link, initial_quality=initial_quality, batch_sessions=len(traces),
-                      seed=seed)  # fmt: skip
-    return logs, time.perf_counter() - started
-
-
-def run_policies_ray(
-    jobs: Sequence[tuple[Policy, Sequence[Trace]]],
-    video: Video,
-    link: LinkConfig | None = None,
-    *,
-    initial_quality: int = DEFAULT_INITIAL_QUALITY,
-    batch_sessions: int = DEFAULT_BATCH_SESSIONS,
-    seed: int = 0,
-    on_batch: Callable[[int], None] | None = None,
-) -> list[tuple[SessionLogs, float]]:
-    """`run_policy` for every (policy, traces) job, all shards submitted at once as Ray tasks.
-
-    Returns per job its logs (identical to the local loop with the same ``batch_sessions``) and the
-    seconds its shards ran (summed over tasks).
-    """
-    ray = ray_module()
-    link = link if link is not None else LinkConfig.evaluation()
-    remote = ray.remote(num_cpus=1)(_shard)
-    video_ref = ray.put(video)
-    pending: dict[Any, tuple[int, int, int]] = {}
-    for index, (policy, traces) in enumerate(jobs):
-        if not traces:
-            raise ValueError("no traces to run")
-        policy_ref = ray.put(policy)
-        for a, b in shard_batches(len(traces), batch_sessions):
-            ref = remote.remote(policy_ref, list(traces[a:b]), video_ref, link, initial_quality, seed + a)
-            pending[ref] = (index, a, b)
-    parts: dict[int, dict[int, SessionLogs]] = {i: {} for i in range(len(jobs))}
-    seconds = [0.0] * len(jobs)
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            index, start, stop = pending.pop(ref)
-            logs, took = ray.get(ref)
-            parts[index][start] = logs
-            seconds[index] += took
-            if on_batch is not None:
-                on_batch(stop - start)
-    return [(concat_logs([parts[i][k] for k in sorted(parts[i])]), seconds[i]) for i in range(len(jobs))]
-
-
-def run_policy_ray(
-    policy: Policy,
-    traces: Sequence[Trace],
-    video: Video,
-    link: LinkConfig | None = None,
-    *,
-    initial_quality: int = DEFAULT_INITIAL_QUALITY,
-    batch_sessions: int = DEFAULT_BATCH_SESSIONS,
-    seed: int = 0,
-) -> SessionLogs:
-    """`run_policy` with one Ray task per batch of sessions; identical results, shards run in parallel."""
-    [(logs, _)] = run_policies_ray([(policy, traces)], video, link, initial_quality=initial_quality,
-                                   batch_sessions=batch_sessions, seed=seed)  # fmt: skip
-    return logs
-
-
-def concat_logs(parts: Sequence[SessionLogs]) -> SessionLogs:
-    """One `SessionLogs` from shards of the same video and initial quality, in order."""
-    if not parts:
-        raise ValueError("no logs to concatenate")
-    first = parts[0]
-    return SessionLogs(
-        trace_names=tuple(name for p in parts for name in p.trace_names),
-        video=first.video,
-        initial_quality=first.initial_quality,
-        **{k: np.concatenate([getattr(p, k) for p in parts])
-           for k in ("quality", "chunk_bytes", "delay_ms", "sleep_ms", "buffer_s", "rebuf_s")},
-    )  # fmt: skip
-
-
-# --------------------------------------------------------------------------- distributed training
 
 
 class RolloutWorker:
@@ -153,7 +28,7 @@ class RolloutWorker:
                  spec: ObservationSpec, num_envs: int, worker: int, start_update: int) -> None:  # fmt: skip
         import torch
 
-        from policy.ppo import PPOConfig
+        from policy.learning.ppo import PPOConfig
         from simulator.envs import ABRVectorEnv
         from simulator.qoe import QoEConfig
 
@@ -174,7 +49,7 @@ class RolloutWorker:
     def _observed(self, obs: np.ndarray) -> Any:
         import torch
 
-        from policy.ppo import with_future_row
+        from policy.learning.ppo import with_future_row
 
         if self.config.network.critic_future:
             obs = with_future_row(obs, self.envs.sim, self.video)
@@ -230,7 +105,7 @@ def train_on_ray(
     """
     import torch
 
-    from policy.ppo import gae_rollout, new_state, ppo_update, update_metrics
+    from policy.learning.ppo import gae_rollout, new_state, ppo_update, update_metrics
 
     ray = ray_module()
     if workers < 1 or workers > config.num_envs:
@@ -278,7 +153,7 @@ def train_on_ray(
         if plasticity is not None:
             from functools import partial
 
-            from policy.ppo import _loss_only
+            from policy.learning.ppo import _loss_only
 
             metrics.update(plasticity.after_update(model, optimizer, state.update, rollout,
                                                    partial(_loss_only, model, config, ent_coef)))  # fmt: skip

@@ -33,7 +33,7 @@ from torch.distributions import Categorical
 
 #: Rows of the observation (see simulator.observation).
 ROW_BITRATE, ROW_BUFFER, ROW_THROUGHPUT, ROW_DELAY, ROW_SIZES, ROW_REMAINING = range(6)
-#: The row only a future-seeing critic reads (training only; see `policy.ppo.with_future_row`).
+#: The row only a future-seeing critic reads (training only; see `policy.learning.ppo.with_future_row`).
 ROW_FUTURE = 6
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from policy.evaluate import SessionLogs, Summary, summarize
+from policy.evaluation.loop import SessionLogs, Summary, summarize
 from simulator.qoe import HD_UTILITIES, QoEConfig, QoEKind
 from traces.io import write_atomic
 from traces.trace import Trace

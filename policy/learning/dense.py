@@ -20,7 +20,7 @@ import copy
 import torch
 from torch import nn
 
-from policy.network import ActorCritic, Trunk
+from policy.learning.network import ActorCritic, Trunk
 
 
 def _branch_map(trunk: Trunk, width: int) -> tuple[torch.Tensor, torch.Tensor]:

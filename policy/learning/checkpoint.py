@@ -23,8 +23,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from policy.network import ActorCritic, NetworkConfig
-from policy.optim import EntryAdam
+from policy.learning.network import ActorCritic, NetworkConfig
+from policy.learning.optim import EntryAdam
 from simulator.observation import ObservationSpec
 from simulator.video import Video
 from traces.io import write_atomic

@@ -19,8 +19,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from policy.network import ROW_FUTURE, ActorCritic, NetworkConfig
-from policy.optim import EntryAdam
+from policy.learning.network import ROW_FUTURE, ActorCritic, NetworkConfig
+from policy.learning.optim import EntryAdam
 from simulator.batch import BatchSimulator
 from simulator.envs import ABRVectorEnv
 from simulator.link import LinkConfig

@@ -1,0 +1,1 @@
+"""Learning: the actor-critic network, PPO over a rollout source, checkpoints and the training run."""
