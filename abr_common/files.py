@@ -1,0 +1,39 @@
+"""File helpers shared by every package: atomic writes.
+
+A reader of a file written here sees either the old file or the complete new one, never a partial
+write: the data goes to a hidden temporary file in the same folder, which is then renamed over the
+target (a rename within one file system is atomic).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one.
+
+    Missing parent folders are created. Errors name ``path`` (not the hidden temporary file).
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(f"{target}: is a folder, expected a file path")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"{target}: cannot create its folder ({err.strerror or err})") from None
+    temporary = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        # os.open with mode 0o666 lets the umask set the permissions, as for a plainly created file.
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as err:
+        raise OSError(f"{target}: cannot write ({err.strerror or err})") from None
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
