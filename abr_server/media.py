@@ -15,6 +15,7 @@ from pathlib import Path
 
 from starlette.types import Receive, Scope, Send
 
+from abr_common.units import MS_PER_S
 from abr_server.shaping import SLICE_BYTES, ShapedLink
 
 CONTENT_TYPES = {
@@ -78,7 +79,7 @@ class MediaApp:
         if self.link is not None:
             self.link.start()  # the trace's clock runs from the first request
         if self.delay_ms > 0:
-            await asyncio.sleep(self.delay_ms / 1000.0)  # the path's round trip before the first byte
+            await asyncio.sleep(self.delay_ms / MS_PER_S)  # the path's round trip before the first byte
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         if method == "HEAD":
             await send({"type": "http.response.body", "body": b""})

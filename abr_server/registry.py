@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
+from abr_common.files import write_atomic
 from abr_server.inference import LoadedModel
 from policy.learned import DEFAULT_MODEL_DIR
 from policy.learning.checkpoint import META_FILE, MODEL_FILE, CheckpointError, load_checkpoint
 from simulator.video import Video
-from traces.io import write_atomic
 
 ACTIVE_FILE = "ACTIVE"
 DEFAULT_VERSION = "default"

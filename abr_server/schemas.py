@@ -6,6 +6,8 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from abr_common.units import BITS_PER_BYTE, MS_PER_S
+
 #: Upper bounds that keep a hostile or broken client from feeding absurd numbers into a session.
 MAX_CHUNK_BYTES = 1 << 31
 MAX_TIME_MS = 1e15
@@ -49,7 +51,7 @@ class ChunkReport(BaseModel):
     @property
     def buffer_level_s(self) -> float:
         """Buffer after the chunk, seconds (from buffer_s or CMCD bl)."""
-        return self.buffer_s if self.buffer_s is not None else float(self.bl or 0.0) / 1000.0
+        return self.buffer_s if self.buffer_s is not None else float(self.bl or 0.0) / MS_PER_S
 
     @property
     def delay_ms(self) -> float:
@@ -57,7 +59,7 @@ class ChunkReport(BaseModel):
         if self.request_start_ms is not None and self.end_ms is not None:
             return max(self.end_ms - self.request_start_ms, 1.0)
         assert self.mtp is not None
-        return max(self.bytes * 8.0 / self.mtp, 1.0)
+        return max(self.bytes * BITS_PER_BYTE / self.mtp, 1.0)  # bits / (kbit/s) = ms
 
 
 class Decision(BaseModel):

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from abr_common.units import MS_PER_S
 from abr_server.inference import LoadedModel, MicroBatcher, ModelSlot
 from abr_server.metrics import Metrics
 from abr_server.registry import ModelRegistry, RegistryError
@@ -36,7 +37,7 @@ class DecisionService:
         on_thread = settings.inference_thread
         if on_thread is None:
             on_thread = self.slot.current.device.type != "cpu"
-        self.batcher = MicroBatcher(self.slot, settings.max_batch, settings.max_wait_ms / 1000.0,
+        self.batcher = MicroBatcher(self.slot, settings.max_batch, settings.max_wait_ms / MS_PER_S,
                                     on_batch=metrics.batch_size.observe, inline=not on_thread)  # fmt: skip
         self.fallback = self._classic(settings.fallback_policy)
         for spec in {settings.policy, settings.ab_policy} - {None, LEARNED}:
@@ -123,7 +124,7 @@ class DecisionService:
         try:
             # A future, not a coroutine: wait_for then needs no task per decision.
             level, version = await asyncio.wait_for(
-                self.batcher.submit(state), self.settings.inference_timeout_ms / 1000.0
+                self.batcher.submit(state), self.settings.inference_timeout_ms / MS_PER_S
             )
             return self._decision(level, next_index, LEARNED, version)
         except TimeoutError:

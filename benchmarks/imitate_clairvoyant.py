@@ -19,6 +19,7 @@ import time
 import numpy as np
 import torch
 
+from abr_common.paths import DEFAULT_TRACE_ROOT
 from policy.clairvoyant import ClairvoyantConfig, clairvoyant_levels
 from policy.evaluation.loop import run_policy
 from policy.learned import DEFAULT_MODEL_DIR, ModelPolicy
@@ -48,8 +49,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--horizon", type=int, default=4, help="The teacher's look-ahead in chunks.")
-    parser.add_argument("--traces", default="../shared/traces/fcc-train,../shared/traces/norway-train")
-    parser.add_argument("--video", default="../shared/traces/video-sizes")
+    parser.add_argument("--traces", default=f"{DEFAULT_TRACE_ROOT}/fcc-train,{DEFAULT_TRACE_ROOT}/norway-train")
+    parser.add_argument("--video", default=f"{DEFAULT_TRACE_ROOT}/video-sizes")
     parser.add_argument("--epochs", type=int, default=4, help="Passes over the aggregated data per round.")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -58,7 +59,7 @@ def main() -> None:
     video = Video.from_size_files(args.video)
     spec = ObservationSpec()
     traces = [t for source in args.traces.split(",") for t in resolve(source)]
-    tests = {name: resolve(f"../shared/traces/{name}") for name in TEST_SETS}
+    tests = {name: resolve(f"{DEFAULT_TRACE_ROOT}/{name}") for name in TEST_SETS}
     model = load_checkpoint(DEFAULT_MODEL_DIR, video).model
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)

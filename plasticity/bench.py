@@ -9,7 +9,6 @@ t-intervals over seeds; `write_report` writes ``results.json``, ``report.md`` an
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -20,17 +19,15 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from abr_common.files import write_atomic
+from abr_common.paths import DEFAULT_TRACE_ROOT
+from abr_common.stats import mean_ci95
 from plasticity.continual import eventual_level, recovery_steps, run_schedule
 from plasticity.methods import METHODS, PlasticityConfig
 from plasticity.schedules import Schedule
 from policy.learning.ppo import PPOConfig
 from simulator.video import Video
-from traces.io import write_atomic
 
-#: Two-sided 95% Student-t quantiles by degrees of freedom (1..30); beyond 30 the normal 1.96 is used.
-T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-       2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-       2.045, 2.042)  # fmt: skip
 #: Random stream of the phase-length jitter (kept apart from the training seeds' streams).
 PHASE_JITTER_STREAM = 7_919
 DIAGNOSTICS_PLOTTED = ("plasticity/silent_ratio", "plasticity/dormant_ratio", "plasticity/grad_silent_ratio",
@@ -46,7 +43,7 @@ class BenchConfig(BaseModel):
     seeds: int = Field(5, ge=1)
     scale: float = Field(1.0, gt=0, description="Multiplies every phase's steps.")
     workers: int = Field(2, ge=1)
-    trace_root: str = "../shared/traces"
+    trace_root: str = str(DEFAULT_TRACE_ROOT)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     plasticity: PlasticityConfig = Field(default_factory=PlasticityConfig, description="Shared by every method.")
     method_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per-method fields.")
@@ -82,16 +79,6 @@ class BenchConfig(BaseModel):
         fields = {**self.plasticity.model_dump(), **self.method_overrides.get(method, {}), "method": method}
         fields["seed"] = seed
         return PlasticityConfig(**fields)
-
-
-def t_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and 95% half-width (Student t) of ``values``; half-width NaN for a single value."""
-    x = np.asarray(values, dtype=np.float64)
-    mean = float(x.mean())
-    if x.size < 2 or not np.all(np.isfinite(x)):
-        return mean, float("nan")
-    t = T95[x.size - 2] if x.size - 1 <= len(T95) else 1.96
-    return mean, float(t * x.std(ddof=1) / math.sqrt(x.size))
 
 
 def _job_record(args: tuple[dict[str, Any], dict[str, Any], str, float, str, Video, str]) -> dict[str, Any]:
@@ -277,7 +264,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
             stats = {}
             for key in ("qoe", "final_qoe", "bitrate_kbps", "first_bitrate_kbps", "recovery_steps",
                         "recovery_to_best_steps"):  # fmt: skip
-                mean, half = t_interval([r[index][key] for r in rows])
+                mean, half = mean_ci95([r[index][key] for r in rows])
                 stats[key] = {"mean": mean, "ci95": half}
             per_phase.append(stats)
         post_shift = (
@@ -285,7 +272,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
             if len(phases) > 1
             else [r[0]["qoe"] for r in rows]
         )
-        mean, half = t_interval(post_shift)
+        mean, half = mean_ci95(post_shift)
         curves: dict[str, Any] = {}
         for key in ("charts/qoe", *DIAGNOSTICS_PLOTTED):
             series = [[(u["global_step"], u[key]) for u in r["updates"] if key in u] for r in runs]

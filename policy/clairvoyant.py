@@ -118,11 +118,7 @@ def _search(
             )
         )
         result = sim.step(level, active=live)
-        gained = (
-            util[level]
-            - qoe.rebuffer_weight * np.asarray(result.rebuf_s)
-            - qoe.smooth_penalty * np.abs(util[level] - util[last])
-        )
+        gained = qoe.level_qoe(util, level, last, np.asarray(result.rebuf_s))
         after = sim.state()
         state = SessionState(
             trace_index=state.trace_index,

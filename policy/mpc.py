@@ -15,7 +15,7 @@ combinations are broken as it does (the last best combination in enumeration ord
 
 Vectorised: combinations share prefixes, so the buffer is simulated on the tree of prefixes (one
 level deeper per look-ahead step, about 1.2 x 7,776 nodes) for all sessions at once, and the
-QoE terms that do not depend on the network (utility sums, switching penalties per current level)
+QoE terms that do not depend on the network (utility sums, summed utility changes per current level)
 are precomputed per horizon.
 """
 
@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
+from abr_common.units import BITS_PER_BYTE, BITS_PER_MBIT
 from policy.base import IntArray, Policy, PolicyConfig, register
 from policy.classic import harmonic_mean_recent
 from simulator.observation import Observation
@@ -55,13 +56,13 @@ class _Plans:
         util = qoe.utilities(video)
         n = video.n_levels
         self.utility_sum: dict[int, FloatArray] = {}
-        self.switch_penalty: dict[int, FloatArray] = {}  # [current level, combination]
+        self.utility_change: dict[int, FloatArray] = {}  # [current level, combination]
         for h in range(1, horizon + 1):
             levels = np.stack(np.unravel_index(np.arange(n**h), (n,) * h), axis=1)  # product order
             values = util[levels]
             self.utility_sum[h] = values.sum(axis=1)
             inner = np.abs(np.diff(values, axis=1)).sum(axis=1)
-            self.switch_penalty[h] = qoe.smooth_penalty * (np.abs(values[None, :, 0] - util[:, None]) + inner[None, :])
+            self.utility_change[h] = np.abs(values[None, :, 0] - util[:, None]) + inner[None, :]
 
 
 class _MPCBase(Policy):
@@ -120,20 +121,17 @@ class _MPCBase(Policy):
         n = video.n_levels
         # Seconds to fetch chunk next_index + p at each level: [sessions, h, levels].
         chunks = next_index[:, None] + np.arange(h)[None, :]
-        sizes_bits = video.chunk_bytes[:, chunks].transpose(1, 2, 0) * 8.0
+        sizes_bits = video.chunk_bytes[:, chunks].transpose(1, 2, 0) * BITS_PER_BYTE
         with np.errstate(divide="ignore"):
-            seconds = sizes_bits / (np.maximum(mbps, 0.0)[:, None, None] * 1e6)
+            seconds = sizes_bits / (np.maximum(mbps, 0.0)[:, None, None] * BITS_PER_MBIT)
         buffer = buffer_s[:, None]
         rebuffer = np.zeros_like(buffer)
         for p in range(h):
             left = buffer[:, :, None] - seconds[:, p, None, :]  # [sessions, prefixes, levels]
             rebuffer = (rebuffer[:, :, None] + np.maximum(-left, 0.0)).reshape(left.shape[0], -1)
             buffer = (np.maximum(left, 0.0) + video.chunk_duration_s).reshape(left.shape[0], -1)
-        score = (
-            self._plans.utility_sum[h][None, :]
-            - self._qoe.rebuffer_weight * rebuffer
-            - self._plans.switch_penalty[h][current]
-        )
+        # The QoE of each combination from its summed terms (the formula is linear in them).
+        score = self._qoe.score(self._plans.utility_sum[h][None, :], rebuffer, self._plans.utility_change[h][current])
         # The last best combination in enumeration order (the reference keeps ties' later combination).
         # Scores equal up to rounding count as ties: summation order must not decide the level.
         top = score.max(axis=1, keepdims=True)

@@ -29,10 +29,12 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
+from abr_common.units import MS_PER_S
 from policy.base import IntArray, PlannedPolicy, PolicyConfig, register
 from simulator.batch import BatchSimulator, SessionState
 from simulator.link import LinkConfig
 from simulator.qoe import QoEConfig, QoEKind
+from simulator.reference import DEFAULT_INITIAL_QUALITY
 from simulator.video import Video
 from traces.trace import Trace
 
@@ -67,7 +69,7 @@ def optimal_plan(
     link: LinkConfig | None = None,
     *,
     qoe: QoEConfig | None = None,
-    initial_quality: int = 1,
+    initial_quality: int = DEFAULT_INITIAL_QUALITY,
     time_step_s: float = 4.0,
     max_labels: int = 2_000_000,
 ) -> Plan:
@@ -82,11 +84,10 @@ def optimal_plan(
     sim = BatchSimulator([trace], video, link, n_sessions=1)
     sim.reset()
     first = sim.step(np.array([initial_quality]))
-    reward0 = float(
-        util[initial_quality] - qoe.rebuffer_weight * first.rebuf_s[0]
-    )  # no switch penalty: the previous level is the initial one
+    # No switch penalty: the previous level is the initial one.
+    reward0 = float(qoe.level_qoe(util, initial_quality, initial_quality, first.rebuf_s[0]))
     state = sim.state() if video.n_chunks > 1 else None
-    elapsed_s = np.array([(first.delay_ms[0] + first.sleep_ms[0]) / 1000.0])
+    elapsed_s = np.array([(first.delay_ms[0] + first.sleep_ms[0]) / MS_PER_S])
     reward = np.array([reward0])
     last = np.array([initial_quality], dtype=np.int64)
     parents: list[IntArray] = []
@@ -110,13 +111,9 @@ def optimal_plan(
             )
         )
         result = branch.step(level)
-        gained = (
-            util[level]
-            - qoe.rebuffer_weight * result.rebuf_s
-            - qoe.smooth_penalty * np.abs(util[level] - util[last[parent]])
-        )
+        gained = qoe.level_qoe(util, level, last[parent], result.rebuf_s)
         new_reward = reward[parent] + gained
-        new_elapsed = elapsed_s[parent] + (result.delay_ms + result.sleep_ms) / 1000.0
+        new_elapsed = elapsed_s[parent] + (result.delay_ms + result.sleep_ms) / MS_PER_S
         buffer_s = np.asarray(result.buffer_s)
         keep = _merge(level, new_elapsed, buffer_s, new_reward, time_step_s, qoe.rebuffer_weight)
         new_state = branch.state()
@@ -243,7 +240,7 @@ def refinement_study(
     time_steps_s: Sequence[float],
     *,
     link: LinkConfig | None = None,
-    initial_quality: int = 1,
+    initial_quality: int = DEFAULT_INITIAL_QUALITY,
     workers: int = 0,
 ) -> list[RefinementRow]:
     """Mean optimal score at each cell size (coarse to fine): a converged value shows the merge is exact enough."""

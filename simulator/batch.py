@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from abr_common.units import BITS_PER_BYTE, BITS_PER_MBIT, MS_PER_S
 from simulator.link import LinkConfig
-from simulator.reference import BITS_PER_BYTE, BITS_PER_MBIT, MS_PER_S
 from simulator.video import Video
 from traces.trace import Trace
 

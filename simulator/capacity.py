@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from simulator.reference import BITS_PER_BYTE, BITS_PER_MBIT
+from abr_common.units import BITS_PER_BYTE, BITS_PER_MBIT
 from traces.trace import Trace
 
 FloatArray = npt.NDArray[np.float64]

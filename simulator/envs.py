@@ -34,7 +34,7 @@ from simulator.batch import (
 from simulator.link import LinkConfig
 from simulator.observation import ObservationBuilder, ObservationSpec
 from simulator.qoe import QoEConfig
-from simulator.reference import ChunkOutcome, ScalarSession
+from simulator.reference import DEFAULT_INITIAL_QUALITY, ChunkOutcome, ScalarSession
 from simulator.video import Video
 from traces.trace import Trace
 
@@ -114,7 +114,7 @@ class ABREnv(gym.Env[StateArray, np.int64]):
         link: LinkConfig | None = None,
         qoe: QoEConfig | None = None,
         spec: ObservationSpec | None = None,
-        initial_quality: int = 1,
+        initial_quality: int = DEFAULT_INITIAL_QUALITY,
     ) -> None:
         _configure(self, traces, video, link, qoe, spec, initial_quality)
         self.observation_space: spaces.Box = _observation_space(self.video, self.obs_spec)  # type: ignore[assignment]
@@ -171,12 +171,7 @@ class ABREnv(gym.Env[StateArray, np.int64]):
         if not self.action_space.contains(level):
             raise ValueError(f"action must be a level in [0, {self.video.n_levels}), got {action!r}")
         outcome = self._session.download(level)
-        util = self._utilities
-        reward = float(
-            util[level]
-            - self.qoe.rebuffer_weight * outcome.rebuf_s
-            - self.qoe.smooth_penalty * abs(util[level] - util[self._last_quality])
-        )
+        reward = float(self.qoe.level_qoe(self._utilities, level, self._last_quality, outcome.rebuf_s))
         self._last_quality = level
         self._push(outcome)
         return self._builder.state()[0], reward, outcome.end_of_video, False, self._info(outcome)
@@ -230,7 +225,7 @@ class ABRVectorEnv(VectorEnv[StateArray, npt.NDArray[np.int64], npt.NDArray[np.f
         link: LinkConfig | None = None,
         qoe: QoEConfig | None = None,
         spec: ObservationSpec | None = None,
-        initial_quality: int = 1,
+        initial_quality: int = DEFAULT_INITIAL_QUALITY,
         device: Any = None,
     ) -> None:
         _configure(self, traces, video, link, qoe, spec, initial_quality)
@@ -267,13 +262,7 @@ class ABRVectorEnv(VectorEnv[StateArray, npt.NDArray[np.int64], npt.NDArray[np.f
     ) -> tuple[StateArray, npt.NDArray[np.float64], npt.NDArray[np.bool_], npt.NDArray[np.bool_], dict[str, Any]]:
         levels = np.asarray(actions, dtype=np.int64).reshape(self.num_envs)
         result = self.sim.step(levels)
-        util = self._utilities
-        rebuf_s = _np(result.rebuf_s)
-        rewards = (
-            util[levels]
-            - self.qoe.rebuffer_weight * rebuf_s
-            - self.qoe.smooth_penalty * np.abs(util[levels] - util[self._last_quality])
-        )
+        rewards = self.qoe.level_qoe(self._utilities, levels, self._last_quality, _np(result.rebuf_s))
         self._last_quality = levels.copy()
         self._builder.update(result)
         terminated = _np(result.end_of_video).astype(bool)

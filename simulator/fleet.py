@@ -31,13 +31,13 @@ import simpy
 import simpy.rt
 from pydantic import BaseModel, ConfigDict, Field
 
+from abr_common.units import MS_PER_S
 from policy.base import Policy, make_policy
-from policy.evaluation.loop import DEFAULT_INITIAL_QUALITY
 from simulator.capacity import TraceCapacity
 from simulator.link import LinkConfig
 from simulator.observation import Observation, ObservationBuilder, ObservationSpec
 from simulator.qoe import QoEConfig, session_qoe
-from simulator.reference import MS_PER_S
+from simulator.reference import DEFAULT_INITIAL_QUALITY
 from simulator.video import Video
 from traces.trace import Trace
 

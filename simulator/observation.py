@@ -27,6 +27,9 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
+# BYTES_PER_MB is re-exported for importers that have not switched to abr_common.units yet.
+from abr_common.units import BITS_PER_BYTE, BYTES_PER_KB, KBIT_PER_MBIT, MS_PER_S
+from abr_common.units import BYTES_PER_MB as BYTES_PER_MB
 from simulator.batch import ChunkResult
 from simulator.video import Video
 
@@ -35,8 +38,6 @@ IntArray = npt.NDArray[np.int64]
 
 #: Rows of the Pensieve state matrix.
 N_STATE_ROWS = 6
-BYTES_PER_KB = 1000.0
-BYTES_PER_MB = 1e6
 
 
 class ObservationSpec(BaseModel):
@@ -89,7 +90,8 @@ class Observation:
     def throughput_mbps_history(self) -> FloatArray:
         """Measured throughput of past chunks in Mbit/s (bytes / delay including RTT); 0 where invalid."""
         with np.errstate(divide="ignore", invalid="ignore"):
-            tput = self.chunk_bytes_history * 8.0 / (self.delay_ms_history * 1000.0)
+            # bits per millisecond are kbit/s
+            tput = self.chunk_bytes_history * BITS_PER_BYTE / (self.delay_ms_history * KBIT_PER_MBIT)
         return np.where(self.delay_ms_history > 0, tput, 0.0)
 
     def to_state(self, video: Video, spec: ObservationSpec) -> npt.NDArray[np.float32]:
@@ -106,7 +108,7 @@ class Observation:
         with np.errstate(divide="ignore", invalid="ignore"):
             kb_per_ms = np.where(valid, self.chunk_bytes_history / self.delay_ms_history / BYTES_PER_KB, 0.0)
         state[:, 2, cols] = kb_per_ms
-        state[:, 3, cols] = self.delay_ms_history / 1000.0 / spec.buffer_norm_s
+        state[:, 3, cols] = self.delay_ms_history / MS_PER_S / spec.buffer_norm_s
         state[:, 4, : video.n_levels] = self.next_chunk_bytes / BYTES_PER_MB
         cap = float(spec.remaining_cap_chunks)
         state[:, 5, cols] = np.where(valid, np.minimum(self.remaining_history, cap) / cap, 0.0)

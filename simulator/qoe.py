@@ -9,11 +9,15 @@ with the utility ``u`` chosen by the variant:
 
 The standard score of a session is the mean per-chunk QoE over chunks 2..N (the first chunk, fetched
 at a fixed quality before the policy sees anything, is excluded), averaged over sessions.
+
+The formula is written once, in `QoEConfig.score` (from its three terms; being linear, it also scores a
+sum over chunks from the sums of the terms, as MPC plans do) and `QoEConfig.level_qoe` (from ladder
+levels); every planner, environment and report calls them.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from simulator.video import Video
 
 FloatArray = npt.NDArray[np.float64]
+#: A QoE term: a float, a numpy scalar or an array (any float dtype).
+ArrayOrScalar = float | np.floating[Any] | npt.NDArray[np.floating[Any]]
 
 QoEKind = Literal["lin", "log", "hd"]
 
@@ -66,6 +72,25 @@ class QoEConfig(BaseModel):
             )
         return np.asarray(self.hd_utilities, dtype=np.float64)
 
+    def score(self, utility: ArrayOrScalar, rebuffer_s: ArrayOrScalar, utility_change: ArrayOrScalar) -> Any:
+        """QoE from its terms: ``utility - rebuffer_weight * rebuffer_s - smooth_penalty * utility_change``.
+
+        Operands broadcast (numpy scalars and arrays; Python floats for scalars) and keep their dtypes: no
+        cast happens here, so each caller's float32/float64 arithmetic is what it passes in. Per chunk,
+        ``utility_change`` is ``|u(R) - u(R_previous)|``; for a run of chunks the sums of the three terms
+        give the run's total QoE.
+        """
+        return utility - self.rebuffer_weight * rebuffer_s - self.smooth_penalty * utility_change
+
+    def level_qoe(self, utilities: FloatArray, quality: Any, previous_quality: Any, rebuffer_s: ArrayOrScalar) -> Any:
+        """Per-chunk QoE of ladder levels ``quality`` after ``previous_quality`` (broadcast, no validation).
+
+        ``utilities`` is `utilities` of the video (computed once by the caller); the levels are integers or
+        integer arrays indexing it.
+        """
+        u = utilities[quality]
+        return self.score(u, rebuffer_s, np.abs(u - utilities[previous_quality]))
+
     def chunk_qoe(
         self,
         video: Video,
@@ -80,13 +105,8 @@ class QoEConfig(BaseModel):
         for name, arr in (("quality", levels), ("previous_quality", previous)):
             if arr.size and (arr.min() < 0 or arr.max() >= video.n_levels):
                 raise ValueError(f"{name} must be in [0, {video.n_levels}), got values in [{arr.min()}, {arr.max()}]")
-        q = util[levels]
-        prev = util[previous]
         return np.asarray(
-            q
-            - self.rebuffer_weight * np.asarray(rebuffer_s, dtype=np.float64)
-            - self.smooth_penalty * np.abs(q - prev),
-            dtype=np.float64,
+            self.level_qoe(util, levels, previous, np.asarray(rebuffer_s, dtype=np.float64)), dtype=np.float64
         )
 
 
@@ -99,8 +119,13 @@ def session_qoe(
     the first chunk is fetched at ``initial_quality``, it has no smoothness penalty).
     """
     levels = np.asarray(qualities, dtype=np.int64)
-    previous = np.concatenate([np.full_like(levels[..., :1], initial_quality), levels[..., :-1]], axis=-1)
-    return config.chunk_qoe(video, levels, previous, rebuffer_s)
+    return config.chunk_qoe(video, levels, previous_levels(levels, initial_quality), rebuffer_s)
+
+
+def previous_levels(qualities: npt.ArrayLike, initial_quality: int) -> npt.NDArray[np.int64]:
+    """The level before each chunk of sessions ``[..., n_chunks]``: ``initial_quality``, then the levels shifted."""
+    levels = np.asarray(qualities, dtype=np.int64)
+    return np.concatenate([np.full_like(levels[..., :1], initial_quality), levels[..., :-1]], axis=-1)
 
 
 def session_score(per_chunk_qoe: npt.ArrayLike) -> FloatArray:

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from abr_common.units import BITS_PER_BYTE, BITS_PER_KBIT, KBIT_PER_MBIT
+
 IntArray = npt.NDArray[np.int64]
 
 #: The ladder of the standard Envivio-Dash3 test video and of the built-in synthetic video.
@@ -87,7 +89,7 @@ class Video:
     @property
     def bitrates_mbps(self) -> npt.NDArray[np.float64]:
         """The ladder in Mbit/s (float64 array)."""
-        return np.asarray(self.bitrates_kbps, dtype=np.float64) / 1000.0
+        return np.asarray(self.bitrates_kbps, dtype=np.float64) / KBIT_PER_MBIT
 
     def to_metadata(self) -> dict[str, object]:
         """A JSON-ready description (used in checkpoints to validate a model against a video)."""
@@ -178,7 +180,7 @@ class Video:
         smooth = (raw[:-2] + 2.0 * raw[1:-1] + raw[2:]) / np.sqrt(6.0)  # keeps the variance of raw
         complexity = np.exp(smooth - 0.5 * complexity_sigma**2)
         ladder = np.asarray(bitrates_kbps, dtype=np.float64)
-        nominal_bytes = ladder[:, None] * 1000.0 / 8.0 * chunk_duration_s
+        nominal_bytes = ladder[:, None] * BITS_PER_KBIT / BITS_PER_BYTE * chunk_duration_s
         jitter = np.exp(rng.normal(0.0, level_jitter_sigma, size=(ladder.size, n_chunks)))
         sizes = np.maximum(np.rint(nominal_bytes * complexity[None, :] * jitter), 1).astype(np.int64)
         return cls(tuple(int(b) for b in ladder), chunk_duration_s, sizes, name=name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from abr_cli.main import app
-from plasticity.bench import BenchConfig, _matches, aggregate, bitrate_ratio, run_bench, t_interval, write_report
+from plasticity.bench import BenchConfig, _matches, aggregate, bitrate_ratio, run_bench, write_report
 from plasticity.continual import recovery_steps, run_schedule
 from plasticity.methods import PlasticityConfig
 from plasticity.schedules import Schedule, ScheduleError, available_schedules, load_schedule
@@ -53,13 +52,6 @@ def test_schedule_errors_name_the_problem(tmp_path: Path) -> None:
     bad.write_text("{nope")
     with pytest.raises(ScheduleError, match="not JSON"):
         load_schedule(bad)
-
-
-def test_t_interval_by_hand() -> None:
-    mean, half = t_interval([1.0, 2.0, 3.0])
-    assert mean == 2.0
-    assert half == pytest.approx(4.303 / math.sqrt(3))
-    assert math.isnan(t_interval([1.0])[1])
 
 
 def test_recovery_steps_by_hand() -> None:

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from simulator.link import LinkConfig
-from simulator.qoe import QoEConfig, session_qoe, session_score
+from simulator.qoe import QoEConfig, previous_levels, session_qoe, session_score
 from simulator.video import DEFAULT_LADDER_KBPS, Video, VideoError
 from tests.conftest import shared_traces_path
 from tests.helpers import make_video
@@ -284,6 +284,65 @@ def test_rebuffer_weight_defaults_and_override() -> None:
     config = QoEConfig(rebuffer_penalty=1.0, smooth_penalty=0.5)
     got = config.chunk_qoe(ladder_video(), quality=[3], previous_quality=[1], rebuffer_s=[2.0])
     assert got == pytest.approx([1.85 - 1.0 * 2.0 - 0.5 * 1.1])
+
+
+# The formula itself, on values that are exact in binary floating point (so equality is exact):
+# HD utilities 1, 2, 3, 12, 15, 20, rebuffer penalty 8, smoothness 0.5.
+HD_EXACT = QoEConfig(kind="hd", smooth_penalty=0.5)
+HD_UTIL = np.array([1.0, 2.0, 3.0, 12.0, 15.0, 20.0])
+
+
+def test_score_from_terms_by_hand_and_broadcast() -> None:
+    assert HD_EXACT.score(12.0, 0.5, 10.0) == 12.0 - 4.0 - 5.0  # 3
+    # utility [2, 1] x rebuffer [0, 0.25, 1] x change 2: u - 8 r - 1.
+    got = HD_EXACT.score(np.array([[20.0], [1.0]]), np.array([0.0, 0.25, 1.0]), 2.0)
+    np.testing.assert_array_equal(got, [[19.0, 17.0, 11.0], [0.0, -2.0, -8.0]])
+    assert got.dtype == np.float64
+
+
+def test_level_qoe_by_hand_scalars_and_arrays() -> None:
+    # Level 3 after level 1: 12 - 8 * 0.5 - 0.5 * |12 - 2| = 3.
+    scalar = HD_EXACT.level_qoe(HD_UTIL, 3, 1, 0.5)
+    assert scalar == 3.0
+    assert isinstance(scalar, np.floating)
+    # Levels [sessions, chunks] against one previous level per session, one rebuffer per chunk.
+    levels = np.array([[0, 5], [4, 4]])
+    previous = np.array([[2], [5]])
+    rebuffer_s = np.array([0.0, 0.125])
+    expected = [
+        [1.0 - 0.0 - 0.5 * 2.0, 20.0 - 1.0 - 0.5 * 17.0],  # [0, 10.5]
+        [15.0 - 0.0 - 0.5 * 5.0, 15.0 - 1.0 - 0.5 * 5.0],  # [12.5, 11.5]
+    ]
+    np.testing.assert_array_equal(HD_EXACT.level_qoe(HD_UTIL, levels, previous, rebuffer_s), expected)
+    np.testing.assert_array_equal(expected, [[0.0, 10.5], [12.5, 11.5]])
+
+
+def test_level_qoe_keeps_the_callers_dtypes_and_operation_order() -> None:
+    # No cast inside: a float32 rebuffer term is multiplied in float32, as the inline expression does.
+    config = QoEConfig()  # lin: penalty 4.3, not exact in binary
+    util = config.utilities(ladder_video())
+    levels, last = np.array([0, 5, 2]), np.array([1, 1, 5])
+    for rebuf in (np.array([0.1, 0.7, 3.3]), np.array([0.1, 0.7, 3.3], dtype=np.float32)):
+        inline = (
+            util[levels] - config.rebuffer_weight * rebuf - config.smooth_penalty * np.abs(util[levels] - util[last])
+        )
+        got = config.level_qoe(util, levels, last, rebuf)
+        assert got.dtype == inline.dtype == np.float64
+        np.testing.assert_array_equal(got, inline)
+
+
+def test_score_of_summed_terms_is_the_summed_qoe() -> None:
+    # A run 3 -> 5 -> 0 after level 1 (what MPC scores from its precomputed sums).
+    run, rebuffer_s = [3, 5, 0], [0.25, 0.0, 0.5]
+    per_chunk = HD_EXACT.level_qoe(HD_UTIL, np.array(run), np.array([1, 3, 5]), np.array(rebuffer_s))
+    np.testing.assert_array_equal(per_chunk, [12.0 - 2.0 - 5.0, 20.0 - 0.0 - 4.0, 1.0 - 4.0 - 9.5])
+    total = HD_EXACT.score(12.0 + 20.0 + 1.0, 0.75, 10.0 + 8.0 + 19.0)
+    assert total == per_chunk.sum() == 33.0 - 6.0 - 18.5
+
+
+def test_previous_levels() -> None:
+    np.testing.assert_array_equal(previous_levels([3, 0, 4], 1), [1, 3, 0])
+    np.testing.assert_array_equal(previous_levels([[3, 0], [5, 5]], 2), [[2, 3], [2, 5]])
 
 
 def test_qoe_config_is_validated_and_frozen() -> None:

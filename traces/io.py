@@ -19,7 +19,6 @@ import json
 import math
 import os
 import re
-import secrets
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,9 @@ from typing import Any, Literal, get_args
 import numpy as np
 import numpy.typing as npt
 
+# write_atomic is re-exported for importers that have not switched to abr_common.files yet.
+from abr_common.files import write_atomic as write_atomic
+from abr_common.units import BITS_PER_BYTE, KBIT_PER_MBIT, MS_PER_S
 from traces.trace import FloatArray, Trace, TraceError
 
 TraceFormat = Literal["auto", "cooked", "mahimahi", "json"]
@@ -366,9 +368,9 @@ def mahimahi_to_throughput(
     window_index = np.floor(stamps / window_ms).astype(np.int64)
     window_index[window_index >= n_windows] = 0  # only the wrap-around instant ``last == K*w``
     packets = np.bincount(window_index, minlength=n_windows).astype(np.float64)
-    # bits per window / window length in microseconds = Mbit/s
-    window_mbps = packets * (MAHIMAHI_PACKET_BYTES * 8) / (window_ms * 1e3)
-    times_s = np.arange(n_windows + 1, dtype=np.float64) * (window_ms / 1e3)
+    # bits per window / window length in ms = kbit/s
+    window_mbps = packets * (MAHIMAHI_PACKET_BYTES * BITS_PER_BYTE) / (window_ms * KBIT_PER_MBIT)
+    times_s = np.arange(n_windows + 1, dtype=np.float64) * (window_ms / MS_PER_S)
     throughput_mbps = np.concatenate([window_mbps[:1], window_mbps])
     return times_s, throughput_mbps
 
@@ -613,30 +615,3 @@ def save_many(traces: Iterable[Trace], folder: str | os.PathLike[str], *, format
         seen.add(name)
     out.mkdir(parents=True, exist_ok=True)
     return [save(trace, out / f"{trace.name}{suffix}", format=format) for trace in items]
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one.
-
-    Missing parent folders are created. Errors name ``path`` (not the hidden temporary file).
-    """
-    target = Path(path)
-    if target.is_dir():
-        raise IsADirectoryError(f"{target}: is a folder, expected a file path")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OSError(f"{target}: cannot create its folder ({err.strerror or err})") from None
-    temporary = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        # os.open with mode 0o666 lets the umask set the permissions, as for a plainly created file.
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as err:
-        raise OSError(f"{target}: cannot write ({err.strerror or err})") from None
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

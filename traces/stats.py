@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from traces.io import write_atomic
+from abr_common.files import write_atomic
 from traces.trace import FloatArray, Trace
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
+from abr_common.units import BITS_PER_BYTE, KBIT_PER_MBIT, MS_PER_S
 from simulator.link import LinkConfig
 from traces.trace import Trace, TraceError
 
@@ -155,13 +156,14 @@ def _trace(name: str, piece: list[tuple[float, ...]], config: RebuildConfig) -> 
     size = np.array([c[2] for c in piece])
     delay_ms = np.array([c[5] for c in piece])
     transfer_ms = np.maximum(delay_ms - config.rtt_ms, config.min_transfer_ms)
-    mbps = np.minimum(size * 8.0 / (transfer_ms * 1000.0) / config.payload_fraction, config.max_mbps)
+    # bits per millisecond are kbit/s
+    mbps = np.minimum(size * BITS_PER_BYTE / (transfer_ms * KBIT_PER_MBIT) / config.payload_fraction, config.max_mbps)
     start = np.array([c[3] for c in piece])
     end = np.array([c[4] for c in piece])
     if np.all(np.isfinite(start)) and np.all(np.isfinite(end)):
-        ends_s = (end - start[0]) / 1000.0
+        ends_s = (end - start[0]) / MS_PER_S
     else:  # no clock in the reports (CMCD throughput only): downloads assumed back to back
-        ends_s = np.cumsum(delay_ms) / 1000.0
+        ends_s = np.cumsum(delay_ms) / MS_PER_S
     times = np.concatenate([[0.0], ends_s])
     if np.any(np.diff(times) <= 0):
         return None

@@ -16,8 +16,9 @@ import numpy as np
 
 from policy.base import Policy
 from policy.cluster import ray_module
-from policy.evaluation.loop import DEFAULT_BATCH_SESSIONS, DEFAULT_INITIAL_QUALITY, SessionLogs, run_policy
+from policy.evaluation.loop import DEFAULT_BATCH_SESSIONS, SessionLogs, run_policy
 from simulator.link import LinkConfig
+from simulator.reference import DEFAULT_INITIAL_QUALITY
 from simulator.video import Video
 from traces.trace import Trace
 

@@ -15,20 +15,20 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from abr_common.files import write_atomic
+from abr_common.stats import mean_ci95
 from policy.base import Policy
 from simulator.batch import BatchSimulator
 from simulator.link import LinkConfig
 from simulator.observation import ObservationBuilder, ObservationSpec
-from simulator.qoe import QoEConfig, session_qoe, session_score
+from simulator.qoe import QoEConfig, previous_levels, session_qoe, session_score
+from simulator.reference import DEFAULT_INITIAL_QUALITY
 from simulator.video import Video
-from traces.io import write_atomic
 from traces.trace import Trace
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-#: Default first-chunk level (the reference's DEFAULT_QUALITY).
-DEFAULT_INITIAL_QUALITY = 1
 #: Fields of one per-chunk record (`SessionLogs.records`, the `abr simulate --log` lines), in order.
 RECORD_FIELDS = (
     "trace", "chunk", "quality", "bitrate_kbps", "chunk_bytes",
@@ -74,7 +74,7 @@ class SessionLogs:
 
     def switches(self) -> IntArray:
         """Number of level changes per session (the first chunk counts against ``initial_quality``)."""
-        prev = np.concatenate([np.full((self.n_sessions, 1), self.initial_quality), self.quality[:, :-1]], axis=1)
+        prev = previous_levels(self.quality, self.initial_quality)
         return np.asarray((self.quality != prev).sum(axis=1), dtype=np.int64)
 
     def records(self) -> list[dict[str, object]]:
@@ -179,15 +179,14 @@ class Summary:
 
 
 def summarize(logs: SessionLogs, policy: str, traces: str, wall_s: float, qoe: QoEConfig | None = None) -> Summary:
-    """Mean score with a normal 95% interval, mean bitrate, rebuffering and switches per session."""
+    """Mean score with its 95% interval (`mean_ci95`), mean bitrate, rebuffering and switches per session."""
     scores = logs.scores(qoe)
-    n = scores.size
-    ci = float(1.96 * scores.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    mean, ci = mean_ci95(scores)
     return Summary(
         policy=policy,
         traces=traces,
-        n_traces=n,
-        qoe=float(scores.mean()),
+        n_traces=scores.size,
+        qoe=mean,
         qoe_ci95=ci,
         bitrate_kbps=float(logs.bitrate_kbps().mean()),
         rebuf_s=float(logs.rebuf_s.sum(axis=1).mean()),

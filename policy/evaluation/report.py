@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from abr_common.files import write_atomic
+from abr_common.units import BITS_PER_BYTE, KBIT_PER_MBIT, MS_PER_S
 from policy.evaluation.loop import SessionLogs, Summary, summarize
 from simulator.qoe import HD_UTILITIES, QoEConfig, QoEKind
-from traces.io import write_atomic
 from traces.trace import Trace
 
 if TYPE_CHECKING:
@@ -179,18 +180,19 @@ class SessionTimeline:
     @property
     def start_s(self) -> FloatArray:
         """When each chunk's download starts: the sum of (delay + sleep) of the chunks before it."""
-        spent_s = (self.delay_ms + self.sleep_ms) / 1000.0
+        spent_s = (self.delay_ms + self.sleep_ms) / MS_PER_S
         return np.concatenate([[0.0], np.cumsum(spent_s)[:-1]])
 
     @property
     def end_s(self) -> float:
         """When the last download (and its sleep) ends."""
-        return float(np.sum(self.delay_ms + self.sleep_ms) / 1000.0)
+        return float(np.sum(self.delay_ms + self.sleep_ms) / MS_PER_S)
 
     @property
     def measured_mbps(self) -> FloatArray:
         """Throughput each download measured, as a player sees it (bytes over the whole delay, RTT included)."""
-        return np.asarray(self.chunk_bytes * 8.0 / self.delay_ms / 1000.0, dtype=np.float64)
+        # bits per millisecond are kbit/s
+        return np.asarray(self.chunk_bytes * BITS_PER_BYTE / self.delay_ms / KBIT_PER_MBIT, dtype=np.float64)
 
     def buffer_curve(self) -> tuple[FloatArray, FloatArray]:
         """The buffer level over time ``(t_s, buffer_s)``, exact between chunk events.
@@ -202,8 +204,8 @@ class SessionTimeline:
         b: list[float] = [0.0]
         before = 0.0
         for k, start in enumerate(self.start_s.tolist()):
-            delay_s = float(self.delay_ms[k]) / 1000.0
-            sleep_s = float(self.sleep_ms[k]) / 1000.0
+            delay_s = float(self.delay_ms[k]) / MS_PER_S
+            sleep_s = float(self.sleep_ms[k]) / MS_PER_S
             arrive = start + delay_s
             if before < delay_s:
                 t += [start + before, arrive]
@@ -223,7 +225,7 @@ class SessionTimeline:
         """``(from_s, to_s)`` of every stall: the part of a download after the buffer ran dry."""
         out: list[tuple[float, float]] = []
         for k in np.flatnonzero(self.rebuf_s > 0):
-            end = float(self.start_s[k] + self.delay_ms[k] / 1000.0)
+            end = float(self.start_s[k] + self.delay_ms[k] / MS_PER_S)
             out.append((end - float(self.rebuf_s[k]), end))
         return out
 

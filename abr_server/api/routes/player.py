@@ -15,8 +15,8 @@ from pydantic import BaseModel
 
 from abr_server.deps import ServiceDep, SettingsDep
 from policy.classic import BBAConfig
-from policy.evaluation.loop import DEFAULT_INITIAL_QUALITY
 from simulator.link import LinkConfig
+from simulator.reference import DEFAULT_INITIAL_QUALITY
 
 PLAYER_DIR = Path(__file__).resolve().parents[2] / "player"
 STATIC_DIR = PLAYER_DIR / "static"
