@@ -155,7 +155,8 @@ def bench_serve(
     import asyncio
     import tempfile
 
-    from abr_server.loadgen import INFERENCE_PATHS, LoadResult, inference_throughput, local_server, run_load
+    from abr_server.lab.launcher import local_server
+    from abr_server.lab.loadgen import INFERENCE_PATHS, LoadResult, inference_throughput, run_load
     from abr_server.registry import ModelRegistry
     from policy.learning.ppo import resolve_device
     from simulator.observation import ObservationSpec

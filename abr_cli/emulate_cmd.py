@@ -16,7 +16,7 @@ from rich.table import Table
 from abr_cli.common import console, output_dir, user_errors
 
 if TYPE_CHECKING:
-    from abr_server.emulate import EmulationResult
+    from abr_server.lab.emulate import EmulationResult
 
 DEFAULT_POLICIES = ["learned", "robustmpc", "bba", "dashjs"]
 
@@ -43,9 +43,9 @@ def emulate(
     ] = Shaping.app,
 ) -> None:
     """Play the asset in Chromium with each policy over each trace; player QoE vs the server's log vs the simulator."""
-    from abr_server.emulate import EmulationError
-    from abr_server.emulate import emulate as run_emulation
-    from abr_server.netns import private_netns
+    from abr_server.lab.emulate import EmulationError
+    from abr_server.lab.emulate import emulate as run_emulation
+    from abr_server.lab.netns import private_netns
 
     if shaping is Shaping.kernel and not private_netns():
         # Run this same command again in a network namespace of its own, where shaping lo is harmless.

@@ -17,7 +17,7 @@ from abr_cli.common import console, output_dir, progress, user_errors
 if TYPE_CHECKING:
     import simpy
 
-    from simulator.fleet import FleetResult
+    from simulator.fleet import DeciderFactory, FleetResult
 
 _ARRIVALS = re.compile(r"poisson:([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)")
 
@@ -56,9 +56,9 @@ def fleet(
     ),
 ) -> None:
     """Simulate many players sharing links: per-player QoE, stalls, fairness and link utilisation."""
+    from abr_common.files import write_atomic
     from simulator.fleet import FleetConfig, simulate_fleet
     from simulator.video import load_video
-    from traces.io import write_atomic
     from traces.sources import resolve
 
     with user_errors():
@@ -71,9 +71,9 @@ def fleet(
         the_video = load_video(video)
         horizon_s = max(duration if config.arrivals_per_s > 0 else 0.0, the_video.duration_s)
         remote = None
-        factory = None
+        factory: DeciderFactory
         if policy.startswith("server:"):
-            from abr_server.fleet_client import RemoteDecider
+            from abr_server.lab.fleet_client import RemoteDecider
 
             url = policy.removeprefix("server:")
 
@@ -81,6 +81,10 @@ def fleet(
                 nonlocal remote
                 remote = RemoteDecider(env, url, the_video)
                 return remote
+        else:
+            from policy.evaluation.fleet import policy_deciders
+
+            factory = policy_deciders(policy, the_video)
 
         started = time.perf_counter()
         with progress() as bar:
@@ -90,8 +94,8 @@ def fleet(
                 bar.update(task, completed=min(now_s, horizon_s))
 
             try:
-                result = simulate_fleet(trace_set, the_video, policy, config, on_progress=tick,
-                                        decider_factory=factory, realtime_factor=realtime)  # fmt: skip
+                result = simulate_fleet(trace_set, the_video, factory, config, policy=policy, on_progress=tick,
+                                        realtime_factor=realtime)  # fmt: skip
             finally:
                 if remote is not None:
                     remote.close()

@@ -28,7 +28,7 @@ def make(
     """Encode the simulator's 300-4300 kbit/s ladder as DASH (4 s segments, H.264 + AAC) with ffmpeg."""
     import time
 
-    from abr_server.asset import AssetSpec, make_asset
+    from abr_server.lab.asset import AssetSpec, make_asset
 
     with user_errors():
         spec = AssetSpec(duration_s=duration_s, max_height=max_height, fps=fps, preset=preset, source=source)

@@ -41,9 +41,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
     """Serve bitrate decisions over HTTP (settings also from ABR_* environment variables; options win)."""
-    import uvicorn
-
-    from abr_server.logs import log_config
+    from abr_server.run import run_server
     from abr_server.settings import Settings
 
     with user_errors():
@@ -62,5 +60,4 @@ def serve(
             if value is not None:
                 os.environ[f"ABR_{name}"] = str(value)
         Settings()  # validate the environment before starting workers
-    uvicorn.run("abr_server.main:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, access_log=False, log_config=log_config(log_level))  # fmt: skip
+    run_server(host=host, port=port, workers=workers, log_level=log_level)

@@ -1,8 +1,9 @@
 """One retraining round across a network shift, through a live server, per plasticity method and seed.
 
-The scenario of `tests/test_retrain_e2e.py` (shipped model as v0001; 4 sessions on a 3G-like network;
-24 on a 4-9 Mbit/s network; 8 test sessions on unseen traces of the new network before and after the
-round), repeated for each method and PPO seed. Prints a Markdown table.
+The scenario of `tests/test_retrain_e2e.py` (`abr_server.lab.scenarios.SHIFT_3G_TO_FAST`; shipped model
+as v0001; 4 sessions on a 3G-like network; 24 on a 4-9 Mbit/s network; 8 test sessions on unseen traces
+of the new network before and after the round), repeated for each method and PPO seed. Prints a
+Markdown table.
 
     PYTHONPATH=. python benchmarks/retrain_shift.py --methods none,resin --seeds 1,2
 """
@@ -17,12 +18,23 @@ from pathlib import Path
 
 import numpy as np
 
-from abr_server.loadgen import local_server
+from abr_server.lab.fleet_client import stream_through_server, wait_for_model_version
+from abr_server.lab.launcher import local_server
+from abr_server.lab.scenarios import SHIFT_3G_TO_FAST
 from abr_server.retrain.loop import RetrainConfig, retrain_once
 from plasticity.methods import PlasticityConfig
 from policy.learned import DEFAULT_MODEL_DIR
 from policy.learning.ppo import PPOConfig
-from tests.test_retrain_e2e import AFTER_TEST, AFTER_TRAIN, BEFORE, VIDEO, serving, through_server
+from simulator.fleet import FleetResult
+from simulator.video import Video
+from traces.generate import generate_from_spec
+
+VIDEO = Video.builtin()
+SHIFT = SHIFT_3G_TO_FAST
+
+
+def through_server(url: str, spec: str) -> FleetResult:
+    return stream_through_server(url, generate_from_spec(spec), VIDEO)
 
 
 def one(method: str, seed: int) -> dict[str, object]:
@@ -32,11 +44,11 @@ def one(method: str, seed: int) -> dict[str, object]:
         shutil.copytree(DEFAULT_MODEL_DIR, models / "v0001")
         env = {"ABR_MODELS_DIR": str(models), "ABR_TELEMETRY_DB": str(db), "ABR_WATCH_INTERVAL_S": "0.2"}
         with local_server(env) as (url, _proc):
-            through_server(url, BEFORE)
+            through_server(url, SHIFT.before)
             shift_at = time.time()
-            through_server(url, AFTER_TRAIN)
+            through_server(url, SHIFT.after_train)
             until = time.time()
-            frozen = through_server(url, AFTER_TEST)
+            frozen = through_server(url, SHIFT.after_test)
             config = RetrainConfig(
                 window_s=until - shift_at, min_traces=8, updates=30, checkpoint_every=10, pool_size=64, margin=0.02,
                 plasticity=PlasticityConfig(method=method),  # type: ignore[arg-type]
@@ -45,10 +57,8 @@ def one(method: str, seed: int) -> dict[str, object]:
             )  # fmt: skip
             result = retrain_once(db, models, tmp / "work", VIDEO, config, now_s=until)
             if result.version:
-                deadline = time.monotonic() + 30
-                while serving(url) != result.version and time.monotonic() < deadline:
-                    time.sleep(0.2)
-            adapted = through_server(url, AFTER_TEST)
+                wait_for_model_version(url, result.version)
+            adapted = through_server(url, SHIFT.after_test)
         hold = result.scores.get("holdout", {})
         return {"method": method, "seed": seed, "status": result.status, "deployed": hold.get("deployed"),
                 "candidate": hold.get("candidate"), "frozen": float(np.nanmean(frozen.player_scores())),

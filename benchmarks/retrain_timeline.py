@@ -28,14 +28,17 @@ from typing import Any
 
 import numpy as np
 
-from abr_server.loadgen import local_server
+from abr_common.files import write_atomic
+from abr_server.lab.fleet_client import served_model_version, stream_through_server, wait_for_model_version
+from abr_server.lab.launcher import local_server
 from abr_server.retrain.loop import RetrainConfig, retrain_once
 from plasticity.methods import PlasticityConfig
 from policy.learned import DEFAULT_MODEL_DIR
 from policy.learning.ppo import PPOConfig
-from tests.test_retrain_e2e import VIDEO, serving, through_server
-from traces.io import write_atomic
+from simulator.video import Video
+from traces.generate import generate_from_spec
 
+VIDEO = Video.builtin()
 #: The two regimes (generator specs without n and seed) and the default timeline of epochs.
 REGIMES = {"3g": "markov:low_mbps=0.3,high_mbps=2", "fast": "markov:low_mbps=4,high_mbps=9"}
 TIMELINE = ("3g", "3g", "fast", "fast", "fast", "fast", "3g", "3g", "3g", "fast", "fast", "fast")
@@ -58,8 +61,9 @@ def run_arm(arm: str, seed: int, timeline: tuple[str, ...], updates: int) -> lis
             for epoch, regime in enumerate(timeline):
                 started = time.time()
                 # Traces depend on the epoch only, so every arm and seed sees the same sessions.
-                fleet = through_server(url, spec(regime, 1000 + epoch, SESSIONS_PER_EPOCH))
-                row: dict[str, Any] = {"epoch": epoch, "regime": regime, "served": serving(url),
+                traces = generate_from_spec(spec(regime, 1000 + epoch, SESSIONS_PER_EPOCH))
+                fleet = stream_through_server(url, traces, VIDEO)
+                row: dict[str, Any] = {"epoch": epoch, "regime": regime, "served": served_model_version(url),
                                        "qoe": float(np.nanmean(fleet.player_scores()))}  # fmt: skip
                 if arm != "frozen":
                     method, *extras = arm.split("+")
@@ -73,9 +77,7 @@ def run_arm(arm: str, seed: int, timeline: tuple[str, ...], updates: int) -> lis
                     )  # fmt: skip
                     result = retrain_once(db, models, tmp / "work", VIDEO, config)
                     if result.version:
-                        deadline = time.monotonic() + 30
-                        while serving(url) != result.version and time.monotonic() < deadline:
-                            time.sleep(0.2)
+                        wait_for_model_version(url, result.version)
                     hold = result.scores.get("holdout", {})
                     row |= {"round": result.status, "published": result.version, "gain": (hold.get("candidate", 0.0)
                             - hold.get("deployed", 0.0)) if hold else None, "round_s": result.wall_s}  # fmt: skip

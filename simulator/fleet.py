@@ -14,8 +14,9 @@ a link's trace clock likewise stands still while no transfer is running on it an
 is waiting for its round trip, so one player per link reproduces the chunk simulator exactly (tested
 to 1e-6). ``clock="wall"`` lets every link's trace run with simulated time, always.
 
-Policies decide in-process. Players that decide at the same instant are batched into one call for
-stateless policies (classic rules, learned models); stateful ones (MPC) get one instance per player.
+Decisions come from a `Decider`, made per simulation by the `DeciderFactory` the caller passes: the
+simulator knows nothing of policies. `policy.evaluation.fleet` turns a policy spec into one (decisions in
+process, batched per instant); `abr_server.lab.fleet_client` asks a running decision server instead.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import simpy.rt
 from pydantic import BaseModel, ConfigDict, Field
 
 from abr_common.units import MS_PER_S
-from policy.base import Policy, make_policy
 from simulator.capacity import TraceCapacity
 from simulator.link import LinkConfig
 from simulator.observation import Observation, ObservationBuilder, ObservationSpec
@@ -157,59 +157,27 @@ class SharedLink:
         self._reschedule()
 
 
-class DeciderLike(Protocol):
-    """Where players' decisions come from (`Decider` in-process, or a remote server)."""
+class Decider(Protocol):
+    """Where players' decisions come from: a policy in process, or a remote server.
+
+    ``calls`` counts the times it decided (one call may decide for several players), ``decisions`` the
+    levels it handed out.
+    """
 
     calls: int
     decisions: int
 
-    def decide(self, player: int, obs: Observation, log: PlayerLog) -> simpy.Event: ...
-
-    def finish(self, player: int, log: PlayerLog) -> None: ...
-
-
-class Decider:
-    """In-process policy decisions: stateless policies batched per instant, stateful ones per player."""
-
-    def __init__(self, env: simpy.Environment, spec: str, video: Video) -> None:
-        self.env, self.spec, self.video = env, spec, video
-        self.shared = make_policy(spec)
-        if self.shared.offline:
-            raise ValueError(f"policy {spec!r} is offline (it needs the whole trace); a fleet needs live policies")
-        self.shared.begin(1, video)
-        self.per_player: dict[int, Policy] = {}
-        self._pending: list[tuple[int, Observation, simpy.Event]] = []
-        self.calls = 0
-        self.decisions = 0
-
     def decide(self, player: int, obs: Observation, log: PlayerLog) -> simpy.Event:
         """An event whose value is the level ``player`` fetches next (``log``: its session so far)."""
-        event = self.env.event()
-        if self.shared.stateful:
-            policy = self.per_player.get(player)
-            if policy is None:
-                policy = self.per_player[player] = make_policy(self.spec)
-                policy.begin(1, self.video)
-            event.succeed(int(policy.select(obs)[0]))
-            self.calls += 1
-            self.decisions += 1
-            return event
-        if not self._pending:  # decide once every player deciding at this instant has asked
-            self.env.timeout(0).callbacks.append(lambda _e: self._flush())
-        self._pending.append((player, obs, event))
-        return event
+        ...
 
     def finish(self, player: int, log: PlayerLog) -> None:
         """The player left (after its last chunk, or earlier)."""
-        self.per_player.pop(player, None)
+        ...
 
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, []
-        levels = self.shared.select(stack_observations([obs for _, obs, _ in pending]))
-        self.calls += 1
-        self.decisions += len(pending)
-        for (_, _, event), level in zip(pending, levels, strict=True):
-            event.succeed(int(np.clip(level, 0, self.video.n_levels - 1)))
+
+#: Makes the `Decider` of one simulation, on its simpy environment (called once per `simulate_fleet`).
+DeciderFactory = Callable[[simpy.Environment], Decider]
 
 
 def stack_observations(observations: Sequence[Observation]) -> Observation:
@@ -297,21 +265,21 @@ class FleetResult:
 def simulate_fleet(
     traces: Sequence[Trace],
     video: Video,
-    policy: str,
+    deciders: DeciderFactory,
     config: FleetConfig | None = None,
     *,
+    policy: str,
     spec: ObservationSpec | None = None,
     on_progress: Callable[[float], None] | None = None,
-    decider_factory: Callable[[simpy.Environment], DeciderLike] | None = None,
     realtime_factor: float | None = None,
 ) -> FleetResult:
     """Run the fleet until every player has finished (arrivals stop at ``config.duration_s``).
 
-    ``decider_factory`` replaces the in-process policy (``policy`` then only names it), e.g. with a
-    client of a running decision server (`abr_server.fleet_client`). ``realtime_factor`` paces the
-    simulation by the wall clock (seconds of wall time per simulated second: 1 is real time, 0.1 ten
-    times faster), so a remote server sees requests at the rate real players would send them; the
-    simulated outcome is the same as without pacing.
+    Players decide through ``deciders(env)`` (e.g. `policy.evaluation.fleet.policy_deciders`, or a client
+    of a running decision server, `abr_server.lab.fleet_client`); ``policy`` names them in the result.
+    ``realtime_factor`` paces the simulation by the wall clock (seconds of wall time per simulated
+    second: 1 is real time, 0.1 ten times faster), so a remote server sees requests at the rate real
+    players would send them; the simulated outcome is the same as without pacing.
     """
     config = config or FleetConfig()
     if not traces:
@@ -332,7 +300,7 @@ def simulate_fleet(
         raise ValueError("fleet links use evaluation semantics: no delay noise, traces from their first sample")
     chosen = [traces[i % len(traces)] for i in range(config.n_links)]
     links = [SharedLink(env, TraceCapacity(t, link_cfg.payload_fraction), config.clock) for t in chosen]
-    decider: DeciderLike = decider_factory(env) if decider_factory is not None else Decider(env, policy, video)
+    decider = deciders(env)
     logs: list[PlayerLog] = []
     chunk_ms = video.chunk_duration_s * MS_PER_S
     all_done = env.event()  # every player has finished and no more will arrive

@@ -22,7 +22,7 @@ DEFAULT_CHUNK_DURATION_S = 4.0
 DEFAULT_N_CHUNKS = 48
 #: Seed of the built-in synthetic video: fixed so every machine sees the same "builtin" video.
 BUILTIN_VIDEO_SEED = 20170821
-#: The description file of a DASH asset folder (`abr_server.asset`), read by `load_video`.
+#: The description file of a DASH asset folder (`abr_server.lab.asset`), read by `load_video`.
 ASSET_META = "asset.json"
 
 

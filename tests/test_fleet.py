@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from typer.testing import CliRunner
 from abr_cli.fleet_cmd import parse_arrivals
 from abr_cli.main import app
 from policy.base import make_policy
+from policy.evaluation.fleet import simulate_policy_fleet
 from policy.evaluation.loop import run_policy
 from simulator.capacity import TraceCapacity
 from simulator.fleet import FleetConfig, SharedLink, simulate_fleet, stack_observations
@@ -34,7 +37,7 @@ def constant(mbps: float, seconds: float = 1000.0) -> Trace:
 @pytest.mark.parametrize("policy", ["bba", "robustmpc", "default"])
 def test_one_player_per_link_reproduces_the_chunk_simulator(policy: str) -> None:
     traces = generate_from_spec("markov:n=4,seed=11")
-    fleet = simulate_fleet(traces, VIDEO, policy, FleetConfig(n_links=4, players_per_link=1))
+    fleet = simulate_policy_fleet(traces, VIDEO, policy, FleetConfig(n_links=4, players_per_link=1))
     logs = run_policy(make_policy(policy), traces, VIDEO)
     assert len(fleet.players) == 4
     for player in fleet.players:
@@ -45,7 +48,7 @@ def test_one_player_per_link_reproduces_the_chunk_simulator(policy: str) -> None
 def test_two_identical_players_on_a_constant_link_get_half_each() -> None:
     # 8 Mbit/s * 0.95 payload, fixed level 5: both transfers always overlap exactly, so each chunk takes
     # twice as long as alone: bytes / (rate / 2) + RTT.
-    fleet = simulate_fleet([constant(8.0)], VIDEO, "fixed:5", FleetConfig(players_per_link=2, initial_quality=5))
+    fleet = simulate_policy_fleet([constant(8.0)], VIDEO, "fixed:5", FleetConfig(players_per_link=2, initial_quality=5))
     rate_bytes_per_s = 8e6 / 8 * 0.95
     a, b = fleet.players
     for chunk in range(VIDEO.n_chunks):
@@ -77,7 +80,7 @@ def test_shared_link_splits_capacity_and_conserves_bytes() -> None:
 @given(players=st.integers(1, 4), rate=st.sampled_from([0.6, 2.0, 9.0]), policy=st.sampled_from(["bba", "rb"]))
 def test_a_link_never_delivers_more_than_its_capacity(players: int, rate: float, policy: str) -> None:
     trace = Trace("steps", np.arange(0.0, 60.0, 3.0), np.tile([rate, rate / 3], 10))
-    fleet = simulate_fleet([trace], VIDEO, policy, FleetConfig(players_per_link=players, clock="wall"))
+    fleet = simulate_policy_fleet([trace], VIDEO, policy, FleetConfig(players_per_link=players, clock="wall"))
     fetched = sum(sum(p.chunk_bytes) for p in fleet.players)
     assert fleet.link_delivered_bytes[0] == pytest.approx(fetched, rel=1e-9)  # every byte fetched crossed it
     assert fleet.link_delivered_bytes[0] <= fleet.link_capacity_bytes[0] * (1 + 1e-9)
@@ -85,7 +88,7 @@ def test_a_link_never_delivers_more_than_its_capacity(players: int, rate: float,
 
 def test_arrivals_and_watch_times() -> None:
     config = FleetConfig(n_links=2, players_per_link=0, arrivals_per_s=0.05, watch_s=60.0, duration_s=300.0, seed=4)
-    fleet = simulate_fleet([constant(3.0)], VIDEO, "bba", config)
+    fleet = simulate_policy_fleet([constant(3.0)], VIDEO, "bba", config)
     assert len(fleet.players) > 10  # about 0.05 * 300 * 2 = 30
     assert all(0 <= p.start_s < 300.0 for p in fleet.players)
     assert all(p.end_s >= p.start_s for p in fleet.players)
@@ -98,17 +101,22 @@ def test_arrivals_and_watch_times() -> None:
 
 def test_same_seed_same_fleet() -> None:
     config = FleetConfig(n_links=2, players_per_link=1, arrivals_per_s=0.02, duration_s=200.0, seed=9)
-    one = simulate_fleet([constant(2.0)], VIDEO, "rb", config)
-    two = simulate_fleet([constant(2.0)], VIDEO, "rb", config)
+    one = simulate_policy_fleet([constant(2.0)], VIDEO, "rb", config)
+    two = simulate_policy_fleet([constant(2.0)], VIDEO, "rb", config)
     assert [p.quality for p in one.players] == [p.quality for p in two.players]
     assert [p.start_s for p in one.players] == [p.start_s for p in two.players]
 
 
 def test_learned_decisions_at_the_same_instant_share_one_batch() -> None:
     # Identical players on identical links decide at identical instants: one call per instant.
-    fleet = simulate_fleet([constant(4.0)], VIDEO, "default", FleetConfig(n_links=3, players_per_link=1))
+    fleet = simulate_policy_fleet([constant(4.0)], VIDEO, "default", FleetConfig(n_links=3, players_per_link=1))
     assert fleet.decider_calls == VIDEO.n_chunks - 1
     assert fleet.players[0].quality == fleet.players[2].quality
+
+
+def test_the_fleet_simulator_imports_no_policy() -> None:
+    code = "import sys, simulator.fleet; print(sorted(m for m in sys.modules if m.split('.')[0] == 'policy'))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 
 def test_stack_observations_keeps_every_session() -> None:
@@ -119,9 +127,9 @@ def test_stack_observations_keeps_every_session() -> None:
 
 def test_bad_fleets_are_refused() -> None:
     with pytest.raises(ValueError, match="no traces"):
-        simulate_fleet([], VIDEO, "bba")
+        simulate_policy_fleet([], VIDEO, "bba")
     with pytest.raises(ValueError, match="offline"):
-        simulate_fleet([constant(1.0)], VIDEO, "optimal")
+        simulate_policy_fleet([constant(1.0)], VIDEO, "optimal")
     with pytest.raises(ValueError, match="n_links"):
         FleetConfig(n_links=0)
 
@@ -164,14 +172,14 @@ def test_fleet_command_rejects_bad_input(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_fleet_through_a_running_server_plays_exactly_like_in_process(tmp_path: Path) -> None:
-    from abr_server.fleet_client import RemoteDecider
-    from abr_server.loadgen import local_server
+    from abr_server.lab.fleet_client import RemoteDecider
+    from abr_server.lab.launcher import local_server
     from abr_server.telemetry import read_rows
 
     traces = generate_from_spec("markov:n=2,seed=5")
     config = FleetConfig(n_links=2, players_per_link=2)
     db = tmp_path / "telemetry.sqlite"
-    local = simulate_fleet(traces, VIDEO, "bba", config)
+    local = simulate_policy_fleet(traces, VIDEO, "bba", config)
     clients: list[RemoteDecider] = []
 
     def factory(env: simpy.Environment) -> RemoteDecider:
@@ -179,7 +187,7 @@ def test_a_fleet_through_a_running_server_plays_exactly_like_in_process(tmp_path
         return clients[-1]
 
     with local_server({"ABR_POLICY": "bba", "ABR_TELEMETRY_DB": str(db)}) as (url, _proc):
-        remote = simulate_fleet(traces, VIDEO, "server", config, decider_factory=factory)
+        remote = simulate_fleet(traces, VIDEO, factory, config, policy="server")
         clients[0].close()
         stats = clients[0].stats()
     for a, b in zip(local.players, remote.players, strict=True):
@@ -194,8 +202,8 @@ def test_a_fleet_through_a_running_server_plays_exactly_like_in_process(tmp_path
 
 
 def test_remote_decider_refuses_a_server_with_another_video() -> None:
-    from abr_server.fleet_client import RemoteDecider
-    from abr_server.loadgen import local_server
+    from abr_server.lab.fleet_client import RemoteDecider
+    from abr_server.lab.launcher import local_server
 
     with local_server({"ABR_TELEMETRY_DB": ""}) as (url, _proc):
         other = Video((300, 750, 1200, 1850, 2850, 4300), 4.0, VIDEO.chunk_bytes[:, :10])
@@ -208,9 +216,9 @@ def test_remote_decider_refuses_a_server_with_another_video() -> None:
 def test_a_realtime_fleet_has_the_same_outcome() -> None:
     traces = generate_from_spec("markov:n=2,seed=8")
     config = FleetConfig(n_links=2, players_per_link=2)
-    plain = simulate_fleet(traces, VIDEO, "bba", config)
-    paced = simulate_fleet(traces, VIDEO, "bba", config, realtime_factor=1e-4)  # 10,000x faster than real time
+    plain = simulate_policy_fleet(traces, VIDEO, "bba", config)
+    paced = simulate_policy_fleet(traces, VIDEO, "bba", config, realtime_factor=1e-4)  # 10,000x faster than real time
     assert [p.quality for p in paced.players] == [p.quality for p in plain.players]
     np.testing.assert_allclose([p.delay_ms for p in paced.players], [p.delay_ms for p in plain.players])
     with pytest.raises(ValueError, match="realtime_factor"):
-        simulate_fleet(traces, VIDEO, "bba", config, realtime_factor=0.0)
+        simulate_policy_fleet(traces, VIDEO, "bba", config, realtime_factor=0.0)

@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from abr_server.api.routes.player import PLAYER_DIR, VENDOR_FILES
-from abr_server.asset import AssetSpec, ffmpeg_command, make_asset
-from abr_server.emulate import DEFAULT_CHROMIUM, PlayerOutcome, emulate, server_view
+from abr_server.lab.asset import AssetSpec, ffmpeg_command, make_asset
+from abr_server.lab.emulate import DEFAULT_CHROMIUM, PlayerOutcome, emulate, server_view
+from abr_server.lab.netns import MIN_RATE_KBIT, KernelShaper, KernelShapingError, private_netns, rate_schedule
 from abr_server.main import create_app
-from abr_server.netns import MIN_RATE_KBIT, KernelShaper, KernelShapingError, private_netns, rate_schedule
 from abr_server.settings import Settings
 from abr_server.shaping import SLICE_BYTES, ShapedLink
 from abr_server.telemetry import COLUMNS, SCHEMA
@@ -420,7 +420,7 @@ def _unshare_works() -> bool:
 def test_kernel_shaper_sets_tbf_on_the_private_loopback(tmp_path: Path) -> None:
     path = save(trace([0, 10], [3, 3]), tmp_path / "t.txt")
     script = (
-        "from abr_server.netns import KernelShaper; from traces.io import load_file; import subprocess; "
+        "from abr_server.lab.netns import KernelShaper; from traces.io import load_file; import subprocess; "
         f"s = KernelShaper(load_file({str(path)!r})); s.setup(); "
         "print(subprocess.run(['tc', 'qdisc', 'show', 'dev', 'lo'], capture_output=True, text=True).stdout); "
         "print(subprocess.run(['ip', 'link', 'show', 'lo'], capture_output=True, text=True).stdout)"

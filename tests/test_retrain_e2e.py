@@ -7,47 +7,26 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-import simpy
 
-from abr_server.fleet_client import RemoteDecider
-from abr_server.loadgen import local_server
+from abr_server.lab.fleet_client import stream_through_server, wait_for_model_version
+from abr_server.lab.launcher import local_server
+from abr_server.lab.scenarios import SHIFT_3G_TO_FAST
 from abr_server.retrain.loop import RetrainConfig, retrain_once
 from policy.learned import DEFAULT_MODEL_DIR
 from policy.learning.ppo import PPOConfig
-from simulator.fleet import FleetConfig, FleetResult, simulate_fleet
+from simulator.fleet import FleetResult
 from simulator.video import Video
 from traces.generate import generate_from_spec
 
 VIDEO = Video.builtin()
-#: Before the shift: a 3G-like network; after: a much faster one, where the shipped model is too timid.
-BEFORE = "markov:n=4,seed=21,low_mbps=0.3,high_mbps=2"
-AFTER_TRAIN = "markov:n=24,seed=22,low_mbps=4,high_mbps=9"
-AFTER_TEST = "markov:n=8,seed=23,low_mbps=4,high_mbps=9"
 
 
 def through_server(url: str, spec: str) -> FleetResult:
-    traces = generate_from_spec(spec)
-    clients: list[RemoteDecider] = []
-
-    def factory(env: simpy.Environment) -> RemoteDecider:
-        clients.append(RemoteDecider(env, url, VIDEO))
-        return clients[-1]
-
-    result = simulate_fleet(traces, VIDEO, "server", FleetConfig(n_links=len(traces), players_per_link=1),
-                            decider_factory=factory)  # fmt: skip
-    clients[0].close()
-    assert clients[0].errors == 0
-    return result
-
-
-def serving(url: str) -> str:
-    with urllib.request.urlopen(url + "/readyz", timeout=5) as reply:
-        return str(json.loads(reply.read())["model_version"])
+    return stream_through_server(url, generate_from_spec(spec), VIDEO)
 
 
 @pytest.mark.slow
@@ -62,11 +41,11 @@ def test_the_loop_adapts_the_served_policy_to_a_network_shift(tmp_path: Path) ->
                       ent_coef_end=0.01, torch_threads=1),
     )  # fmt: skip
     with local_server(env) as (url, _proc):
-        through_server(url, BEFORE)
+        through_server(url, SHIFT_3G_TO_FAST.before)
         shift_at = time.time()
-        through_server(url, AFTER_TRAIN)
+        through_server(url, SHIFT_3G_TO_FAST.after_train)
         shifted_until = time.time()
-        frozen = through_server(url, AFTER_TEST)  # the shipped model on the new network (not trained on)
+        frozen = through_server(url, SHIFT_3G_TO_FAST.after_test)  # the shipped model on test traces of the new network
         # The round sees the sessions on the new network before the test sessions, and nothing older (no
         # replay, no reference set: this is the one-round measurement of BENCHMARKS.md).
         config = config.model_copy(update={"window_s": shifted_until - shift_at})
@@ -80,11 +59,9 @@ def test_the_loop_adapts_the_served_policy_to_a_network_shift(tmp_path: Path) ->
             if result.status == "published":
                 break
         assert result.status == "published", result.reason
-        deadline = time.monotonic() + 30
-        while serving(url) != result.version and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert serving(url) == result.version  # picked up without a restart
-        adapted = through_server(url, AFTER_TEST)
+        assert result.version is not None
+        assert wait_for_model_version(url, result.version) == result.version  # picked up without a restart
+        adapted = through_server(url, SHIFT_3G_TO_FAST.after_test)
     before, after = np.nanmean(frozen.player_scores()), np.nanmean(adapted.player_scores())
     assert after > before, (before, after)
     lineage = json.loads((models / result.version / "meta.json").read_text())["data"]["lineage"]

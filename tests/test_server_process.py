@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from abr_server.loadgen import local_server, run_load
+from abr_server.lab.launcher import local_server
+from abr_server.lab.loadgen import run_load
 from abr_server.telemetry import ingest_pending, read_rows
 from simulator.video import Video
 

@@ -17,15 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,14 +27,18 @@ from typing import Any, Literal
 
 import numpy as np
 
-from abr_server.netns import KernelShaper, private_netns
+from abr_common.files import write_atomic
+from abr_common.units import MS_PER_S
+from abr_server.lab.launcher import ServerStartError, local_server
+from abr_server.lab.netns import KernelShaper, private_netns
 from abr_server.telemetry import ingest_pending
 from policy.base import make_policy
-from policy.evaluation.loop import DEFAULT_INITIAL_QUALITY, run_policy
+from policy.evaluation.loop import run_policy
 from simulator.link import LinkConfig
 from simulator.qoe import QoEConfig, session_qoe, session_score
+from simulator.reference import DEFAULT_INITIAL_QUALITY
 from simulator.video import Video, load_video
-from traces.io import load_file, write_atomic
+from traces.io import load_file
 
 #: The page's own ABR (no server decisions): dash.js 5's default rules.
 DASHJS = "dashjs"
@@ -55,7 +53,6 @@ CHROMIUM_ARGS = (
     "--disable-backgrounding-occluded-windows",
     "--mute-audio",
 )
-MS_PER_S = 1000.0
 
 
 class EmulationError(RuntimeError):
@@ -191,13 +188,6 @@ class EmulationResult:
         return asdict(self)
 
 
-def free_port() -> int:
-    """A TCP port that was free a moment ago."""
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running_server(
     asset: Path,
@@ -209,46 +199,22 @@ def running_server(
     log_path: Path,
     timeout_s: float = 60,
 ) -> Iterator[str]:
-    """``abr serve`` for one session in a subprocess; yields its base URL; stopped (gracefully) on exit.
+    """A decision server for one session, serving ``asset`` at /media; yields its base URL; stopped on exit.
 
     With ``trace`` the server paces /media itself; without, /media is unpaced (kernel shaping).
     """
-    port = free_port()
     server_policy = "bba" if policy == DASHJS else policy  # the dash.js baseline ignores the server's answers
-    cmd = [sys.executable, "-m", "abr_cli.main", "serve", "--port", str(port), "--media", str(asset),
-           "--link-delay-ms", str(delay_ms), "--policy", server_policy,
-           "--telemetry-db", str(telemetry_db), "--log-level", "warning"]  # fmt: skip
+    settings: dict[str, object] = {
+        "media_dir": asset, "video": asset, "link_delay_ms": delay_ms, "policy": server_policy,
+        "telemetry_db": telemetry_db, "watch_interval_s": 0,
+    }  # fmt: skip
     if trace is not None:
-        cmd += ["--link-trace", str(trace)]
-    env = {**os.environ, "ABR_WATCH_INTERVAL_S": "0"}
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_ready(url, proc, timeout_s, log_path)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float, log_path: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise EmulationError(f"the server exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)
-    raise EmulationError(f"the server at {url} was not ready after {timeout_s:.0f} s (log: {log_path})")
+        settings["link_trace"] = trace
+    try:
+        with local_server(settings=settings, log_path=log_path, startup_s=timeout_s) as server:
+            yield server.url
+    except ServerStartError as err:
+        raise EmulationError(str(err)) from None
 
 
 def play(
@@ -309,7 +275,7 @@ def emulate(
     """Play every trace with every policy; per-session JSON under ``out_dir``; the results in order.
 
     ``shaping``: ``app`` paces responses in the segment server (`abr_server.shaping`); ``kernel`` shapes
-    the loopback with ``tc tbf`` (`abr_server.netns`; the process must be in a private network namespace).
+    the loopback with ``tc tbf`` (`abr_server.lab.netns`; the process must be in a private network namespace).
     """
     if shaping == "kernel" and not private_netns():
         raise EmulationError("kernel shaping needs a private network namespace: run under `unshare -n`")

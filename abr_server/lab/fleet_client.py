@@ -6,6 +6,9 @@ fleet's simulated clock in ms, buffer after the chunk, cumulative stall time) an
 is told. Players deciding at the same simulated instant ask concurrently (one keep-alive connection
 per worker thread). A request that fails gets a local BB decision, counted in ``errors``; the
 simulation never stops for the server. Client-side latency of every request is kept.
+
+`stream_through_server` runs a whole fleet through a server that way, and `served_model_version` /
+`wait_for_model_version` read which registry version it serves (the retraining tests and benchmarks).
 """
 
 from __future__ import annotations
@@ -14,22 +17,27 @@ import http.client
 import json
 import threading
 import time
+import urllib.request
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import numpy as np
 import simpy
 
+from abr_common.units import MS_PER_S
 from policy.base import make_policy
-from simulator.fleet import PlayerLog
+from simulator.fleet import FleetConfig, FleetResult, PlayerLog, simulate_fleet
 from simulator.observation import Observation
-from simulator.reference import MS_PER_S
 from simulator.video import Video
+from traces.trace import Trace
 
 #: Concurrent requests at most (players deciding at one instant beyond this wait for a connection).
 MAX_PARALLEL = 32
 TIMEOUT_S = 10.0
+#: How often `wait_for_model_version` asks the server.
+VERSION_POLL_S = 0.2
 
 
 class RemoteDecider:
@@ -148,10 +156,52 @@ class RemoteDecider:
     def stats(self) -> dict[str, object]:
         """Requests, errors, the server's policies, wall-clock request rate and client-side latency."""
         wall_s = time.perf_counter() - self.started_wall_s
-        lat = np.asarray(self.latencies_s) * 1000.0
+        lat = np.asarray(self.latencies_s) * MS_PER_S
         return {
             "server": self.url, "requests": self.decisions, "errors": self.errors, "policies": self.policies,
             "requests_per_s": self.decisions / wall_s if wall_s > 0 else None,
             "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
             "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
         }  # fmt: skip
+
+
+def stream_through_server(
+    url: str, traces: Sequence[Trace], video: Video, config: FleetConfig | None = None
+) -> FleetResult:
+    """A fleet whose every decision comes from the server at ``url``; by default one player per trace.
+
+    Raises RuntimeError if any request failed: those players decided locally, so the result would not
+    be the server's.
+    """
+    clients: list[RemoteDecider] = []
+
+    def factory(env: simpy.Environment) -> RemoteDecider:
+        clients.append(RemoteDecider(env, url, video))
+        return clients[-1]
+
+    config = config or FleetConfig(n_links=len(traces), players_per_link=1)
+    try:
+        result = simulate_fleet(traces, video, factory, config, policy="server")
+    finally:
+        for client in clients:
+            client.close()
+    errors = sum(client.errors for client in clients)
+    if errors:
+        raise RuntimeError(f"{errors} of the fleet's requests to {url} failed (answered locally instead)")
+    return result
+
+
+def served_model_version(url: str, timeout_s: float = 5.0) -> str:
+    """The registry version the server at ``url`` serves now (from ``/readyz``)."""
+    with urllib.request.urlopen(f"{url}/readyz", timeout=timeout_s) as reply:
+        return str(json.loads(reply.read())["model_version"])
+
+
+def wait_for_model_version(url: str, version: str, timeout_s: float = 30.0) -> str:
+    """Wait until the server at ``url`` serves ``version`` or ``timeout_s`` passed; the version served then."""
+    deadline = time.monotonic() + timeout_s
+    served = served_model_version(url)
+    while served != version and time.monotonic() < deadline:
+        time.sleep(VERSION_POLL_S)
+        served = served_model_version(url)
+    return served

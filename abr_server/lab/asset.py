@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from abr_common.units import BITS_PER_BYTE, BITS_PER_KBIT
 from simulator.video import ASSET_META, DEFAULT_CHUNK_DURATION_S, DEFAULT_LADDER_KBPS, Video, load_video
 
 #: Heights of the ladder's levels, lowest bitrate first (the top two share 1080p, as in the Envivio set).
@@ -148,7 +149,7 @@ def make_asset(spec: AssetSpec, out_dir: Path, *, force: bool = False, ffmpeg: s
             "bitrates_kbps": list(spec.bitrates_kbps), "heights": spec.output_heights(), "fps": spec.fps,
             "segment_s": spec.segment_s, "n_segments": len(sizes[0]), "audio_kbps": AUDIO_KBPS,
             "manifest": MANIFEST, "source": str(spec.source) if spec.source else "testsrc2+sine",
-            "mean_kbps": [round(sum(r) * 8 / 1000 / (len(r) * spec.segment_s)) for r in sizes],
+            "mean_kbps": [round(sum(r) * BITS_PER_BYTE / BITS_PER_KBIT / (len(r) * spec.segment_s)) for r in sizes],
             "ffmpeg": " ".join(cmd[1:]),
         }  # fmt: skip
         (work / ASSET_META).write_text(json.dumps(meta, indent=2) + "\n")

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from abr_common.units import KBIT_PER_MBIT
 from traces.trace import Trace
 
 MIN_RATE_KBIT = 8
@@ -52,7 +53,7 @@ def rate_schedule(trace: Trace) -> list[tuple[float, int]]:
     from clock 0, as in the simulator (`simulator.capacity.TraceCapacity`).
     """
     times = trace.times_s
-    rates = [max(round(float(r) * 1000), MIN_RATE_KBIT) for r in trace.throughput_mbps[1:]]
+    rates = [max(round(float(r) * KBIT_PER_MBIT), MIN_RATE_KBIT) for r in trace.throughput_mbps[1:]]
     return [(float(times[k] - times[0]), rates[k]) for k in range(len(rates))]
 
 

@@ -10,15 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -26,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from abr_common.units import MS_PER_S
 from abr_server.inference import LoadedModel, forward_levels
 from simulator.video import Video
 
@@ -161,7 +155,7 @@ async def run_load(
     mean_batch = None
     if batches_before is not None and batches_after is not None and batches_after[0] > batches_before[0]:
         mean_batch = (batches_after[1] - batches_before[1]) / (batches_after[0] - batches_before[0])
-    lat_ms = np.asarray(latencies) * 1000.0
+    lat_ms = np.asarray(latencies) * MS_PER_S
     return LoadResult(concurrency, len(latencies) - len(errors), len(errors), elapsed,
                       float(np.percentile(lat_ms, 50)) if lat_ms.size else float("nan"),
                       float(np.percentile(lat_ms, 99)) if lat_ms.size else float("nan"), mean_batch)  # fmt: skip
@@ -238,47 +232,4 @@ def inference_throughput(
         elapsed = time.perf_counter() - started
         if elapsed >= seconds:
             break
-    return calls * batch / elapsed, elapsed / calls * 1000.0
-
-
-@contextmanager
-def local_server(
-    env: dict[str, str] | None = None, startup_s: float = 60.0, workers: int = 1
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Run `abr serve` on a free loopback port (``env`` adds ``ABR_*`` settings); yield its URL and process.
-
-    Waits until ``/healthz`` answers. When the block ends the server is stopped (SIGTERM, then SIGKILL), and
-    its process group with it, so no worker of ``--workers N`` outlives it.
-    """
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    cmd = [sys.executable, "-m", "abr_cli.main", "serve", "--port", str(port), "--workers", str(workers)]
-    # Its own process group: with --workers N, uvicorn's worker processes go with it at the end.
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + startup_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"abr serve exited with code {proc.returncode} before answering on {url}")
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=1.0) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"abr serve did not answer on {url} within {startup_s:.0f} s")
-            time.sleep(0.1)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()  # a graceful stop: uvicorn stops its workers and commits queued telemetry
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever the server left behind (workers of a killed master)
+    return calls * batch / elapsed, elapsed / calls * MS_PER_S
