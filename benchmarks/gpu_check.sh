@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 4 and 6 in one pass, for a lent CUDA machine (about 6 minutes on an H200).
+# Every GPU check in one pass (training, the CUDA tests, the simulator, inference and the server), for a machine with
+# a CUDA device (about 6 minutes on an H200).
 # Results go to $OUT (default runs/gpu): log.txt and a few JSON files; BENCHMARKS.md quotes them.
 # Run from the repository root with the project importable (PYTHONPATH=. or an installed checkout).
 set -u

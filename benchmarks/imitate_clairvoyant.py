@@ -1,4 +1,4 @@
-"""Issue 4 experiment: can a causal policy learn the fcc target by imitating the clairvoyant planner?
+"""Experiment: can a causal policy learn the fcc target (1.15) by imitating the clairvoyant planner?
 
 DAgger: each round plays every training trace once (random start points, no delay noise) with the
 student (round 0 with the teacher), labels every decision with the level the clairvoyant planner
