@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU check in one pass (training, the CUDA tests, the simulator, inference and the server), for a machine with
-# a CUDA device (about 6 minutes on an H200).
+# Every GPU check in one pass (training, the CUDA tests, the simulator, inference and the server),
+# for a machine with a CUDA device (about 6 minutes on an H200).
 # Results go to $OUT (default runs/gpu): log.txt and a few JSON files; BENCHMARKS.md quotes them.
 # Run from the repository root with the project importable (PYTHONPATH=. or an installed checkout).
 set -u
