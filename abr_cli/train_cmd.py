@@ -1,49 +1,28 @@
-"""`abr train`: PPO training of the actor-critic, with metrics, periodic evaluation and checkpoints."""
+"""`abr train`: PPO training of the actor-critic, with metrics, periodic evaluation and checkpoints.
+
+A thin shell over `policy.learning.run.TrainingRun` (plain runs) and `plasticity.continual` (schedules);
+the heavy imports happen when the command runs, so that ``--help`` prints at once.
+"""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
-import torch
 import typer
 
 from abr_cli.common import console, err_console, output_dir, progress, user_errors
-from plasticity.continual import train_schedule
-from plasticity.methods import METHODS, Plasticity, PlasticityConfig
-from plasticity.schedules import Schedule, load_schedule
-from policy.evaluation.loop import run_policy
-from policy.learned import DEFAULT_MODEL_DIR, ModelPolicy
-from policy.learning.checkpoint import (
-    META_FILE,
-    Checkpoint,
-    CheckpointError,
-    load_checkpoint,
-    load_optimizer_state,
-    save_checkpoint,
-)
-from policy.learning.network import NetworkConfig
-from policy.learning.ppo import PPOConfig, TrainState, new_state, resolve_device, train
-from simulator.observation import ObservationSpec
-from simulator.video import Video, load_video
-from traces.io import write_atomic
-from traces.sources import DEFAULT_TRACE_SPEC, label, resolve, split_sources
-from traces.trace import Trace
+from abr_common.paths import DEFAULT_TRACE_ROOT
 
-#: Network presets: Pensieve's size, and a smaller one that trains several times faster on a CPU.
-NETWORKS = {"pensieve": NetworkConfig(), "small": NetworkConfig(hidden=64, filters=32)}
+if TYPE_CHECKING:
+    from policy.learning.ppo import TrainState
 
-
-def _split(values: list[str] | None, default: str) -> list[str]:
-    out = [source for value in (values or [default]) for source in split_sources(value)]
-    if not out:
-        raise ValueError("no trace source given")
-    return out
+#: The `--network` presets (their shapes: `policy.learning.config.NETWORK_PRESETS`).
+NETWORK_NAMES = ("pensieve", "small")
+#: The `--plasticity` methods (the implementations: `plasticity.methods.METHODS`).
+METHOD_NAMES = ("none", "reset", "redo", "shrink-perturb", "cbp", "fresh", "resin")
 
 
 def train_command(
@@ -63,7 +42,7 @@ def train_command(
     ] = None,
     eval_every: Annotated[int, typer.Option(min=1, help="Evaluate and checkpoint every this many updates.")] = 20,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda: where learning runs.")] = "auto",
-    network: Annotated[str, typer.Option(help="Network preset: pensieve or small.")] = "small",
+    network: Annotated[str, typer.Option(help=f"Network preset: {' or '.join(NETWORK_NAMES)}.")] = "small",
     num_envs: Annotated[int, typer.Option(min=1, help="Sessions simulated in parallel.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed (runs on the CPU are reproducible).")] = 1,
     config: Annotated[Path | None, typer.Option(help="JSON file with PPOConfig fields (overrides the above).")] = None,
@@ -76,14 +55,14 @@ def train_command(
         ),
     ] = None,
     plasticity: Annotated[
-        str, typer.Option(help=f"Plasticity method: {', '.join(METHODS)} (plasticity/* is logged with any).")
+        str, typer.Option(help=f"Plasticity method: {', '.join(METHOD_NAMES)} (plasticity/* is logged with any).")
     ] = "none",
     schedule: Annotated[
         str | None,
         typer.Option(help="Train continually through a schedule (shipped name or JSON file) instead of --traces."),
     ] = None,
     scale: Annotated[float, typer.Option(min=1e-6, help="With --schedule: multiplies every phase's steps.")] = 1.0,
-    trace_root: Annotated[Path, typer.Option(help="With --schedule: what {traces} means.")] = Path("../shared/traces"),
+    trace_root: Annotated[Path, typer.Option(help="With --schedule: what {traces} means.")] = DEFAULT_TRACE_ROOT,
     ray: Annotated[
         str | None, typer.Option(help="Collect rollouts on Ray actors: 'local' or a cluster address.")
     ] = None,
@@ -100,191 +79,114 @@ def train_command(
 ) -> None:
     """Train the actor-critic with PPO in the simulator (delay noise and random start points on)."""
     with user_errors():
-        if plasticity not in METHODS:
-            raise ValueError(f"--plasticity must be one of {', '.join(METHODS)}, got {plasticity!r}")
-        if network not in NETWORKS:
-            raise ValueError(f"--network must be one of {', '.join(NETWORKS)}, got {network!r}")
+        from plasticity.methods import Plasticity, PlasticityConfig
+        from policy.learning.config import NETWORK_PRESETS
+        from policy.learning.ppo import resolve_device
+        from policy.learning.run import BEST_DIR, LAST_DIR, TrainingRun, load_init, merged_config
+        from simulator.video import load_video
+        from traces.sources import DEFAULT_TRACE_SPEC, label, resolve, split_sources
+
+        if plasticity not in METHOD_NAMES:
+            raise ValueError(f"--plasticity must be one of {', '.join(METHOD_NAMES)}, got {plasticity!r}")
+        if network not in NETWORK_NAMES:
+            raise ValueError(f"--network must be one of {', '.join(NETWORK_NAMES)}, got {network!r}")
         output_dir(out, "--out")
         the_video = load_video(video)
-        start = _initial_model(init, the_video) if init is not None else None
-        fields: dict[str, Any] = {
-            "total_steps": steps,
-            "num_envs": num_envs,
-            "seed": seed,
-            "network": start.network if start is not None else NETWORKS[network],
-        }
+        start = None
+        if init is not None:
+            try:
+                start = load_init(init, the_video)
+            except ValueError as err:
+                raise ValueError(f"--init {err}") from None
+        fields: dict[str, Any] = {"total_steps": steps, "num_envs": num_envs, "seed": seed}
+        if start is None:
+            fields["network"] = NETWORK_PRESETS[network]
         if config is not None:
             try:
                 fields.update(json.loads(config.read_text()))
             except (OSError, json.JSONDecodeError) as err:
                 raise ValueError(f"--config {config}: {err}") from None
-        if critic_future:
-            net = NetworkConfig.model_validate(fields["network"])
-            fields["network"] = NetworkConfig(**{**net.model_dump(), "critic_future": True})
-        ppo = PPOConfig(**fields)
-        if start is not None and ppo.network.model_copy(update={"critic_future": start.network.critic_future}) != (
-            start.network
-        ):
-            raise ValueError(f"--init {init}: the checkpoint's network {start.network} differs from --config's")
+        try:
+            ppo = merged_config(fields, init=start, critic_future=critic_future)
+        except ValueError as err:
+            raise ValueError(f"--init {init}: {err}" if start is not None else f"--config: {err}") from None
         plasticity_config = PlasticityConfig(method=plasticity, seed=seed)
+        dev = resolve_device(device)
+        if ray is not None:
+            from policy.cluster import connect
+
+            connect(ray)
+        workers = ray_workers if ray is not None else 0
         if schedule is not None:
             if resume or init is not None:
                 raise ValueError("--resume and --init are not supported with --schedule")
-            the_schedule = load_schedule(schedule)
-            if ray is not None:
-                from policy.cluster import connect
-
-                connect(ray)
-            _train_schedule(the_schedule, plasticity_config, ppo, the_video, video, out, scale,
-                            trace_root, resolve_device(device), ray_workers if ray is not None else 0)  # fmt: skip
+            _train_schedule(schedule, plasticity_config, ppo, video, out, scale, trace_root, dev, workers)
             return
-        sources = _split(traces, DEFAULT_TRACE_SPEC)
-        train_set: list[Trace] = [t for s in sources for t in resolve(s)]
-        eval_sets = [(label(s), resolve(s)) for s in (eval_traces or [])]
-        dev = resolve_device(device)
-        spec = ObservationSpec()
-        state = new_state(ppo, the_video, spec, dev)
-        if start is not None:
-            if start.spec != spec:
-                raise ValueError(f"--init {init}: the checkpoint observes {start.spec}, training uses {spec}")
-            weights = start.model.state_dict()
-            if ppo.network.critic_future != start.network.critic_future:
-                # The policy and the critic's trunk carry over; the value head (its input changes) starts fresh.
-                weights = {k: v for k, v in weights.items() if not k.startswith(("critic_head.", "critic_future."))}
-            state.model.load_state_dict(weights, strict=ppo.network.critic_future == start.network.critic_future)
-        last_dir, best_dir = out / "last", out / "best"
-        best_score = -np.inf
-        if resume:
-            if not (last_dir / META_FILE).is_file():
-                raise ValueError(f"--resume: {last_dir} has no checkpoint to resume from")
-            ckpt = load_checkpoint(last_dir, the_video, dev)
-            if PPOConfig.model_validate(ckpt.meta["train_config"]) != ppo:  # fields added since default alike
-                raise ValueError(f"--resume: the options differ from the run in {out} (see {last_dir / META_FILE})")
-            state.model.load_state_dict(ckpt.model.state_dict())
-            state.model.train()
-            load_optimizer_state(last_dir, state.model, state.optimizer)
-            state.update = int(ckpt.meta["progress"]["update"])
-            state.global_step = int(ckpt.meta["progress"]["global_step"])
-            best_score = float(ckpt.meta["progress"].get("best_score") or -np.inf)
-        elif (last_dir / META_FILE).exists():
-            raise ValueError(f"--out {out} already holds a run; use --resume to continue it or another folder")
-
-        rows: list[dict[str, float]] = []
-        metrics_path = out / "metrics.csv"
-        if resume and metrics_path.is_file():
-            with metrics_path.open() as f:
-                rows = [{k: float(v) for k, v in r.items() if v} for r in csv.DictReader(f)]
-        started = time.perf_counter()
+        sources = [source for value in (traces or [DEFAULT_TRACE_SPEC]) for source in split_sources(value)]
+        if not sources:
+            raise ValueError("no trace source given")
+        train_set = [t for s in sources for t in resolve(s)]
+        eval_sets = {label(s): resolve(s) for s in (eval_traces or [])}
+        options: dict[str, Any] = {"device": dev, "plasticity": Plasticity(plasticity_config), "ray_workers": workers}
+        try:
+            run = TrainingRun.open(out, ppo, the_video, resume=resume, init=start, **options)
+        except FileExistsError:
+            raise ValueError(
+                f"--out {out} already holds a run; use --resume to continue it or another folder"
+            ) from None
+        except ValueError as err:
+            raise ValueError(f"--resume: {err}" if resume else str(err)) from None
         console.print(
             f"training on {len(train_set)} traces ({', '.join(label(s) for s in sources)}), "
             f"{ppo.num_updates} updates of {ppo.batch_size} steps, device {dev}"
         )
 
-        def evaluate(st: TrainState) -> dict[str, float]:
-            scores = {}
-            for name, trace_set in eval_sets:
-                logs = run_policy(ModelPolicy(st.model, spec), trace_set, the_video)
-                scores[f"eval/{name}"] = float(logs.scores().mean())
-            return scores
-
-        def checkpoint(st: TrainState, folder: Path, scores: dict[str, float], best: float) -> None:
-            save_checkpoint(
-                folder, st.model, the_video, spec, qoe_kind=ppo.qoe, train_config=json.loads(ppo.model_dump_json()),
-                progress={"update": st.update, "global_step": st.global_step,
-                          "best_score": best if np.isfinite(best) else None,
-                          "wall_s": time.perf_counter() - started},
-                scores=scores, optimizer=st.optimizer,
-                data={"train_traces": sources, "eval_traces": [name for name, _ in eval_sets], "video": video,
-                      "init": init},
-            )  # fmt: skip
-
-        def on_update(st: TrainState, metrics: dict[str, float]) -> None:
-            nonlocal best_score
-            if st.update % eval_every == 0 or st.update == ppo.num_updates:
-                scores = evaluate(st)
-                metrics.update(scores)
-                if scores:
-                    mean = float(np.mean(list(scores.values())))
-                    if mean > best_score:
-                        best_score = mean
-                        checkpoint(st, best_dir, scores, best_score)
-                checkpoint(st, last_dir, scores, best_score)
-                shown = " ".join(f"{k.split('/', 1)[1]}={v:.3f}" for k, v in scores.items())
-                err_console.print(
-                    f"update {st.update}/{ppo.num_updates} step {st.global_step:,} "
-                    f"qoe/chunk {metrics['charts/qoe']:.3f} {metrics['charts/steps_per_s']:,.0f} steps/s {shown}"
-                )
-            rows.append(metrics)
-            _write_csv(metrics_path, rows)
+        def evaluated(state: TrainState, metrics: dict[str, float]) -> None:
+            shown = " ".join(f"{k.split('/', 1)[1]}={v:.3f}" for k, v in metrics.items() if k.startswith("eval/"))
+            err_console.print(
+                f"update {state.update}/{ppo.num_updates} step {state.global_step:,} "
+                f"qoe/chunk {metrics['charts/qoe']:.3f} {metrics['charts/steps_per_s']:,.0f} steps/s {shown}"
+            )
 
         with progress() as bar:
-            task = bar.add_task("training", total=ppo.num_updates, completed=state.update)
-
-            def on_update_with_bar(st: TrainState, metrics: dict[str, float]) -> None:
-                on_update(st, metrics)
-                bar.update(task, completed=st.update)
-
-            if ray is not None:
-                from policy.cluster import connect
-                from policy.learning.distributed import train_on_ray
-
-                connect(ray)
-                train_on_ray(ppo, train_set, the_video, workers=ray_workers, state=state, device=dev, spec=spec,
-                             on_update=on_update_with_bar, plasticity=Plasticity(plasticity_config))  # fmt: skip
-            else:
-                train(ppo, train_set, the_video, state=state, device=dev, spec=spec, on_update=on_update_with_bar,
-                      plasticity=Plasticity(plasticity_config))  # fmt: skip
-        if not eval_sets:
-            checkpoint(state, best_dir, {}, best_score)
-        console.print(f"done in {time.perf_counter() - started:.0f} s: {out / 'best'} (best), {last_dir} (last)")
-
-
-def _initial_model(init: str, video: Video) -> Checkpoint:
-    """The checkpoint ``--init`` names (``default``: the shipped model), validated against ``video``."""
-    folder = DEFAULT_MODEL_DIR if init == "default" else Path(init)
-    try:
-        return load_checkpoint(folder, video)
-    except CheckpointError as err:
-        raise ValueError(f"--init {init}: {err}") from None
+            task = bar.add_task("training", total=ppo.num_updates, completed=run.state.update)
+            data = {"train_traces": sources, "eval_traces": list(eval_sets), "video": video, "init": init}
+            run.fit(train_set, out, eval_sets=eval_sets, eval_every=eval_every, data=data, on_evaluated=evaluated,
+                    on_update=lambda state, _: bar.update(task, completed=state.update))  # fmt: skip
+        console.print(
+            f"done in {time.perf_counter() - run.started_s:.0f} s: {out / BEST_DIR} (best), {out / LAST_DIR} (last)"
+        )
 
 
 def _train_schedule(
-    schedule: Schedule, plasticity: PlasticityConfig, ppo: PPOConfig, video: Video, video_spec: str, out: Path,
-    scale: float, trace_root: Path, device: torch.device, ray_workers: int = 0,
+    schedule_name: str, plasticity: Any, ppo: Any, video_spec: str, out: Path, scale: float, trace_root: Path,
+    device: Any, ray_workers: int,
 ) -> None:  # fmt: skip
-    """Continual training through ``schedule``: ``out/run.json`` (evaluations, diagnostics) and ``out/last``."""
-    if (out / "last" / META_FILE).exists():
+    """Continual training through a schedule: ``out/run.json`` (evaluations, diagnostics) and ``out/last``."""
+    from plasticity.continual import save_schedule_run, train_schedule
+    from plasticity.schedules import load_schedule
+    from policy.learning.checkpoint import META_FILE
+    from policy.learning.run import LAST_DIR
+    from simulator.video import load_video
+
+    the_schedule = load_schedule(schedule_name)
+    if (out / LAST_DIR / META_FILE).exists():
         raise ValueError(f"--out {out} already holds a run; choose another folder")
-    console.print(f"continual training through {schedule.name} ({len(schedule.phases)} phases) "
+    console.print(f"continual training through {the_schedule.name} ({len(the_schedule.phases)} phases) "
                   f"with plasticity {plasticity.method}, scale {scale}, device {device}")  # fmt: skip
     with progress() as bar:
-        task = bar.add_task(schedule.name, total=None)
+        task = bar.add_task(the_schedule.name, total=None)
 
         def on_progress(update: int, total: int) -> None:
             bar.update(task, completed=update, total=total)
 
-        record, state = train_schedule(schedule, plasticity, ppo, video, scale=scale, trace_root=trace_root,
-                                       device=device, on_progress=on_progress, ray_workers=ray_workers)  # fmt: skip
-    write_atomic(out / "run.json", json.dumps(record).encode())
-    save_checkpoint(
-        out / "last", state.model, video, ObservationSpec(), qoe_kind=ppo.qoe,
-        train_config=record["ppo"], progress={"update": state.update, "global_step": state.global_step},
-        scores={}, optimizer=state.optimizer,
-        data={"schedule": schedule.name, "plasticity": plasticity.method, "video": video_spec},
-    )  # fmt: skip
+        record, run = train_schedule(the_schedule, plasticity, ppo, load_video(video_spec), scale=scale,
+                                     trace_root=trace_root, device=device, on_progress=on_progress,
+                                     ray_workers=ray_workers)  # fmt: skip
+    save_schedule_run(out, record, run, {"schedule": the_schedule.name, "plasticity": plasticity.method,
+                                         "video": video_spec})  # fmt: skip
     for e in record["evals"]:
         if e["steps_into_phase"] == max(x["steps_into_phase"] for x in record["evals"] if x["phase"] == e["phase"]):
             shown = " ".join(f"{f}={s['qoe']:.3f}" for f, s in e["scores"].items())
             console.print(f"end of phase {e['phase']} ({e['family']}), step {e['step']:,}: {shown}")
-    console.print(f"done: {out / 'run.json'}, {out / 'last'}")
-
-
-def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
-    keys: list[str] = []
-    for row in rows:
-        keys.extend(k for k in row if k not in keys)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(path, buffer.getvalue().encode())
+    console.print(f"done: {out / 'run.json'}, {out / LAST_DIR}")

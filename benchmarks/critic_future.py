@@ -1,4 +1,4 @@
-"""Issue 4 experiment: PPO with an input-dependent baseline (`abr train --critic-future`) against the same run
+"""Experiment: PPO with an input-dependent baseline (`abr train --critic-future`) against the same run
 with the usual critic, evaluated on the three test sets (greedy QoE_lin), one JSON line per evaluation.
 
 The critic also reads the mean throughput of the trace over the next 8 x 4 s (`policy.learning.network`'s
@@ -16,13 +16,12 @@ import json
 import time
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
-from policy.evaluation.loop import run_policy
-from policy.learned import ModelPolicy
-from policy.learning.network import NetworkConfig
-from policy.learning.ppo import PPOConfig, TrainState, new_state, train
+from abr_common.paths import DEFAULT_TRACE_ROOT
+from policy.learning.config import NetworkConfig, PPOConfig
+from policy.learning.ppo import TrainState
+from policy.learning.run import TrainingRun
 from simulator.observation import ObservationSpec
 from simulator.video import Video
 from traces.sources import resolve, split_sources
@@ -36,29 +35,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12_000_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--traces", action="append", help="Training traces, as abr train -t (repeatable).")
-    parser.add_argument("--video", default="../shared/traces/video-sizes")
+    parser.add_argument("--video", default=f"{DEFAULT_TRACE_ROOT}/video-sizes")
     parser.add_argument("--eval-every", type=int, default=40)
     parser.add_argument("--out", type=Path, help="Keep the weights at every evaluation here (safetensors).")
     args = parser.parse_args()
     video = Video.from_size_files(args.video)
     spec = ObservationSpec()
-    given = args.traces or ["../shared/traces/fcc-train,../shared/traces/norway-train"]
+    given = args.traces or [f"{DEFAULT_TRACE_ROOT}/fcc-train,{DEFAULT_TRACE_ROOT}/norway-train"]
     traces = [t for value in given for source in split_sources(value) for t in resolve(source)]
-    tests = {name: resolve(f"../shared/traces/{name}") for name in TEST_SETS}
+    tests = {name: resolve(f"{DEFAULT_TRACE_ROOT}/{name}") for name in TEST_SETS}
     network = NetworkConfig(hidden=64, filters=32, critic_future=args.critic == "priv")
     config = PPOConfig(total_steps=args.steps, seed=args.seed, torch_threads=1, learning_rate=3e-4, clip_vloss=True,
                        max_grad_norm=0.5, network=network)  # fmt: skip
-    state = new_state(config, video, spec, torch.device("cpu"))
+    run = TrainingRun.create(config, video, spec=spec)
     started = time.perf_counter()
 
     def on_update(st: TrainState, metrics: dict[str, float]) -> None:
         if st.update % args.eval_every and st.update != config.num_updates:
             return
-        st.model.eval()
-        scores = {
-            n: float(run_policy(ModelPolicy(st.model, spec), ts, video).scores().mean()) for n, ts in tests.items()
-        }
-        st.model.train()
+        scores = {name: score["qoe"] for name, score in run.evaluate(tests).items()}
         line = {"update": st.update, "step": st.global_step, "wall_s": round(time.perf_counter() - started),
                 "explained_variance": round(metrics["losses/explained_variance"], 3)}  # fmt: skip
         print(json.dumps({**line, **scores}), flush=True)
@@ -67,7 +62,7 @@ def main() -> None:
             weights = {k: v.contiguous() for k, v in st.model.state_dict().items()}
             save_file(weights, args.out / f"{st.update}.safetensors")
 
-    train(config, traces, video, state=state, on_update=on_update)
+    run.train(traces, on_update=on_update)
 
 
 if __name__ == "__main__":

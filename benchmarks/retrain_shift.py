@@ -24,7 +24,7 @@ from abr_server.lab.scenarios import SHIFT_3G_TO_FAST
 from abr_server.retrain.loop import RetrainConfig, retrain_once
 from plasticity.methods import PlasticityConfig
 from policy.learned import DEFAULT_MODEL_DIR
-from policy.learning.ppo import PPOConfig
+from policy.learning.config import PPOConfig
 from simulator.fleet import FleetResult
 from simulator.video import Video
 from traces.generate import generate_from_spec

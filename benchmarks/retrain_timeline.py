@@ -34,7 +34,7 @@ from abr_server.lab.launcher import local_server
 from abr_server.retrain.loop import RetrainConfig, retrain_once
 from plasticity.methods import PlasticityConfig
 from policy.learned import DEFAULT_MODEL_DIR
-from policy.learning.ppo import PPOConfig
+from policy.learning.config import PPOConfig
 from simulator.video import Video
 from traces.generate import generate_from_spec
 

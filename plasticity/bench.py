@@ -19,17 +19,16 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from abr_common import seeding
 from abr_common.files import write_atomic
 from abr_common.paths import DEFAULT_TRACE_ROOT
 from abr_common.stats import mean_ci95
 from plasticity.continual import eventual_level, recovery_steps, run_schedule
 from plasticity.methods import METHODS, PlasticityConfig
 from plasticity.schedules import Schedule
-from policy.learning.ppo import PPOConfig
+from policy.learning.config import PPOConfig
 from simulator.video import Video
 
-#: Random stream of the phase-length jitter (kept apart from the training seeds' streams).
-PHASE_JITTER_STREAM = 7_919
 DIAGNOSTICS_PLOTTED = ("plasticity/silent_ratio", "plasticity/dormant_ratio", "plasticity/grad_silent_ratio",
                        "plasticity/effective_rank")  # fmt: skip
 
@@ -66,7 +65,7 @@ class BenchConfig(BaseModel):
         applied = schedule.model_copy(update={"phase_jitter": 0.0})
         if jitter == 0:
             return applied
-        rng = np.random.default_rng([seed, PHASE_JITTER_STREAM])
+        rng = np.random.default_rng([seed, seeding.PHASE_JITTER])
         factors = rng.uniform(1 - jitter, 1 + jitter, size=len(schedule.phases))
         phases = [p.model_copy(update={"steps": max(1, round(p.steps * f))})
                   for p, f in zip(schedule.phases, factors, strict=True)]  # fmt: skip

@@ -9,6 +9,7 @@ kept for the recovery and silent-neuron analyses.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,16 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from abr_common.files import write_atomic
+from abr_common.paths import DEFAULT_TRACE_ROOT
 from plasticity.methods import Plasticity, PlasticityConfig
 from plasticity.schedules import Schedule, expand
-from policy.evaluation.loop import run_policy
-from policy.learned import ModelPolicy
-from policy.learning.network import ActorCritic
-from policy.learning.ppo import PPOConfig, TrainState, new_state, train
-from simulator.observation import ObservationSpec
+from policy.learning.config import PPOConfig
+from policy.learning.run import LAST_DIR, TrainingRun
 from simulator.video import Video
 from traces.sources import resolve
-from traces.trace import Trace
 
 ProgressFn = Callable[[int, int], None]
 
@@ -50,18 +49,6 @@ def continual_config(config: PPOConfig, total_updates: int) -> PPOConfig:
     )
 
 
-def evaluate_families(
-    model: ActorCritic, families: dict[str, list[Trace]], video: Video, spec: ObservationSpec
-) -> dict[str, dict[str, float]]:
-    """Greedy QoE_lin score and mean bitrate on each family's test traces."""
-    policy = ModelPolicy(model, spec)
-    out = {}
-    for family, traces in families.items():
-        logs = run_policy(policy, traces, video)
-        out[family] = {"qoe": float(logs.scores().mean()), "bitrate_kbps": float(logs.bitrate_kbps()[:, 1:].mean())}
-    return out
-
-
 def run_schedule(
     schedule: Schedule,
     plasticity: PlasticityConfig,
@@ -69,7 +56,7 @@ def run_schedule(
     video: Video,
     *,
     scale: float = 1.0,
-    trace_root: Path = Path("../shared/traces"),
+    trace_root: Path = DEFAULT_TRACE_ROOT,
     device: torch.device | None = None,
     on_progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
@@ -86,24 +73,23 @@ def train_schedule(
     video: Video,
     *,
     scale: float = 1.0,
-    trace_root: Path = Path("../shared/traces"),
+    trace_root: Path = DEFAULT_TRACE_ROOT,
     device: torch.device | None = None,
     on_progress: ProgressFn | None = None,
     ray_workers: int = 0,
-) -> tuple[dict[str, Any], TrainState]:
-    """As `run_schedule`, also returning the trained state (model and optimizer).
+) -> tuple[dict[str, Any], TrainingRun]:
+    """As `run_schedule`, also returning the training run (model, optimizer, progress).
 
-    With ``ray_workers`` > 0 rollouts come from that many Ray actors (`policy.learning.distributed.train_on_ray`;
-    the caller connects to Ray first); the plasticity method and the evaluations run here as usual.
+    With ``ray_workers`` > 0 rollouts come from that many Ray actors (the caller connects to Ray first);
+    the plasticity method and the evaluations run here as usual.
     """
-    device = device or torch.device("cpu")
-    spec = ObservationSpec()
     updates = phase_updates(schedule, config, scale)
     ppo = continual_config(config, sum(updates))
     train_sets = [[t for s in expand(p.train, trace_root) for t in resolve(s)] for p in schedule.phases]
     test_sets = {f: [t for s in schedule.test_sources(f, trace_root) for t in resolve(s)] for f in schedule.families()}
-    state: TrainState = new_state(ppo, video, spec, device)
     hook = Plasticity(plasticity.model_copy(update={"seed": plasticity.seed or config.seed}))
+    run = TrainingRun.create(ppo, video, device=device, plasticity=hook, ray_workers=ray_workers)
+    state = run.state
     evals: list[dict[str, Any]] = []
     started = time.perf_counter()
     seen: list[str] = []
@@ -120,18 +106,9 @@ def train_schedule(
         )
         done = 0
         for point in points:
-            if ray_workers:
-                from policy.learning.distributed import train_on_ray
-
-                train_on_ray(ppo, train_sets[index], video, workers=ray_workers, state=state, device=device,
-                             spec=spec, stop_after_updates=point - done, plasticity=hook)  # fmt: skip
-            else:
-                train(ppo, train_sets[index], video, state=state, device=device, spec=spec,
-                      stop_after_updates=point - done, plasticity=hook)  # fmt: skip
+            run.train(train_sets[index], updates=point - done)
             done = point
-            state.model.eval()
-            scores = evaluate_families(state.model, {f: test_sets[f] for f in seen}, video, spec)
-            state.model.train()
+            scores = run.evaluate({f: test_sets[f] for f in seen})
             evals.append({
                 "phase": index, "family": phase.family, "update": state.update, "step": state.global_step,
                 "steps_into_phase": state.global_step - boundaries[-1], "scores": scores,
@@ -152,7 +129,13 @@ def train_schedule(
         "updates": kept,
         "resets": hook.method.resets,
     }
-    return record, state
+    return record, run
+
+
+def save_schedule_run(folder: Path, record: dict[str, Any], run: TrainingRun, data: dict[str, Any]) -> None:
+    """``folder/run.json`` (the record) and ``folder/last`` (the final model with its optimizer state)."""
+    write_atomic(folder / "run.json", json.dumps(record).encode())
+    run.save(folder / LAST_DIR, train_config=record["ppo"], data=data)
 
 
 def recovery_steps(

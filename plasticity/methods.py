@@ -22,6 +22,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from abr_common import seeding
+from abr_common.seeding import stream_seed
 from plasticity.diagnostics import (
     SCORE_EPS,
     LayerScores,
@@ -193,7 +195,7 @@ class PlasticityMethod(ABC):
 
     def __init__(self, config: PlasticityConfig) -> None:
         self.config = config
-        self.generator = torch.Generator().manual_seed(config.seed * 1_000_003 + 17)
+        self.generator = torch.Generator().manual_seed(stream_seed(seeding.METHOD_GENERATOR, config.seed, 17))
         self.resets = 0
 
     def state_dict(self) -> dict[str, Any]:
@@ -256,7 +258,7 @@ class PeriodicReset(PlasticityMethod):
             return {}
         names = None if self.config.reset_scope == "all" else _last_layer_names(model)
         self.resets += 1
-        _reinit_parameters(model, optimizer, names, self.config.seed * 7_919 + self.resets)
+        _reinit_parameters(model, optimizer, names, stream_seed(seeding.FRESH_WEIGHTS, self.config.seed, self.resets))
         return {"plasticity/reset": 1.0}
 
 
@@ -269,7 +271,7 @@ class FreshAtShift(PlasticityMethod):
         if phase == 0:
             return {}
         self.resets += 1
-        _reinit_parameters(model, optimizer, None, self.config.seed * 7_919 + self.resets)
+        _reinit_parameters(model, optimizer, None, stream_seed(seeding.FRESH_WEIGHTS, self.config.seed, self.resets))
         return {"plasticity/reset": 1.0}
 
     def after_update(
@@ -289,7 +291,9 @@ class ShrinkPerturb(PlasticityMethod):
         if update % self.config.reset_every_updates:
             return {}
         self.resets += 1
-        fresh = dict(fresh_like(model, self.config.seed * 7_919 + self.resets).named_parameters())
+        fresh = dict(
+            fresh_like(model, stream_seed(seeding.FRESH_WEIGHTS, self.config.seed, self.resets)).named_parameters()
+        )
         with torch.no_grad():
             for name, param in model.named_parameters():
                 param.mul_(self.config.shrink).add_(fresh[name], alpha=self.config.perturb)
@@ -518,7 +522,7 @@ class Plasticity:
     def __init__(self, config: PlasticityConfig) -> None:
         self.config = config
         self.method = make_method(config)
-        self.sampler = torch.Generator().manual_seed(config.seed * 104_729 + 3)
+        self.sampler = torch.Generator().manual_seed(stream_seed(seeding.METHOD_SAMPLER, config.seed, 3))
         self.held_out: torch.Tensor | None = None
         self.held_out_probs: torch.Tensor | None = None
 

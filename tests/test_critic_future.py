@@ -18,8 +18,10 @@ from abr_cli.main import app
 from policy.evaluation.loop import run_policy
 from policy.learned import ModelPolicy
 from policy.learning.checkpoint import load_checkpoint, save_checkpoint
-from policy.learning.network import ROW_FUTURE, ActorCritic, NetworkConfig
-from policy.learning.ppo import PPOConfig, train, with_future_row
+from policy.learning.config import NetworkConfig, PPOConfig
+from policy.learning.network import ROW_FUTURE, ActorCritic
+from policy.learning.ppo import train
+from policy.learning.rollouts import with_future_row
 from simulator.batch import BatchSimulator, SessionState
 from simulator.link import LinkConfig
 from simulator.observation import ObservationBuilder, ObservationSpec

@@ -6,8 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from policy.learning.config import NetworkConfig
 from policy.learning.dense import DenseActor
-from policy.learning.network import ActorCritic, NetworkConfig
+from policy.learning.network import ActorCritic
 
 
 @settings(max_examples=15, deadline=None)

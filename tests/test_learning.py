@@ -14,8 +14,9 @@ from policy.base import PolicySpecError
 from policy.evaluation.loop import run_policy
 from policy.learned import ModelPolicy
 from policy.learning.checkpoint import CheckpointError, load_checkpoint, load_optimizer_state, save_checkpoint
-from policy.learning.network import ActorCritic, NetworkConfig
-from policy.learning.ppo import PPOConfig, new_state, train
+from policy.learning.config import NetworkConfig, PPOConfig
+from policy.learning.network import ActorCritic
+from policy.learning.ppo import new_state, train
 from simulator.observation import ObservationSpec
 from simulator.video import Video
 from tests.helpers import make_trace

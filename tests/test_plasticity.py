@@ -17,9 +17,10 @@ from plasticity.methods import (
     make_method,
     reset_neurons,
 )
-from policy.learning.network import ActorCritic, NetworkConfig
+from policy.learning.config import NetworkConfig, PPOConfig
+from policy.learning.network import ActorCritic
 from policy.learning.optim import EntryAdam
-from policy.learning.ppo import PPOConfig, Rollout, ppo_loss
+from policy.learning.ppo import Rollout, ppo_loss
 
 WIDTH, LEVELS = 8, 6
 DEAD, MUTE = 2, 5  # planted in actor.hidden: zero incoming weights / zero outgoing weights

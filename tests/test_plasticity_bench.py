@@ -14,8 +14,7 @@ from plasticity.bench import BenchConfig, _matches, aggregate, bitrate_ratio, ru
 from plasticity.continual import recovery_steps, run_schedule
 from plasticity.methods import PlasticityConfig
 from plasticity.schedules import Schedule, ScheduleError, available_schedules, load_schedule
-from policy.learning.network import NetworkConfig
-from policy.learning.ppo import PPOConfig
+from policy.learning.config import NetworkConfig, PPOConfig
 from simulator.video import Video
 
 runner = CliRunner()

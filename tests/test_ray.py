@@ -88,22 +88,21 @@ def test_plasticity_bench_through_ray_gives_the_same_records(local_ray: None, tm
 @pytest.mark.slow
 @pytest.mark.parametrize("critic_future", [False, True], ids=["critic", "critic-sees-future"])
 def test_training_through_ray_learns(local_ray: None, critic_future: bool) -> None:
-    from policy.learning.distributed import train_on_ray
-    from policy.learning.network import NetworkConfig
-    from policy.learning.ppo import PPOConfig
+    from policy.learning.config import NetworkConfig, PPOConfig
+    from policy.learning.ppo import train
     from traces.trace import Trace
 
     # On fast constant links the best policy fetches high levels: a learner that learns gains a lot of QoE.
     traces = [Trace(f"c{k}", np.array([0.0, 500.0]), np.array([8.0 + k, 8.0 + k])) for k in range(4)]
     config = PPOConfig(num_envs=8, num_steps=48, total_steps=8 * 48 * 16, learning_rate=3e-3, torch_threads=1,
                        network=NetworkConfig(critic_future=critic_future))  # fmt: skip
-    state = train_on_ray(config, traces, VIDEO, workers=2)
+    state = train(config, traces, VIDEO, ray_workers=2)
     qoe = [m["charts/qoe"] for m in state.metrics]
     assert len(qoe) == 16
     assert state.global_step == 8 * 48 * 16
     assert np.mean(qoe[-3:]) > np.mean(qoe[:3]) + 1.5
     with pytest.raises(ValueError, match="workers"):
-        train_on_ray(config, traces, VIDEO, workers=9)
+        train(config, traces, VIDEO, ray_workers=9)
 
 
 @pytest.mark.slow
@@ -115,7 +114,7 @@ def test_a_retraining_round_through_ray_gates_on_the_same_scores(local_ray: None
     from abr_server.registry import ModelRegistry
     from abr_server.retrain.loop import RetrainConfig, retrain_once
     from policy.learned import DEFAULT_MODEL_DIR
-    from policy.learning.ppo import PPOConfig
+    from policy.learning.config import PPOConfig
     from tests.test_retrain import session_rows, write_rows
     from traces.trace import Trace
 

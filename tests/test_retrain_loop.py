@@ -15,7 +15,7 @@ from abr_server.retrain import loop
 from abr_server.retrain.loop import RetrainConfig, retrain_once
 from plasticity.methods import PlasticityConfig
 from policy.learned import DEFAULT_MODEL_DIR
-from policy.learning.ppo import PPOConfig
+from policy.learning.config import PPOConfig
 from simulator.video import Video
 from tests.test_retrain import session_rows, write_rows
 from traces.trace import Trace

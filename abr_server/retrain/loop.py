@@ -32,18 +32,19 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from abr_common.files import write_atomic
 from abr_server.registry import ModelRegistry
 from abr_server.retrain.rebuild import RebuildConfig, rebuild_traces, weighted_sample
 from plasticity.methods import Plasticity, PlasticityConfig
 from policy.base import make_policy
 from policy.evaluation.loop import run_policy
 from policy.learned import ModelPolicy
-from policy.learning.checkpoint import CheckpointError, load_checkpoint, load_optimizer_state, save_checkpoint
-from policy.learning.optim import EntryAdam
-from policy.learning.ppo import PPOConfig, TrainState, train
+from policy.learning.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from policy.learning.config import PPOConfig
+from policy.learning.ppo import TrainState
+from policy.learning.run import TrainingRun
 from simulator.observation import ObservationSpec
 from simulator.video import Video
-from traces.io import write_atomic
 from traces.sources import resolve
 from traces.trace import Trace
 
@@ -115,8 +116,8 @@ def retrain_once(
     """Run one round (see the module docstring); never leaves a partial version in ``models``.
 
     With ``ray_workers`` > 0 the fine-tuning collects its rollouts from that many Ray actors
-    (`policy.learning.distributed.train_on_ray`) and the gate's evaluations run as Ray tasks (identical scores);
-    the caller connects to Ray first (`policy.learning.distributed.connect`).
+    (`policy.learning.rollouts.RayRollouts`) and the gate's evaluations run as Ray tasks (identical scores);
+    the caller connects to Ray first (`policy.cluster.connect`).
     """
     config = config or RetrainConfig()
     started = time.perf_counter()
@@ -151,22 +152,15 @@ def retrain_once(
         counts["older_telemetry"] = len(older_telemetry)
     data_key = _data_key(parent, training, holdout, config)
 
-    state, resumed = _trainer_state(work_dir, models / parent, video, config, data_key)
     hook = Plasticity(config.plasticity.model_copy(update={"seed": config.plasticity.seed or config.ppo.seed}))
+    run, resumed = _trainer_run(work_dir, models / parent, video, config, data_key, hook, ray_workers)
     # A resumed round continues its own plasticity state; a new round starts from what the parent's
     # training learned about the network (ReSiN's running gradient and activity levels).
     _restore_plasticity(hook, work_dir / STATE_DIR if resumed else models / parent, same_run=bool(resumed))
-    ppo = config.ppo.model_copy(update={"total_steps": config.updates * config.ppo.batch_size})
-    while state.update < config.updates:
-        chunk = min(config.checkpoint_every, config.updates - state.update)
-        if ray_workers:
-            from policy.learning.distributed import train_on_ray
-
-            train_on_ray(ppo, training, video, workers=ray_workers, state=state, stop_after_updates=chunk,
-                         plasticity=hook)  # fmt: skip
-        else:
-            train(ppo, training, video, state=state, stop_after_updates=chunk, plasticity=hook)
-        _save_trainer(work_dir, state, video, config, data_key, parent, hook)
+    while run.state.update < config.updates:
+        run.train(training, updates=min(config.checkpoint_every, config.updates - run.state.update))
+        _save_trainer(work_dir, run, data_key, parent, hook)
+    state = run.state
 
     state.model.eval()
     parent_ckpt = load_checkpoint(models / parent, video)
@@ -250,30 +244,31 @@ def _data_key(parent: str, training: list[Trace], holdout: list[Trace], config: 
     return digest.hexdigest()[:16]
 
 
-def _trainer_state(
-    work_dir: Path, parent_dir: Path, video: Video, config: RetrainConfig, data_key: str
-) -> tuple[TrainState, int]:
-    """Resume this round's trainer from ``work_dir`` if it was interrupted, else start from the parent."""
+def _trainer_run(
+    work_dir: Path, parent_dir: Path, video: Video, config: RetrainConfig, data_key: str, hook: Plasticity,
+    ray_workers: int,
+) -> tuple[TrainingRun, int]:  # fmt: skip
+    """Resume this round's training from ``work_dir`` if it was interrupted, else fine-tune the parent afresh.
+
+    Returns the run and the update it resumed from (0: a new round).
+    """
+    parent = load_checkpoint(parent_dir, video)
+    # The round fine-tunes the parent's network, whatever shape ``config.ppo`` names.
+    ppo = config.ppo.model_copy(update={"total_steps": config.updates * config.ppo.batch_size,
+                                        "network": parent.network})  # fmt: skip
+    options: dict[str, Any] = {"spec": parent.spec, "plasticity": hook, "ray_workers": ray_workers}
     folder = work_dir / STATE_DIR
     marker = folder / ROUND_FILE
     if marker.is_file():
         try:
-            saved = json.loads(marker.read_text())
-            if saved.get("data_key") == data_key:
-                ckpt = load_checkpoint(folder, video)
-                optimizer = EntryAdam(ckpt.model.parameters(), lr=config.ppo.learning_rate, eps=1e-5)
-                load_optimizer_state(folder, ckpt.model, optimizer)
-                ckpt.model.train()
-                update = int(saved["update"])
-                log.info("resuming round %s at update %d", data_key, update)
-                return TrainState(ckpt.model, optimizer, update, int(saved["global_step"])), update
+            if json.loads(marker.read_text()).get("data_key") == data_key:
+                run = TrainingRun.resume(folder, ppo, video, **options)
+                log.info("resuming round %s at update %d", data_key, run.state.update)
+                return run, run.state.update
         except (CheckpointError, OSError, ValueError, KeyError) as err:
             log.warning("trainer state in %s unusable (%s); starting the round afresh", folder, err)
     shutil.rmtree(folder, ignore_errors=True)
-    ckpt = load_checkpoint(parent_dir, video)
-    ckpt.model.train()
-    optimizer = EntryAdam(ckpt.model.parameters(), lr=config.ppo.learning_rate, eps=1e-5)
-    return TrainState(ckpt.model, optimizer), 0
+    return TrainingRun.create(ppo, video, init=parent, **options), 0
 
 
 def _restore_plasticity(hook: Plasticity, folder: Path, *, same_run: bool) -> None:
@@ -287,18 +282,13 @@ def _restore_plasticity(hook: Plasticity, folder: Path, *, same_run: bool) -> No
         log.warning("plasticity state %s not used (%s)", path, err)
 
 
-def _save_trainer(
-    work_dir: Path, state: TrainState, video: Video, config: RetrainConfig, data_key: str, parent: str,
-    hook: Plasticity,
-) -> None:  # fmt: skip
+def _save_trainer(work_dir: Path, run: TrainingRun, data_key: str, parent: str, hook: Plasticity) -> None:
+    """The round's training so far (model, optimizer, progress, plasticity state), resumable by `_trainer_run`."""
     folder = work_dir / STATE_DIR
-    save_checkpoint(folder, state.model, video, ObservationSpec(), qoe_kind=config.ppo.qoe,
-                    train_config={"parent": parent}, progress={"update": state.update},
-                    optimizer=state.optimizer)  # fmt: skip
-    state.model.train()
+    run.save(folder, data={"parent": parent})
     write_atomic(folder / PLASTICITY_FILE, json.dumps(hook.state_dict()).encode())
-    write_atomic(folder / ROUND_FILE, json.dumps({"data_key": data_key, "update": state.update,
-                                                  "global_step": state.global_step}).encode())  # fmt: skip
+    write_atomic(folder / ROUND_FILE, json.dumps({"data_key": data_key, "update": run.state.update,
+                                                  "global_step": run.state.global_step}).encode())  # fmt: skip
 
 
 def _next_version(versions: list[str]) -> str:

@@ -23,11 +23,12 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from policy.learning.network import ActorCritic, NetworkConfig
+from abr_common.files import write_atomic
+from policy.learning.config import NetworkConfig
+from policy.learning.network import ActorCritic
 from policy.learning.optim import EntryAdam
 from simulator.observation import ObservationSpec
 from simulator.video import Video
-from traces.io import write_atomic
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"

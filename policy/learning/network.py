@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.distributions import Categorical
+
+from policy.learning.config import NetworkConfig
 
 #: Rows of the observation (see simulator.observation).
 ROW_BITRATE, ROW_BUFFER, ROW_THROUGHPUT, ROW_DELAY, ROW_SIZES, ROW_REMAINING = range(6)
@@ -60,26 +61,6 @@ class NeuronLayer:
     def units(self) -> int:
         """Number of neurons."""
         return self.incoming.out_features
-
-
-class NetworkConfig(BaseModel):
-    """Shape of the actor-critic."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    hidden: int = Field(128, ge=1, description="Units of the dense branches and of the merged hidden layer.")
-    filters: int = Field(128, ge=1, description="Channels of the 1-D convolutions.")
-    kernel: int = Field(4, ge=1, description="Kernel width of the 1-D convolutions.")
-    shared_trunk: bool = Field(False, description="One trunk for actor and critic instead of one each.")
-    critic_future: bool = Field(
-        False, description="The critic also reads the network's future throughput (training only; separate trunks)."
-    )
-
-    @model_validator(mode="after")
-    def _future_needs_own_critic(self) -> NetworkConfig:
-        if self.critic_future and self.shared_trunk:
-            raise ValueError("critic_future needs separate trunks: with a shared trunk the actor would see the future")
-        return self
 
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)

@@ -1,9 +1,10 @@
-"""PPO for the actor-critic, on the native vector environment (many sessions per step).
+"""PPO for the actor-critic: one loop over a rollout source (sessions simulated here or on Ray actors).
 
-Reads top to bottom like a CleanRL script: config, seeding, vector env, preallocated rollout buffers,
-GAE under ``torch.no_grad()``, the clipped update, metrics named ``charts/*`` and ``losses/*``.
-Rollouts run on the numpy batch core; learning runs on ``device`` (CPU or CUDA). With the same seed
-on the CPU two runs are identical.
+Reads top to bottom like a CleanRL script: config, seeding (named streams, `abr_common.seeding`), the
+rollout source (`policy.learning.rollouts`: the native vector environment with preallocated buffers),
+GAE under ``torch.no_grad()``, the clipped update, metrics named ``charts/*`` and ``losses/*``, the
+plasticity hook. Rollouts run on the numpy batch core; learning runs on ``device`` (CPU or CUDA). With
+the same seed on the CPU two local runs are identical.
 """
 
 from __future__ import annotations
@@ -16,57 +17,18 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from policy.learning.network import ROW_FUTURE, ActorCritic, NetworkConfig
+from abr_common import seeding
+from abr_common.seeding import stream_seed
+from policy.learning.config import PPOConfig
+from policy.learning.network import ActorCritic
 from policy.learning.optim import EntryAdam
-from simulator.batch import BatchSimulator
-from simulator.envs import ABRVectorEnv
+from policy.learning.rollouts import RayRollouts, RolloutSource, SessionRollouts
 from simulator.link import LinkConfig
-from simulator.observation import BYTES_PER_MB, ObservationSpec
-from simulator.qoe import QoEConfig, QoEKind
-from simulator.reference import BITS_PER_BYTE, BITS_PER_MBIT
+from simulator.observation import ObservationSpec
 from simulator.video import Video
 from traces.trace import Trace
-
-
-class PPOConfig(BaseModel):
-    """Hyper-parameters of a training run (recorded in every checkpoint)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    total_steps: int = Field(2_000_000, ge=1, description="Environment steps (chunks, all sessions) to train for.")
-    num_envs: int = Field(128, ge=1, description="Sessions simulated in parallel.")
-    num_steps: int = Field(96, ge=1, description="Steps per session per rollout (rollout = num_envs x num_steps).")
-    learning_rate: float = Field(1e-3, gt=0, description="Adam step size (linearly annealed to 0 if anneal_lr).")
-    anneal_lr: bool = Field(True, description="Anneal the learning rate linearly over training.")
-    gamma: float = Field(0.99, ge=0, le=1, description="Discount per chunk.")
-    gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
-    num_minibatches: int = Field(4, ge=1, description="Minibatches per epoch.")
-    update_epochs: int = Field(4, ge=1, description="Passes over each rollout.")
-    clip_coef: float = Field(0.2, gt=0, description="PPO ratio clip.")
-    clip_vloss: bool = Field(False, description="Clip the value loss as PPO's reference implementation does.")
-    ent_coef_start: float = Field(0.05, ge=0, description="Entropy bonus at the start (decays linearly).")
-    ent_coef_end: float = Field(0.002, ge=0, description="Entropy bonus at the end of training.")
-    vf_coef: float = Field(0.5, ge=0, description="Weight of the value loss.")
-    max_grad_norm: float = Field(5.0, gt=0, description="Gradient-norm clip (one norm over actor and critic).")
-    norm_adv: bool = Field(True, description="Normalise advantages per minibatch.")
-    reward_scale: float = Field(0.1, gt=0, description="Rewards (QoE per chunk) are multiplied by this.")
-    qoe: QoEKind = Field("lin", description="QoE variant used as the reward.")
-    seed: int = Field(1, description="Seeds torch, the sessions' random streams and minibatch shuffling.")
-    torch_threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default).")
-    network: NetworkConfig = Field(default_factory=NetworkConfig, description="Actor-critic shape.")
-
-    @property
-    def batch_size(self) -> int:
-        """Transitions per rollout."""
-        return self.num_envs * self.num_steps
-
-    @property
-    def num_updates(self) -> int:
-        """Rollout/update iterations for ``total_steps``."""
-        return max(1, self.total_steps // self.batch_size)
 
 
 @dataclass
@@ -105,20 +67,6 @@ def entropy_coef(config: PPOConfig, progress: float) -> float:
 
 
 MetricsCallback = Callable[[TrainState, dict[str, float]], None]
-
-
-def with_future_row(obs: np.ndarray, sim: BatchSimulator, video: Video) -> np.ndarray:
-    """``obs [B, 6, W]`` plus row `ROW_FUTURE`: each session's next W chunk durations of network throughput.
-
-    In the throughput row's unit (MB/s), one column per chunk duration from the session's clock. Only a
-    ``critic_future`` critic reads it; the simulator knows it, a player never does.
-    """
-    _, rows, width = obs.shape
-    if rows != ROW_FUTURE:
-        raise ValueError(f"expected {ROW_FUTURE}-row observations, got {rows}")
-    future_mbps = sim.future_throughput_mbps(width, video.chunk_duration_s)
-    row = (future_mbps * BITS_PER_MBIT / BITS_PER_BYTE / BYTES_PER_MB).astype(np.float32)
-    return np.concatenate([obs, row[:, None, :]], axis=1)
 
 
 @dataclass(frozen=True)
@@ -169,10 +117,6 @@ def ppo_loss(
     return loss, parts
 
 
-def _loss_only(model: ActorCritic, config: PPOConfig, ent_coef: float, batch: Rollout) -> torch.Tensor:
-    return ppo_loss(model, batch, config, ent_coef)[0]
-
-
 class PlasticityHook(Protocol):
     """What the trainer calls after every update; the trainer never knows which method runs behind it."""
 
@@ -200,39 +144,56 @@ def train(
     on_update: MetricsCallback | None = None,
     stop_after_updates: int | None = None,
     plasticity: PlasticityHook | None = None,
+    ray_workers: int = 0,
 ) -> TrainState:
-    """Train (or continue training ``state``) with PPO; ``on_update`` sees metrics after every update."""
+    """Train (or continue training ``state``) with PPO on ``traces``; ``on_update`` sees every update's metrics.
+
+    Rollouts come from sessions simulated here, or with ``ray_workers`` > 0 from that many Ray actors
+    (`policy.learning.rollouts.RayRollouts`; the caller connects to Ray first). Runs to the end of
+    ``config``'s schedule, or for at most ``stop_after_updates`` updates. On the CPU, with the same seed,
+    two local runs are identical; a run continued from ``state`` re-seeds every stream at its update.
+    """
     device = device or torch.device("cpu")
     spec = spec or ObservationSpec()
-    link = link or LinkConfig.training()
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     state = state or new_state(config, video, spec, device)
+    sessions_seed = stream_seed(seeding.SESSIONS, config.seed, state.update)
+    source: RolloutSource
+    if ray_workers:
+        source = RayRollouts(config.num_envs, config.num_steps, traces, video, workers=ray_workers,
+                             sessions_seed=sessions_seed, reward_scale=config.reward_scale, qoe=config.qoe,
+                             network_json=state.model.config.model_dump_json(), link=link, spec=spec,
+                             device=device)  # fmt: skip
+    else:
+        source = SessionRollouts(config.num_envs, config.num_steps, traces, video, sessions_seed=sessions_seed,
+                                 reward_scale=config.reward_scale, qoe=config.qoe,
+                                 critic_future=state.model.config.critic_future, link=link, spec=spec,
+                                 device=device)  # fmt: skip
+    try:
+        run_updates(config, state, source, on_update=on_update, stop_after_updates=stop_after_updates,
+                    plasticity=plasticity)  # fmt: skip
+    finally:
+        source.close()
+    return state
+
+
+def run_updates(
+    config: PPOConfig,
+    state: TrainState,
+    source: RolloutSource,
+    *,
+    on_update: MetricsCallback | None = None,
+    stop_after_updates: int | None = None,
+    plasticity: PlasticityHook | None = None,
+) -> TrainState:
+    """The PPO loop: rollout from ``source``, GAE, clipped update, plasticity hook, metrics; until done.
+
+    The minibatch shuffle and torch's action sampling are seeded from their streams at ``state.update``.
+    """
     model, optimizer = state.model, state.optimizer
-
-    # The environment's random streams are keyed by (seed, update) so a resumed run continues exactly.
-    envs = ABRVectorEnv(config.num_envs, traces, video, link=link, qoe=QoEConfig(kind=config.qoe), spec=spec)
-    future = model.config.critic_future
-
-    def observed(obs_np: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(with_future_row(obs_np, envs.sim, video) if future else obs_np, device=device)
-
-    next_obs_np, _ = envs.reset(seed=config.seed * 1_000_003 + state.update)
-    next_obs = observed(next_obs_np)
-    shuffle = np.random.default_rng(config.seed * 7_919 + state.update)
-    torch.manual_seed(config.seed * 104_729 + state.update)
-
-    obs_shape = tuple(next_obs.shape[1:])
-    n, t = config.num_envs, config.num_steps
-    obs_buf = torch.zeros((t, n, *obs_shape), device=device)
-    actions = torch.zeros((t, n), dtype=torch.long, device=device)
-    logprobs = torch.zeros((t, n), device=device)
-    rewards = torch.zeros((t, n), device=device)
-    dones = torch.zeros((t, n), device=device)
-    values = torch.zeros((t, n), device=device)
-    next_done = torch.zeros(n, device=device)
-    ladder_kbps = np.asarray(video.bitrates_kbps, dtype=np.float64)
-
+    shuffle = np.random.default_rng(stream_seed(seeding.SHUFFLE, config.seed, state.update))
+    torch.manual_seed(stream_seed(seeding.ACTIONS, config.seed, state.update))
     last_update = (
         config.num_updates if stop_after_updates is None else min(config.num_updates, state.update + stop_after_updates)
     )
@@ -241,43 +202,29 @@ def train(
         progress = state.update / config.num_updates
         if config.anneal_lr:
             optimizer.param_groups[0]["lr"] = config.learning_rate * (1.0 - progress)
-        qoe_sum, qoe_count, bitrate_sum = 0.0, 0, 0.0
-        for step in range(t):
-            obs_buf[step] = next_obs
-            dones[step] = next_done
-            with torch.no_grad():
-                action, logprob, _, value = model.get_action_and_value(next_obs)
-            values[step] = value
-            actions[step] = action
-            logprobs[step] = logprob
-            next_obs_np, reward, terminated, truncated, _ = envs.step(action.cpu().numpy())
-            rewards[step] = torch.as_tensor(reward * config.reward_scale, dtype=torch.float32, device=device)
-            next_obs = observed(next_obs_np)
-            next_done = torch.as_tensor(np.logical_or(terminated, truncated), dtype=torch.float32, device=device)
-            qoe_sum += float(reward.sum())
-            qoe_count += reward.size
-            bitrate_sum += float(ladder_kbps[action.cpu().numpy()].sum())
-        state.global_step += n * t
-
-        with torch.no_grad():
-            next_value = model.get_value(next_obs)
-        rollout = gae_rollout(config, obs_buf, actions, logprobs, rewards, dones, values, next_value, next_done)
+        batch = source.collect(model, state.update)
+        state.global_step += batch.count
+        rollout = gae_rollout(config, batch.obs, batch.actions, batch.logprobs, batch.rewards, batch.dones,
+                              batch.values, batch.next_value, batch.next_done)  # fmt: skip
         ent_coef = entropy_coef(config, progress)
         parts, clip_fracs = ppo_update(model, optimizer, rollout, config, ent_coef, shuffle)
         state.update += 1
-        metrics = update_metrics(state, optimizer, rollout, parts, clip_fracs, ent_coef,
-                                 qoe=qoe_sum / max(qoe_count, 1), bitrate_kbps=bitrate_sum / max(qoe_count, 1),
-                                 steps_per_s=n * t / (time.perf_counter() - started))  # fmt: skip
+        count = max(batch.count, 1)
+        metrics = update_metrics(state, optimizer, rollout, parts, clip_fracs, ent_coef, qoe=batch.qoe_sum / count,
+                                 bitrate_kbps=batch.bitrate_kbps_sum / count,
+                                 steps_per_s=batch.count / (time.perf_counter() - started))  # fmt: skip
         if plasticity is not None:
-            metrics.update(
-                plasticity.after_update(
-                    model, optimizer, state.update, rollout, partial(_loss_only, model, config, ent_coef)
-                )
-            )
+            loss_fn = partial(_rollout_loss, model, config, ent_coef)
+            metrics.update(plasticity.after_update(model, optimizer, state.update, rollout, loss_fn))
         state.metrics.append(metrics)
         if on_update is not None:
             on_update(state, metrics)
     return state
+
+
+def _rollout_loss(model: ActorCritic, config: PPOConfig, ent_coef: float, batch: Rollout) -> torch.Tensor:
+    """The PPO loss alone (what a plasticity method differentiates to find gradient-silent neurons)."""
+    return ppo_loss(model, batch, config, ent_coef)[0]
 
 
 def gae_rollout(
