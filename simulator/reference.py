@@ -22,13 +22,14 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+# The unit factors are re-exported for importers that have not switched to abr_common.units yet.
+from abr_common.units import BITS_PER_BYTE as BITS_PER_BYTE
+from abr_common.units import BITS_PER_MBIT as BITS_PER_MBIT
+from abr_common.units import MS_PER_S as MS_PER_S
 from simulator.link import LinkConfig
 from simulator.video import Video
 from traces.trace import Trace
 
-MS_PER_S = 1000.0
-BITS_PER_BYTE = 8.0
-BITS_PER_MBIT = 1e6
 #: Level of the first chunk, fetched before the policy sees anything (the reference convention: the
 #: second-lowest level, as the reference simulator's ``DEFAULT_QUALITY``).
 DEFAULT_INITIAL_QUALITY = 1
