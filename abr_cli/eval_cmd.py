@@ -14,7 +14,7 @@ from abr_cli.common import console, output_dir, progress, user_errors
 from abr_cli.simulate_cmd import summary_table
 from policy import available_policies, make_policy
 from policy.base import Policy
-from policy.evaluation.loop import DEFAULT_BATCH_SESSIONS, DEFAULT_INITIAL_QUALITY, DEFAULT_POLICIES, run_policy
+from policy.evaluation.loop import DEFAULT_BATCH_SESSIONS, DEFAULT_POLICIES, run_policy
 from policy.evaluation.report import (
     OPTIMAL_NAME,
     QOE_KINDS,
@@ -27,6 +27,7 @@ from policy.evaluation.report import (
 )
 from simulator.link import LinkConfig
 from simulator.qoe import QoEKind
+from simulator.reference import DEFAULT_INITIAL_QUALITY
 from simulator.video import Video, load_video
 from traces.sources import DEFAULT_TRACE_SPEC, label, resolve
 from traces.trace import Trace

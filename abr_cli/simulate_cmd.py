@@ -12,9 +12,9 @@ import typer
 from rich.table import Table
 
 from abr_cli.common import console, output_path, progress, user_errors
+from abr_common.files import write_atomic
 from policy import make_policy
 from policy.evaluation.loop import (
-    DEFAULT_INITIAL_QUALITY,
     DEFAULT_POLICIES,
     Summary,
     run_policy,
@@ -23,8 +23,8 @@ from policy.evaluation.loop import (
 )
 from simulator.link import LinkConfig
 from simulator.qoe import QoEConfig, QoEKind
+from simulator.reference import DEFAULT_INITIAL_QUALITY
 from simulator.video import load_video
-from traces.io import write_atomic
 from traces.sources import DEFAULT_TRACE_SPEC, label, resolve
 
 
