@@ -15,14 +15,11 @@ import typer
 
 from abr_cli.common import console, err_console, output_dir, progress, user_errors
 from abr_common.paths import DEFAULT_TRACE_ROOT
+from plasticity.names import METHODS
+from policy.learning.config import NETWORK_PRESETS
 
 if TYPE_CHECKING:
     from policy.learning.ppo import TrainState
-
-#: The `--network` presets (their shapes: `policy.learning.config.NETWORK_PRESETS`).
-NETWORK_NAMES = ("pensieve", "small")
-#: The `--plasticity` methods (the implementations: `plasticity.methods.METHODS`).
-METHOD_NAMES = ("none", "reset", "redo", "shrink-perturb", "cbp", "fresh", "resin")
 
 
 def train_command(
@@ -42,7 +39,7 @@ def train_command(
     ] = None,
     eval_every: Annotated[int, typer.Option(min=1, help="Evaluate and checkpoint every this many updates.")] = 20,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda: where learning runs.")] = "auto",
-    network: Annotated[str, typer.Option(help=f"Network preset: {' or '.join(NETWORK_NAMES)}.")] = "small",
+    network: Annotated[str, typer.Option(help=f"Network preset: {' or '.join(NETWORK_PRESETS)}.")] = "small",
     num_envs: Annotated[int, typer.Option(min=1, help="Sessions simulated in parallel.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed (runs on the CPU are reproducible).")] = 1,
     config: Annotated[Path | None, typer.Option(help="JSON file with PPOConfig fields (overrides the above).")] = None,
@@ -55,7 +52,7 @@ def train_command(
         ),
     ] = None,
     plasticity: Annotated[
-        str, typer.Option(help=f"Plasticity method: {', '.join(METHOD_NAMES)} (plasticity/* is logged with any).")
+        str, typer.Option(help=f"Plasticity method: {', '.join(METHODS)} (plasticity/* is logged with any).")
     ] = "none",
     schedule: Annotated[
         str | None,
@@ -80,16 +77,15 @@ def train_command(
     """Train the actor-critic with PPO in the simulator (delay noise and random start points on)."""
     with user_errors():
         from plasticity.methods import Plasticity, PlasticityConfig
-        from policy.learning.config import NETWORK_PRESETS
         from policy.learning.ppo import resolve_device
         from policy.learning.run import BEST_DIR, LAST_DIR, TrainingRun, load_init, merged_config
         from simulator.video import load_video
         from traces.sources import DEFAULT_TRACE_SPEC, label, resolve, split_sources
 
-        if plasticity not in METHOD_NAMES:
-            raise ValueError(f"--plasticity must be one of {', '.join(METHOD_NAMES)}, got {plasticity!r}")
-        if network not in NETWORK_NAMES:
-            raise ValueError(f"--network must be one of {', '.join(NETWORK_NAMES)}, got {network!r}")
+        if plasticity not in METHODS:
+            raise ValueError(f"--plasticity must be one of {', '.join(METHODS)}, got {plasticity!r}")
+        if network not in NETWORK_PRESETS:
+            raise ValueError(f"--network must be one of {', '.join(NETWORK_PRESETS)}, got {network!r}")
         output_dir(out, "--out")
         the_video = load_video(video)
         start = None

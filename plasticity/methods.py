@@ -37,11 +37,11 @@ from plasticity.diagnostics import (
     unit_activity,
     weight_magnitude,
 )
+from plasticity.names import METHODS as METHODS
+from plasticity.names import MethodName
 from policy.learning.network import ActorCritic, NeuronLayer
 from policy.learning.ppo import Rollout
 
-MethodName = Literal["none", "reset", "redo", "shrink-perturb", "cbp", "resin", "fresh"]
-METHODS: tuple[str, ...] = ("none", "reset", "redo", "shrink-perturb", "cbp", "resin", "fresh")
 SilentRule = Literal["both", "either", "forward", "backward"]
 
 #: Updates between checks for silent neurons, per method. ReSiN checks twice as often as ReDo: a policy's

@@ -1,0 +1,15 @@
+"""Names of the plasticity methods, importable without torch (command lines list them in their help).
+
+`plasticity.methods` implements each of them; a test checks that it implements every one.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+#: A method's name (the ``method`` of a `plasticity.methods.PlasticityConfig`).
+MethodName = Literal["none", "reset", "redo", "shrink-perturb", "cbp", "resin", "fresh"]
+#: The methods, in the order tables and reports list them.
+METHODS: tuple[str, ...] = get_args(MethodName)
+
+__all__ = ["METHODS", "MethodName"]
