@@ -9,18 +9,16 @@ from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from abr_cli.common import console, output_path, user_errors
-from policy.optimal import refinement_study
-from simulator.benchmark import SimBenchResult, bench_batch, bench_scalar, machine_description
-from simulator.link import LinkConfig
-from simulator.video import load_video
-from traces.io import write_atomic
-from traces.sources import DEFAULT_TRACE_SPEC, label, resolve
+from abr_cli.common import console, output_path, progress, user_errors
+from traces.sources import DEFAULT_TRACE_SPEC
+
+if TYPE_CHECKING:
+    from simulator.benchmark import SimBenchResult
 
 app = typer.Typer(help="Performance benchmarks.", no_args_is_help=True)
 
@@ -41,6 +39,12 @@ def bench_sim(
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
 ) -> None:
     """Chunk-steps per second of the scalar reference and the vector core at several batch sizes."""
+    from abr_common.files import write_atomic
+    from simulator.benchmark import bench_batch, bench_scalar, machine_description
+    from simulator.link import LinkConfig
+    from simulator.video import load_video
+    from traces.sources import label, resolve
+
     with user_errors():
         if mode not in ("training", "evaluation"):
             raise ValueError(f"--mode must be training or evaluation, got {mode!r}")
@@ -96,6 +100,12 @@ def bench_optimal(
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
 ) -> None:
     """Refinement study of the offline optimum: its mean score as the DP's merge cells shrink."""
+    from abr_common.files import write_atomic
+    from policy.optimal import refinement_study
+    from simulator.benchmark import machine_description
+    from simulator.video import load_video
+    from traces.sources import label, resolve
+
     with user_errors():
         output_path(out, "--out")
         try:
@@ -114,13 +124,18 @@ def bench_optimal(
             "machine": machine_description(),
             "results": [],
         }
-        for source in traces or [DEFAULT_TRACE_SPEC]:
-            rows = refinement_study(resolve(source), the_video, steps, workers=workers)
-            for r in rows:
-                table.add_row(
-                    label(source), f"{r.time_step_s:g}", f"{r.mean_score:.4f}", str(r.max_labels), f"{r.wall_s:.1f}"
-                )
-                doc["results"].append({"traces": label(source), **asdict(r)})  # type: ignore[attr-defined]
+        with progress() as bar:
+            task = bar.add_task("planning", total=None)
+            for source in traces or [DEFAULT_TRACE_SPEC]:
+                trace_set = resolve(source)
+                bar.reset(task, total=len(trace_set) * len(steps), description=f"planning {label(source)}")
+                rows = refinement_study(trace_set, the_video, steps, workers=workers,
+                                        on_trace=lambda done: bar.update(task, completed=done))  # fmt: skip
+                for r in rows:
+                    table.add_row(
+                        label(source), f"{r.time_step_s:g}", f"{r.mean_score:.4f}", str(r.max_labels), f"{r.wall_s:.1f}"
+                    )
+                    doc["results"].append({"traces": label(source), **asdict(r)})  # type: ignore[attr-defined]
         console.print(table)
         if out is not None:
             write_atomic(out, json.dumps(doc, indent=2).encode())
@@ -155,10 +170,12 @@ def bench_serve(
     import asyncio
     import tempfile
 
+    from abr_common.files import write_atomic
     from abr_server.lab.launcher import local_server
     from abr_server.lab.loadgen import INFERENCE_PATHS, LoadResult, inference_throughput, run_load
     from abr_server.registry import ModelRegistry
     from policy.learning.ppo import resolve_device
+    from simulator.benchmark import machine_description
     from simulator.observation import ObservationSpec
     from simulator.video import Video
 
@@ -239,11 +256,15 @@ def bench_ray(
     """Evaluation sessions/s and rollout steps/s on a local Ray instance with 1, 2, 4... workers."""
     import time
 
+    from abr_common.files import write_atomic
     from policy.base import make_policy
     from policy.cluster import connect, ray_module
     from policy.evaluation.distributed import run_policies_ray
-    from policy.learning.distributed import train_on_ray
-    from policy.learning.ppo import PPOConfig
+    from policy.learning.config import PPOConfig
+    from policy.learning.ppo import train
+    from simulator.benchmark import machine_description
+    from simulator.video import load_video
+    from traces.sources import resolve
 
     with user_errors():
         counts = [int(w) for w in workers.split(",") if w.strip()]
@@ -264,7 +285,7 @@ def bench_ray(
             eval_rate = len(trace_set) / (time.perf_counter() - started)
             config = PPOConfig(num_envs=32 * count, num_steps=96, total_steps=32 * count * 96 * (updates + 1),
                                torch_threads=1)  # fmt: skip
-            state = train_on_ray(config, trace_set, the_video, workers=count, stop_after_updates=updates + 1)
+            state = train(config, trace_set, the_video, ray_workers=count, stop_after_updates=updates + 1)
             steps = [m["charts/steps_per_s"] for m in state.metrics[1:]]  # the first update includes actor start-up
             rows.append({"workers": count, "eval_sessions_per_s": eval_rate,
                          "rollout_steps_per_s": sum(steps) / len(steps), "num_envs": config.num_envs})  # fmt: skip

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -17,9 +18,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from policy.base import PolicySpecError
-from simulator.video import VideoError
-from traces.trace import TraceError
+if TYPE_CHECKING:
+    from policy.base import Policy
 
 #: Tables keep their columns readable when output goes to a file or CI log (rich assumes 80 there).
 _MIN_WIDTH = 140
@@ -34,10 +34,14 @@ EXIT_BAD_INPUT = 2
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the library's input errors into a red one-line message and exit code 2 (no traceback)."""
+    """Turn the library's input errors into a red one-line message and exit code 2 (no traceback).
+
+    The libraries' input errors (`TraceError`, `VideoError`, `PolicySpecError`) are all `ValueError`s,
+    so none of those modules is imported here (``--help`` stays fast).
+    """
     try:
         yield
-    except (TraceError, VideoError, PolicySpecError, ValueError, OSError) as err:
+    except (ValueError, OSError) as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=EXIT_BAD_INPUT) from None
 
@@ -80,3 +84,19 @@ def progress() -> Progress:
         transient=True,
         disable=not err_console.is_terminal,
     )
+
+
+@contextmanager
+def planning_progress(bar: Progress, policy: Policy, n_traces: int) -> Iterator[Callable[[int], None] | None]:
+    """A row of ``bar`` for an offline policy's planning (minutes for `optimal`), as `run_policy`'s ``on_planned``.
+
+    Yields None for an online policy (nothing to plan); the row is removed when planning and replay are done.
+    """
+    if not policy.offline:
+        yield None
+        return
+    row = bar.add_task(f"planning {policy.label}", total=n_traces)
+    try:
+        yield lambda done: bar.update(row, completed=done)
+    finally:
+        bar.remove_task(row)

@@ -11,12 +11,9 @@ from typing import Annotated, Any
 import typer
 
 from abr_cli.common import console, output_dir, progress, user_errors
-from abr_cli.train_cmd import NETWORKS
-from plasticity.bench import BenchConfig, aggregate, run_bench, write_report
-from plasticity.methods import METHODS, PlasticityConfig
-from plasticity.schedules import available_schedules, load_schedule
-from policy.learning.ppo import PPOConfig
-from simulator.video import load_video
+from plasticity.names import METHODS
+from plasticity.schedules import available_schedules
+from policy.learning.config import NETWORK_PRESETS
 
 #: PPO settings of the benchmark unless --ppo-config overrides them: a smaller batch per update than
 #: offline training (more updates per environment step, as an online learner makes).
@@ -62,7 +59,7 @@ def plasticity_bench(
     ),
     video: Annotated[str, typer.Option(help="'builtin' or a folder of video_size_N files.")] = "builtin",
     trace_root: Annotated[Path, typer.Option(help="What {traces} means in schedules.")] = Path("../shared/traces"),
-    network: Annotated[str, typer.Option(help="Network preset: pensieve or small.")] = "small",
+    network: Annotated[str, typer.Option(help=f"Network preset: {' or '.join(NETWORK_PRESETS)}.")] = "small",
     ppo_config: Annotated[Path | None, typer.Option(help="JSON with PPOConfig fields for every run.")] = None,
     plasticity_config: Annotated[
         Path | None,
@@ -70,6 +67,12 @@ def plasticity_bench(
     ] = None,
 ) -> None:
     """Train one network per (method, seed) through SCHEDULE; report QoE per phase, recovery, silent ratios."""
+    from plasticity.bench import BenchConfig, aggregate, run_bench, write_report
+    from plasticity.methods import PlasticityConfig
+    from plasticity.schedules import load_schedule
+    from policy.learning.config import PPOConfig
+    from simulator.video import load_video
+
     with user_errors():
         the_schedule = load_schedule(schedule)
         chosen = [m.strip() for m in methods.split(",") if m.strip()]
@@ -78,10 +81,10 @@ def plasticity_bench(
             raise ValueError(
                 f"--methods: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}"
             )
-        if network not in NETWORKS:
-            raise ValueError(f"--network must be one of {', '.join(NETWORKS)}, got {network!r}")
+        if network not in NETWORK_PRESETS:
+            raise ValueError(f"--network must be one of {', '.join(NETWORK_PRESETS)}, got {network!r}")
         output_dir(out, "--out")
-        ppo_fields = {**BENCH_PPO, "network": NETWORKS[network], **_read_json(ppo_config, "--ppo-config")}
+        ppo_fields = {**BENCH_PPO, "network": NETWORK_PRESETS[network], **_read_json(ppo_config, "--ppo-config")}
         plast = _read_json(plasticity_config, "--plasticity-config")
         overrides = plast.pop("overrides", {})
         config = BenchConfig(

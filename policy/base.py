@@ -8,6 +8,7 @@ pydantic config, so a typo names the key that is wrong.
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -16,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from policy.names import BUILTIN_POLICIES
 from simulator.link import LinkConfig
 from simulator.observation import Observation
 from simulator.video import Video
@@ -64,8 +66,19 @@ class Policy(ABC):
         """Parameters from a spec's positional shorthand (``fixed:3``); most policies have none."""
         raise PolicySpecError(f"policy {cls.name!r} takes key=value parameters, got {text!r}")
 
-    def plan_sessions(self, traces: Sequence[Trace], video: Video, link: LinkConfig, initial_quality: int) -> object:
-        """Offline policies only: plan one session per trace before they start (the evaluation loop calls it)."""
+    def plan_sessions(
+        self,
+        traces: Sequence[Trace],
+        video: Video,
+        link: LinkConfig,
+        initial_quality: int,
+        *,
+        on_trace: Callable[[int], None] | None = None,
+    ) -> object:
+        """Offline policies only: plan one session per trace before they start (the evaluation loop calls it).
+
+        ``on_trace(done)``, if given, is called with the number of traces planned so far (for progress bars).
+        """
         raise NotImplementedError(f"policy {self.name!r} is online: it has no plan_sessions()")
 
     def begin(self, n_sessions: int, video: Video) -> None:
@@ -109,7 +122,8 @@ def register(name: str) -> Callable[[P], P]:
     """Class decorator adding a policy to the registry under ``name``."""
 
     def wrap(cls: P) -> P:
-        if name in _REGISTRY:
+        # A built-in name belongs to its module even before that module is imported.
+        if name in _REGISTRY or BUILTIN_POLICIES.get(name, cls.__module__) != cls.__module__:
             raise ValueError(f"policy name {name!r} is registered twice")
         cls.name = name
         _REGISTRY[name] = cls
@@ -119,8 +133,15 @@ def register(name: str) -> Callable[[P], P]:
 
 
 def available_policies() -> list[str]:
-    """Registered policy names, sorted."""
-    return sorted(_REGISTRY)
+    """Registered policy names (the built-in ones, whether their modules are imported yet or not), sorted."""
+    return sorted(_REGISTRY.keys() | BUILTIN_POLICIES.keys())
+
+
+def _import_builtin(name: str) -> None:
+    """Import the module of the built-in policy ``name`` (it registers itself there); nothing for other names."""
+    module = BUILTIN_POLICIES.get(name)
+    if module is not None and name not in _REGISTRY:
+        importlib.import_module(module)
 
 
 def parse_params(text: str, what: str) -> dict[str, Any]:
@@ -139,6 +160,7 @@ def parse_params(text: str, what: str) -> dict[str, Any]:
 def make_policy(spec: str) -> Policy:
     """Build a policy from ``name``, ``name:key=value,...`` or the shorthand ``fixed:N``."""
     name, _, rest = spec.strip().partition(":")
+    _import_builtin(name)
     cls = _REGISTRY.get(name)
     if cls is None:
         raise PolicySpecError(f"unknown policy {name!r} in {spec!r}; available: {', '.join(available_policies())}")
