@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from abr_cli.common import console, output_dir, progress, user_errors
+from abr_cli.common import console, output_dir, planning_progress, progress, user_errors
 from abr_cli.simulate_cmd import summary_table
 from policy import available_policies, make_policy
 from policy.base import Policy
@@ -108,10 +108,12 @@ def evaluate(
                     for pol in policies:
                         bar.update(task, description=f"{pol.label} on {set_label}")
                         started = time.perf_counter()
-                        logs = run_policy(
-                            pol, trace_set, the_video, link, initial_quality=initial_quality,
-                            batch_sessions=batch_sessions, on_batch=lambda n: bar.advance(task, n),
-                        )  # fmt: skip
+                        with planning_progress(bar, pol, len(trace_set)) as on_planned:
+                            logs = run_policy(
+                                pol, trace_set, the_video, link, initial_quality=initial_quality,
+                                batch_sessions=batch_sessions, on_batch=lambda n: bar.advance(task, n),
+                                on_planned=on_planned,
+                            )  # fmt: skip
                         evaluation.add(logs, pol.label, set_label, time.perf_counter() - started, kinds)
                         if set_index == timeline_set:
                             evaluation.timeline.append(SessionTimeline.from_logs(logs, timeline_index, pol.label))

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from abr_cli.common import console, output_path, progress, user_errors
+from abr_cli.common import console, output_path, planning_progress, progress, user_errors
 from abr_common.files import write_atomic
 from policy import make_policy
 from policy.evaluation.loop import (
@@ -64,14 +64,16 @@ def simulate(
             for set_label, trace_set in trace_sets:
                 for pol in policies:
                     started = time.perf_counter()
-                    logs = run_policy(
-                        pol,
-                        trace_set,
-                        the_video,
-                        link,
-                        initial_quality=initial_quality,
-                        on_batch=lambda n: bar.advance(task, n),
-                    )
+                    with planning_progress(bar, pol, len(trace_set)) as on_planned:
+                        logs = run_policy(
+                            pol,
+                            trace_set,
+                            the_video,
+                            link,
+                            initial_quality=initial_quality,
+                            on_batch=lambda n: bar.advance(task, n),
+                            on_planned=on_planned,
+                        )
                     summaries.append(summarize(logs, pol.label, set_label, time.perf_counter() - started, qoe_config))
                     if log is not None:
                         records.extend({"policy": pol.label, "traces": set_label, **r} for r in logs.records())

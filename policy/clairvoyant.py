@@ -11,7 +11,8 @@ the first level of the best sequence is fetched, and the search repeats at the n
 It sits between the online rules and the offline optimum: `robustmpc` plans with a *predicted*
 throughput over the same horizon, `optimal` plans the whole session knowing the whole trace. How much
 a policy that sees only the past can gain is bounded, roughly, by what this planner reaches with a
-few chunks of perfect foresight (BENCHMARKS.md, issue 4).
+few chunks of perfect foresight (BENCHMARKS.md, "Classic rules, the optimum and the clairvoyant
+reference").
 
 Cost: ``n_levels ** horizon`` leaves per decision (7,776 at the default horizon of 5 with six
 levels), simulated as a tree (each depth branches the previous one by every level), in groups of
@@ -20,7 +21,7 @@ sessions that bound memory.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -141,8 +142,19 @@ class ClairvoyantPolicy(PlannedPolicy):
     config: ClairvoyantConfig
     config_type = ClairvoyantConfig
 
-    def plan_sessions(self, traces: Sequence[Trace], video: Video, link: LinkConfig, initial_quality: int) -> IntArray:
-        """Play every session (one per trace) with the planner and remember the levels for `select`."""
+    def plan_sessions(
+        self,
+        traces: Sequence[Trace],
+        video: Video,
+        link: LinkConfig,
+        initial_quality: int,
+        *,
+        on_trace: Callable[[int], None] | None = None,
+    ) -> IntArray:
+        """Play every session (one per trace) with the planner and remember the levels for `select`.
+
+        The sessions are planned together, so ``on_trace`` is called once, with all of them, at the end.
+        """
         if link.has_noise:
             raise ValueError("the clairvoyant planner needs deterministic delays: use a link without delay noise")
         b = len(traces)
@@ -155,6 +167,8 @@ class ClairvoyantPolicy(PlannedPolicy):
             if k + 1 < video.n_chunks:
                 levels[:, k + 1] = clairvoyant_levels(traces, video, link, sim.state(), levels[:, k], self.config)
         self._remember(levels)
+        if on_trace is not None:
+            on_trace(b)
         return levels
 
 

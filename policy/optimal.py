@@ -20,7 +20,7 @@ face (almost) the same future, so the one with less QoE so far is dropped.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -198,9 +198,18 @@ class OptimalPolicy(PlannedPolicy):
     config_type = OptimalConfig
 
     def plan_sessions(
-        self, traces: Sequence[Trace], video: Video, link: LinkConfig, initial_quality: int
+        self,
+        traces: Sequence[Trace],
+        video: Video,
+        link: LinkConfig,
+        initial_quality: int,
+        *,
+        on_trace: Callable[[int], None] | None = None,
     ) -> list[Plan]:
-        """Plan every session (one per trace) and remember the levels for `select`."""
+        """Plan every session (one per trace) and remember the levels for `select`.
+
+        ``on_trace(done)`` is called with the number of traces planned so far (for progress bars).
+        """
         cfg = self.config
         plan = partial(
             optimal_plan,
@@ -213,12 +222,22 @@ class OptimalPolicy(PlannedPolicy):
         )
         workers = min(cfg.workers or os.cpu_count() or 1, len(traces))
         if workers <= 1 or len(traces) < _MIN_TRACES_PER_WORKER * 2:
-            plans = [plan(t) for t in traces]
+            plans = _collect(map(plan, traces), on_trace)
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                plans = list(pool.map(plan, traces, chunksize=max(1, len(traces) // (4 * workers))))
+                plans = _collect(pool.map(plan, traces, chunksize=max(1, len(traces) // (4 * workers))), on_trace)
         self._remember(np.stack([p.levels for p in plans]))
         return plans
+
+
+def _collect(plans: Iterable[Plan], on_trace: Callable[[int], None] | None) -> list[Plan]:
+    """The plans in trace order (as `map` and `pool.map` yield them), reporting the count after each."""
+    done: list[Plan] = []
+    for plan in plans:
+        done.append(plan)
+        if on_trace is not None:
+            on_trace(len(done))
+    return done
 
 
 register("optimal")(OptimalPolicy)
@@ -242,15 +261,26 @@ def refinement_study(
     link: LinkConfig | None = None,
     initial_quality: int = DEFAULT_INITIAL_QUALITY,
     workers: int = 0,
+    on_trace: Callable[[int], None] | None = None,
 ) -> list[RefinementRow]:
-    """Mean optimal score at each cell size (coarse to fine): a converged value shows the merge is exact enough."""
+    """Mean optimal score at each cell size (coarse to fine): a converged value shows the merge is exact enough.
+
+    ``on_trace(done)`` is called with the plans finished so far, over all cell sizes (for progress bars).
+    """
     import time
+
+    finished = 0  # plans of the cell sizes already done
+
+    def planned(done: int) -> None:
+        if on_trace is not None:
+            on_trace(finished + done)
 
     rows = []
     for step in time_steps_s:
         policy = OptimalPolicy(OptimalConfig(time_step_s=step, workers=workers))
         started = time.perf_counter()
-        plans = policy.plan_sessions(traces, video, link or LinkConfig.evaluation(), initial_quality)
+        plans = policy.plan_sessions(traces, video, link or LinkConfig.evaluation(), initial_quality, on_trace=planned)
+        finished += len(traces)
         rows.append(
             RefinementRow(
                 time_step_s=step,

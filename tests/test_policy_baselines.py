@@ -217,3 +217,27 @@ def test_optimal_needs_planning_and_deterministic_links() -> None:
         policy.select(observe(video, [(1, 1000, 100, 4.0)]))
     with pytest.raises(ValueError, match="noise"):
         optimal_plan(make_trace([0, 1], [0, 1]), video, LinkConfig.training())
+
+
+def test_optimal_progress_counts_traces_and_changes_no_plan() -> None:
+    from policy.optimal import OptimalConfig, OptimalPolicy, refinement_study
+    from simulator.link import LinkConfig
+
+    video = Video.synthetic(n_chunks=6, seed=1)
+    link = LinkConfig.evaluation()
+    for n, workers in ((3, 1), (16, 2)):  # in this process, and through a process pool
+        traces = generate_from_spec(f"markov:n={n},seed=11")
+        quiet = OptimalPolicy(OptimalConfig(workers=workers)).plan_sessions(traces, video, link, 1)
+        done: list[int] = []
+        loud = OptimalPolicy(OptimalConfig(workers=workers)).plan_sessions(traces, video, link, 1, on_trace=done.append)
+        assert done == list(range(1, n + 1))
+        assert [p.levels.tolist() for p in loud] == [p.levels.tolist() for p in quiet]
+        assert [p.total_qoe for p in loud] == [p.total_qoe for p in quiet]
+    traces = generate_from_spec("markov:n=3,seed=11")
+    planned: list[int] = []
+    logs = run_policy(make_policy("optimal"), traces, video, batch_sessions=2, on_planned=planned.append)
+    assert planned == [1, 2, 3]  # counted over both batches
+    np.testing.assert_array_equal(logs.scores(), run_policy(make_policy("optimal"), traces, video).scores())
+    studied: list[int] = []
+    refinement_study(traces[:2], video, [8.0, 4.0], workers=1, on_trace=studied.append)
+    assert studied == [1, 2, 3, 4]

@@ -104,10 +104,12 @@ def run_policy(
     batch_sessions: int = DEFAULT_BATCH_SESSIONS,
     seed: int = 0,
     on_batch: Callable[[int], None] | None = None,
+    on_planned: Callable[[int], None] | None = None,
 ) -> SessionLogs:
     """Play every trace once with ``policy`` (batched) and return the per-chunk logs.
 
-    ``on_batch(n)`` is called after each batch of ``n`` sessions (for progress bars).
+    ``on_batch(n)`` is called after each batch of ``n`` sessions, and, for an offline policy,
+    ``on_planned(done)`` with the number of sessions planned so far over all batches (for progress bars).
     """
     if not traces:
         raise ValueError("no traces to run")
@@ -126,7 +128,7 @@ def run_policy(
         sim.reset()
         builder = ObservationBuilder(b, video, spec)
         if policy.offline:
-            policy.plan_sessions(batch, video, link, initial_quality)
+            policy.plan_sessions(batch, video, link, initial_quality, on_trace=_offset(on_planned, first))
         policy.begin(b, video)
         levels = np.full(b, initial_quality, dtype=np.int64)
         columns: dict[str, list[npt.NDArray[np.generic]]] = {k: [] for k in fields}
@@ -152,6 +154,13 @@ def run_policy(
         buffer_s=np.concatenate(fields["buffer_s"]).astype(np.float64),
         rebuf_s=np.concatenate(fields["rebuf_s"]).astype(np.float64),
     )
+
+
+def _offset(report: Callable[[int], None] | None, first: int) -> Callable[[int], None] | None:
+    """``report`` shifted by the sessions of earlier batches."""
+    if report is None:
+        return None
+    return lambda done: report(first + done)
 
 
 def _checked_levels(policy: Policy, levels: npt.ArrayLike, n: int, video: Video) -> IntArray:
