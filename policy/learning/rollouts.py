@@ -18,13 +18,13 @@ import torch
 
 from abr_common import seeding
 from abr_common.seeding import stream_seed
+from abr_common.units import BITS_PER_BYTE, BITS_PER_MBIT, BYTES_PER_MB
 from policy.learning.network import ROW_FUTURE, ActorCritic
 from simulator.batch import BatchSimulator
 from simulator.envs import ABRVectorEnv
 from simulator.link import LinkConfig
-from simulator.observation import BYTES_PER_MB, ObservationSpec
+from simulator.observation import ObservationSpec
 from simulator.qoe import QoEConfig, QoEKind
-from simulator.reference import BITS_PER_BYTE, BITS_PER_MBIT
 from simulator.video import Video
 from traces.trace import Trace
 
