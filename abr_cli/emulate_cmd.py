@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from abr_cli.common import console, output_dir, user_errors
+from abr_common.files import figure_png, write_atomic
 
 if TYPE_CHECKING:
     from abr_server.lab.emulate import EmulationResult
@@ -112,7 +113,6 @@ def _plot(results: list[EmulationResult], path: Path) -> None:
         ax.legend(fontsize=7, loc="upper left")
     axes[-1, 0].set_xlabel("segment")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    png = figure_png(fig)
     plt.close(fig)
-    tmp.replace(path)
+    write_atomic(path, png)

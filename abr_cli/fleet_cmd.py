@@ -13,6 +13,8 @@ import typer
 from rich.table import Table
 
 from abr_cli.common import console, output_dir, progress, user_errors
+from abr_common.files import figure_png, write_atomic
+from abr_common.units import BITS_PER_BYTE, BITS_PER_MBIT
 
 if TYPE_CHECKING:
     import simpy
@@ -56,7 +58,7 @@ def fleet(
     ),
 ) -> None:
     """Simulate many players sharing links: per-player QoE, stalls, fairness and link utilisation."""
-    from abr_common.files import write_atomic
+
     from simulator.fleet import FleetConfig, simulate_fleet
     from simulator.video import load_video
     from traces.sources import resolve
@@ -159,15 +161,15 @@ def _plot(result: FleetResult, path: Path) -> None:
     left.set_title(f"{result.policy}: QoE distribution ({len(result.players)} players)", fontsize=9)
     bins = sorted({b for link in result.link_busy_bins for b in link})
     if bins:
-        mbps = [sum(link.get(b, 0.0) for link in result.link_busy_bins) * 8 / 1e6 / UTILISATION_BIN_S
-                / len(result.link_busy_bins) for b in bins]  # fmt: skip
+        n_links = len(result.link_busy_bins)
+        mbps = [sum(link.get(b, 0.0) for link in result.link_busy_bins) * BITS_PER_BYTE / BITS_PER_MBIT
+                / UTILISATION_BIN_S / n_links for b in bins]  # fmt: skip
         right.step([b * UTILISATION_BIN_S for b in bins], mbps, where="post")
     summary = result.summary()
     right.set_title(f"delivered per link (utilisation {summary['link_utilisation'] or 0:.0%})", fontsize=9)
     right.set_xlabel("time (s)")
     right.set_ylabel("Mbit/s per link")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    png = figure_png(fig)
     plt.close(fig)
-    tmp.replace(path)
+    write_atomic(path, png)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from abr_cli.common import console, err_console, user_errors
+from abr_common.units import BITS_PER_BYTE, BITS_PER_KBIT
 
 app = typer.Typer(name="media", help="DASH test assets and the trace-shaped segment server.", no_args_is_help=True,
                   add_completion=False)  # fmt: skip
@@ -35,7 +36,7 @@ def make(
         started = time.monotonic()
         with console.status(f"encoding {spec.n_segments} segments x {len(spec.bitrates_kbps)} levels with ffmpeg"):
             video = make_asset(spec, out, force=force)
-    kbps = (video.chunk_bytes.mean(axis=1) * 8 / 1000 / video.chunk_duration_s).round().astype(int)
+    kbps = (video.chunk_bytes.mean(axis=1) * BITS_PER_BYTE / BITS_PER_KBIT / video.chunk_duration_s).round().astype(int)
     console.print(f"{out}: {video.n_chunks} segments of {video.chunk_duration_s:g} s, ladder "
                   f"{list(video.bitrates_kbps)} kbit/s, measured {kbps.tolist()} kbit/s "
                   f"({time.monotonic() - started:.1f} s)")  # fmt: skip

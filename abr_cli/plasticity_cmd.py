@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from abr_cli.common import console, output_dir, progress, user_errors
+from abr_common.paths import DEFAULT_TRACE_ROOT
 from plasticity.names import METHODS
 from plasticity.schedules import available_schedules
 from policy.learning.config import NETWORK_PRESETS
@@ -58,7 +59,7 @@ def plasticity_bench(
         "runs/plasticity-bench"
     ),
     video: Annotated[str, typer.Option(help="'builtin' or a folder of video_size_N files.")] = "builtin",
-    trace_root: Annotated[Path, typer.Option(help="What {traces} means in schedules.")] = Path("../shared/traces"),
+    trace_root: Annotated[Path, typer.Option(help="What {traces} means in schedules.")] = DEFAULT_TRACE_ROOT,
     network: Annotated[str, typer.Option(help=f"Network preset: {' or '.join(NETWORK_PRESETS)}.")] = "small",
     ppo_config: Annotated[Path | None, typer.Option(help="JSON with PPOConfig fields for every run.")] = None,
     plasticity_config: Annotated[

@@ -1,4 +1,4 @@
-"""File helpers shared by every package: atomic writes.
+"""File helpers shared by every package: atomic writes, and plots rendered for them.
 
 A reader of a file written here sees either the old file or the complete new one, never a partial
 write: the data goes to a hidden temporary file in the same folder, which is then renamed over the
@@ -7,9 +7,11 @@ target (a rename within one file system is atomic).
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 from pathlib import Path
+from typing import Any, Protocol
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
@@ -37,3 +39,22 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+class Figure(Protocol):
+    """What `figure_png` needs of a figure (matplotlib's ``Figure`` has it)."""
+
+    def savefig(self, fname: Any, *, format: str, dpi: int) -> None:
+        """Render the figure into ``fname``."""
+        ...
+
+
+#: Resolution of every plot the project writes.
+PLOT_DPI = 110
+
+
+def figure_png(figure: Figure, *, dpi: int = PLOT_DPI) -> bytes:
+    """``figure`` rendered as PNG bytes (write them with `write_atomic`)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()

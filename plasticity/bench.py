@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from abr_common import seeding
-from abr_common.files import write_atomic
+from abr_common.files import figure_png, write_atomic
 from abr_common.paths import DEFAULT_TRACE_ROOT
 from abr_common.stats import mean_ci95
 from plasticity.continual import eventual_level, recovery_steps, run_schedule
@@ -332,7 +332,7 @@ def write_report(summary: dict[str, Any], config: BenchConfig, schedule: Schedul
     ax.set_ylabel("mean eval QoE_lin in phase (95% CI)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "qoe_per_phase.png", dpi=110)
+    write_atomic(out / "qoe_per_phase.png", figure_png(fig))
     plt.close(fig)
 
     for key, name in (("charts/qoe", "training_qoe"), *((k, k.split("/")[1]) for k in DIAGNOSTICS_PLOTTED)):
@@ -351,7 +351,7 @@ def write_report(summary: dict[str, Any], config: BenchConfig, schedule: Schedul
         ax.set_ylabel(key)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / f"{name}.png", dpi=110)
+        write_atomic(out / f"{name}.png", figure_png(fig))
         plt.close(fig)
 
     lines = [

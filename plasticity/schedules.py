@@ -13,9 +13,6 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-# Where ``{traces}`` points unless the user says otherwise (re-exported: part of this module's interface).
-from abr_common.paths import DEFAULT_TRACE_ROOT as DEFAULT_TRACE_ROOT
-
 SCHEDULE_DIR = Path(__file__).parent / "schedules"
 
 

@@ -27,9 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-# BYTES_PER_MB is re-exported for importers that have not switched to abr_common.units yet.
-from abr_common.units import BITS_PER_BYTE, BYTES_PER_KB, KBIT_PER_MBIT, MS_PER_S
-from abr_common.units import BYTES_PER_MB as BYTES_PER_MB
+from abr_common.units import BITS_PER_BYTE, BYTES_PER_KB, BYTES_PER_MB, KBIT_PER_MBIT, MS_PER_S
 from simulator.batch import ChunkResult
 from simulator.video import Video
 

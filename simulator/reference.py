@@ -22,10 +22,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-# The unit factors are re-exported for importers that have not switched to abr_common.units yet.
-from abr_common.units import BITS_PER_BYTE as BITS_PER_BYTE
-from abr_common.units import BITS_PER_MBIT as BITS_PER_MBIT
-from abr_common.units import MS_PER_S as MS_PER_S
+from abr_common.units import BITS_PER_BYTE, BITS_PER_MBIT, MS_PER_S
 from simulator.link import LinkConfig
 from simulator.video import Video
 from traces.trace import Trace

@@ -28,8 +28,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 import numpy.typing as npt
 
-# write_atomic is re-exported for importers that have not switched to abr_common.files yet.
-from abr_common.files import write_atomic as write_atomic
+from abr_common.files import write_atomic
 from abr_common.units import BITS_PER_BYTE, KBIT_PER_MBIT, MS_PER_S
 from traces.trace import FloatArray, Trace, TraceError
 

@@ -9,7 +9,6 @@ that the link runs at ``x`` or less for at least ``p`` percent of the time.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from abr_common.files import write_atomic
+from abr_common.files import figure_png, write_atomic
 from traces.trace import FloatArray, Trace
 
 
@@ -109,8 +108,6 @@ def plot_histogram(traces: Sequence[Trace], path: str | os.PathLike[str], *, bin
     axes.set_ylabel("share of time (%)")
     axes.set_title(f"{stats.count} traces, {stats.total_duration_s:.0f} s in all")
     axes.legend()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
     target = Path(path)
-    write_atomic(target, buffer.getvalue())
+    write_atomic(target, figure_png(figure, dpi=100))
     return target

@@ -13,7 +13,6 @@ optimum on the same traces (0% = as good as the upper bound).
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from abr_common.files import write_atomic
+from abr_common.files import figure_png, write_atomic
 from abr_common.units import BITS_PER_BYTE, KBIT_PER_MBIT, MS_PER_S
 from policy.evaluation.loop import SessionLogs, Summary, summarize
 from simulator.qoe import HD_UTILITIES, QoEConfig, QoEKind
@@ -43,7 +42,6 @@ OPTIMAL_NAME = "optimal"
 OPTIMAL_COLOR = "black"
 _PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-_PLOT_DPI = 110
 
 
 # --------------------------------------------------------------------------------------------------
@@ -489,12 +487,6 @@ def policy_styles(policies: Sequence[str], optimal: str | None = None) -> dict[s
     return out
 
 
-def _png(figure: Any) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=_PLOT_DPI)
-    return buffer.getvalue()
-
-
 def plot_cdf(
     scores: Mapping[str, Sequence[float]],
     *,
@@ -532,7 +524,7 @@ def plot_cdf(
     axes.set_ylim(0.0, 1.02)
     axes.grid(alpha=0.3)
     axes.legend(loc="upper left", title="policy (dotted: mean)", fontsize=9)
-    return _png(figure)
+    return figure_png(figure)
 
 
 def trace_steps(trace: Trace, until_s: float) -> tuple[FloatArray, FloatArray, list[float]]:
@@ -644,7 +636,7 @@ def plot_timeline(
     tput_ax.legend(loc="upper right", fontsize=9)
     tput_ax.set_xlabel("time since the session started (s)")
     tput_ax.set_xlim(0.0, until * 1.01)
-    return _png(figure)
+    return figure_png(figure)
 
 
 def _style_axes(axes: Axes, title: str, ylabel: str) -> None:
