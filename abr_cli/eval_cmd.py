@@ -12,6 +12,7 @@ import typer
 
 from abr_cli.common import console, output_dir, planning_progress, progress, user_errors
 from abr_cli.simulate_cmd import summary_table
+from abr_common.paths import DEFAULT_TRACE_ROOT
 from policy import available_policies, make_policy
 from policy.base import Policy
 from policy.evaluation.loop import DEFAULT_BATCH_SESSIONS, DEFAULT_POLICIES, run_policy
@@ -25,6 +26,8 @@ from policy.evaluation.report import (
     hd_applies,
     write_report_files,
 )
+from policy.evaluation.suites import SUITES
+from policy.evaluation.suites import suite as named_suite
 from simulator.link import LinkConfig
 from simulator.qoe import QoEKind
 from simulator.reference import DEFAULT_INITIAL_QUALITY
@@ -66,6 +69,13 @@ def evaluate(
         str | None,
         typer.Option(help="Run on Ray: 'local' or a cluster address; one task per batch of --batch-sessions traces."),
     ] = None,
+    suite: Annotated[
+        str | None,
+        typer.Option(help=f"A named suite instead of --traces: {', '.join(SUITES)} (its policies unless -p is given)."),
+    ] = None,
+    trace_root: Annotated[
+        Path, typer.Option(help="With --suite: the folder holding the real test sets.")
+    ] = DEFAULT_TRACE_ROOT,
 ) -> None:
     """Play every trace once per policy and write a report: QoE table with the gap to optimal, CDFs, a timeline."""
     with user_errors():
@@ -76,6 +86,11 @@ def evaluate(
         if batch_sessions < 1:
             raise ValueError(f"--batch-sessions must be >= 1, got {batch_sessions}")
         output_dir(out, "--out")
+        if suite is not None:
+            if traces:
+                raise ValueError("--suite and --traces are alternatives: give one")
+            chosen = named_suite(suite)
+            traces, policy = chosen.sources(trace_root), policy or list(chosen.policies)
         sources = traces or [DEFAULT_TRACE_SPEC]
         trace_sets = [(label(s), resolve(s)) for s in sources]
         _check_unique([name for name, _ in trace_sets], "trace set")

@@ -134,3 +134,25 @@ def session_score(per_chunk_qoe: npt.ArrayLike) -> FloatArray:
     if qoe.shape[-1] <= SCORE_SKIP_CHUNKS:
         raise ValueError(f"a session needs more than {SCORE_SKIP_CHUNKS} chunk(s) to be scored, got {qoe.shape[-1]}")
     return np.asarray(qoe[..., SCORE_SKIP_CHUNKS:].mean(axis=-1), dtype=np.float64)
+
+
+def session_score_terms(
+    config: QoEConfig, video: Video, qualities: npt.ArrayLike, rebuffer_s: npt.ArrayLike, initial_quality: int
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """The standard score's three terms per session: utility, rebuffer penalty, smoothness penalty.
+
+    Each is the mean over chunks 2..N of ``u(R)``, ``rebuffer_weight * rebuffer_s`` and
+    ``smooth_penalty * |u(R) - u(R_previous)|``, so that ``utility - rebuffer - smoothness`` is
+    `session_score` (up to float rounding): where a score is won or lost.
+    """
+    levels = np.asarray(qualities, dtype=np.int64)
+    util = config.utilities(video)
+    u = util[levels]
+    change = np.abs(u - util[previous_levels(levels, initial_quality)])
+    rebuffer = config.rebuffer_weight * np.asarray(rebuffer_s, dtype=np.float64)
+    skip = SCORE_SKIP_CHUNKS
+    return (
+        np.asarray(u[..., skip:].mean(axis=-1), dtype=np.float64),
+        np.asarray(rebuffer[..., skip:].mean(axis=-1), dtype=np.float64),
+        np.asarray(config.smooth_penalty * change[..., skip:].mean(axis=-1), dtype=np.float64),
+    )

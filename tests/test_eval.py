@@ -27,6 +27,7 @@ from policy.evaluation.report import (
     gap_percent,
     qoe_table_markdown,
     render_markdown,
+    terms_table_markdown,
     trace_steps,
 )
 from simulator.observation import Observation
@@ -41,6 +42,9 @@ runner = CliRunner()
 SPEC = "markov:n=6,seed=1"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RESULT_FIELDS = {
+    "qoe_lin_utility",
+    "qoe_lin_rebuffer",
+    "qoe_lin_smoothness",
     "policy",
     "traces",
     "n_traces",
@@ -102,6 +106,8 @@ def test_eval_results_json_matches_run_policy(report_dir: tuple[Path, str]) -> N
         assert row["bitrate_kbps"] == pytest.approx(direct.bitrate_kbps, rel=1e-12)
         assert row["rebuf_s"] == pytest.approx(direct.rebuf_s, rel=1e-12)
         assert row["switches"] == pytest.approx(direct.switches, rel=1e-12)
+        terms = row["qoe_lin_utility"] - row["qoe_lin_rebuffer"] - row["qoe_lin_smoothness"]
+        assert terms == pytest.approx(row["qoe_lin"], rel=1e-9)
         assert row["wall_s"] >= 0
         assert list(per_trace.values()) == pytest.approx(logs.scores().tolist(), rel=1e-12)
 
@@ -391,3 +397,58 @@ def test_file_stem() -> None:
     assert file_stem("markov:n=6,seed=1") == "markov_n_6_seed_1"
     assert file_stem("fcc-test") == "fcc-test"
     assert file_stem("::") == "unnamed"
+
+
+def test_terms_table_signs_differences_so_that_positive_is_better() -> None:
+    from dataclasses import replace
+
+    ref = replace(_result("robustmpc", "A", 1.0), qoe_lin_utility=2.0, qoe_lin_rebuffer=0.6, qoe_lin_smoothness=0.4)
+    ours = replace(_result("default", "A", 1.05), qoe_lin_utility=1.8, qoe_lin_rebuffer=0.3, qoe_lin_smoothness=0.45)
+    alone = replace(_result("bba", "B", 0.5), qoe_lin_utility=1.0, qoe_lin_rebuffer=0.2, qoe_lin_smoothness=0.3)
+    table = terms_table_markdown([ref, ours, alone])
+    rows = {line.split(" | ")[0].strip("| ") + "/" + line.split(" | ")[1]: line for line in table.splitlines()[2:]}
+    assert rows["A/default"].endswith("| -0.200 | +0.300 | -0.050 |")  # less bitrate, fewer stalls, bumpier
+    assert rows["A/robustmpc"].endswith("|  |  |  |")
+    assert rows["B/bba"].endswith("|  |  |  |")  # no robustMPC on B
+    assert "| 1.050 | 1.800 | 0.300 | 0.450 |" in rows["A/default"]
+
+
+def test_suites_name_their_sources_under_the_trace_root(tmp_path: Path) -> None:
+    from policy.evaluation.suites import BANDWIDTH_SCALES, REAL_TEST_SETS, suite
+
+    generalisation = suite("generalisation")
+    with pytest.raises(ValueError, match="has no fcc-test, norway-test, puffer-2110-test"):
+        generalisation.sources(tmp_path)
+    for name in REAL_TEST_SETS:
+        (tmp_path / name).mkdir()
+    sources = generalisation.sources(tmp_path)
+    assert sources[:3] == [str(tmp_path / name) for name in REAL_TEST_SETS]
+    assert [s.rsplit("@scale=", 1)[1] for s in sources[3:]] == [f"{k:g}" for k in BANDWIDTH_SCALES]
+    assert [len(resolve(s)) for s in sources[3:4]] == [60]
+    with pytest.raises(ValueError, match="--suite must be one of generalisation"):
+        suite("nope")
+
+
+def test_eval_suite_runs_its_sets_and_policies_and_reports_the_terms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from policy.evaluation import suites
+
+    tiny = suites.Suite("tiny", "two scales", (), ("markov:n=3,seed=5@scale=1", "markov:n=3,seed=5@scale=4"),
+                        ("bba", "robustmpc"))  # fmt: skip
+    monkeypatch.setitem(suites.SUITES, "tiny", tiny)
+    result = runner.invoke(app, ["eval", "--suite", "tiny", "--no-optimal", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert {(r["policy"], r["traces"]) for r in doc["results"]} == {
+        (p, t) for p in ("bba", "robustmpc") for t in ("markov:n=3,seed=5@scale=1", "markov:n=3,seed=5@scale=4")
+    }
+    for r in doc["results"]:
+        assert r["qoe_lin_utility"] - r["qoe_lin_rebuffer"] - r["qoe_lin_smoothness"] == pytest.approx(r["qoe_lin"])
+    fast = {r["policy"]: r for r in doc["results"] if r["traces"].endswith("@scale=4")}
+    slow = {r["policy"]: r for r in doc["results"] if r["traces"].endswith("@scale=1")}
+    assert fast["robustmpc"]["bitrate_kbps"] > slow["robustmpc"]["bitrate_kbps"]  # more bandwidth, more bitrate
+    assert "## Where QoE_lin is won or lost" in (tmp_path / "r" / "report.md").read_text()
+    both = runner.invoke(app, ["eval", "--suite", "tiny", "-t", "markov:n=2,seed=1", "--out", str(tmp_path / "x")])
+    assert both.exit_code == 2
+    assert "--suite and --traces" in both.stderr

@@ -232,3 +232,26 @@ def test_fold_suffix_splits_a_source_without_copies(tmp_path: Path) -> None:
         resolve("markov:n=3,seed=1@fold=3/3")
     with pytest.raises(TraceError, match="leaves no trace"):
         resolve("markov:n=1,seed=1@except=0/2")
+
+
+def test_scale_suffix_multiplies_every_sample_after_the_fold(tmp_path: Path) -> None:
+    from traces.sources import label, resolve, split_sources
+    from traces.trace import TraceError
+
+    every = resolve("markov:n=4,seed=2@fold=0/2")
+    doubled = resolve("markov:n=4,seed=2@fold=0/2@scale=2")
+    assert [t.name for t in doubled] == [f"{t.name}@scale=2" for t in every]
+    for base, big in zip(every, doubled, strict=True):
+        np.testing.assert_array_equal(big.times_s, base.times_s)
+        np.testing.assert_array_equal(big.throughput_mbps, base.throughput_mbps * 2.0)
+    assert label("markov:n=4,seed=2@fold=0/2@scale=0.5") == "markov:n=4,seed=2@fold=0/2@scale=0.5"
+    assert split_sources("markov:n=4,seed=2@scale=8") == ["markov:n=4,seed=2@scale=8"]
+    save_many(_hand_traces(), tmp_path / "set")
+    assert label(f"{tmp_path / 'set'}@scale=4") == "set@scale=4"
+    halved = resolve(f"{tmp_path / 'set'}@scale=0.5")
+    assert [t.mean_throughput_mbps() for t in halved] == pytest.approx(
+        [t.mean_throughput_mbps() / 2 for t in resolve(str(tmp_path / "set"))]
+    )
+    for bad in ("0", "-1", "inf", "fast"):
+        with pytest.raises(TraceError, match="expected a positive number"):
+            resolve(f"markov:n=2,seed=1@scale={bad}")

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from simulator.link import LinkConfig
-from simulator.qoe import QoEConfig, previous_levels, session_qoe, session_score
+from simulator.qoe import QoEConfig, previous_levels, session_qoe, session_score, session_score_terms
 from simulator.video import DEFAULT_LADDER_KBPS, Video, VideoError
 from tests.conftest import shared_traces_path
 from tests.helpers import make_video
@@ -253,6 +253,24 @@ def test_qoe_hd_by_hand() -> None:
     got = session_qoe(QoEConfig(kind="hd"), ladder_video(), LEVELS, REBUF_S, initial_quality=1)
     assert got == pytest.approx(expected, abs=1e-12)
     assert session_score(got) == pytest.approx((2 + 4 - 11.6) / 3)
+
+
+def test_session_score_terms_by_hand() -> None:
+    video = ladder_video()
+    # Chunks 2..4 of LEVELS after initial level 1: utilities 1.85, 1.85, 0.3; stalls 0, 1.0, 0.2 s;
+    # utility changes |1.85 - 0.75|, 0, |0.3 - 1.85|.
+    levels = np.array([LEVELS, [0, 0, 0, 0]])
+    rebuf = np.array([REBUF_S, [0.0, 0.0, 0.0, 0.0]])
+    utility, rebuffer, smoothness = session_score_terms(QoEConfig(), video, levels, rebuf, initial_quality=1)
+    assert utility == pytest.approx([4.0 / 3, 0.3])
+    assert rebuffer == pytest.approx([4.3 * 1.2 / 3, 0.0])
+    assert smoothness == pytest.approx([2.65 / 3, 0.0])
+    score = session_score(session_qoe(QoEConfig(), video, levels, rebuf, initial_quality=1))
+    assert utility - rebuffer - smoothness == pytest.approx(score)
+    weighted = QoEConfig(rebuffer_penalty=10.0, smooth_penalty=0.5)
+    _, rebuffer, smoothness = session_score_terms(weighted, video, levels, rebuf, initial_quality=1)
+    assert rebuffer == pytest.approx([10.0 * 1.2 / 3, 0.0])
+    assert smoothness == pytest.approx([0.5 * 2.65 / 3, 0.0])
 
 
 def test_session_qoe_first_chunk_uses_initial_quality() -> None:

@@ -1,12 +1,15 @@
-"""Resolve a user's trace argument: a file, a folder, or a generator spec, optionally one fold of it.
+"""Resolve a user's trace argument: a file, a folder, or a generator spec, optionally one fold of it, scaled.
 
 A source may end in ``@fold=K/N`` (the traces whose position in the sorted set is K modulo N) or
 ``@except=K/N`` (all the others), so one folder gives a training and a validation split with no copy:
-``--traces fcc-train@except=0/5 --eval-traces fcc-train@fold=0/5``.
+``--traces fcc-train@except=0/5 --eval-traces fcc-train@fold=0/5``. A final ``@scale=X`` multiplies
+every throughput sample by X (``fcc-test@scale=4``, ``markov:n=50,seed=1@scale=0.5``): the same
+network shapes at another bandwidth, for testing how a policy generalises across bandwidth scales.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -19,6 +22,26 @@ GENERATOR_PREFIXES = ("markov", "regime")
 
 
 _FOLD = re.compile(r"^(?P<base>.+)@(?P<mode>fold|except)=(?P<k>\d+)/(?P<n>\d+)$")
+_SCALE = re.compile(r"^(?P<base>.+)@scale=(?P<factor>[^@/]+)$")
+
+
+def _split_scale(source: str) -> tuple[str, float | None]:
+    match = _SCALE.match(source)
+    if match is None or Path(source).exists():
+        return source, None
+    try:
+        factor = float(match["factor"])
+    except ValueError:
+        raise TraceError(f"scale {match['factor']!r}: expected a positive number", path=source) from None
+    if not (math.isfinite(factor) and factor > 0):
+        raise TraceError(f"scale {match['factor']!r}: expected a positive number", path=source)
+    return match["base"], factor
+
+
+def scaled(trace: Trace, factor: float) -> Trace:
+    """``trace`` with every throughput sample multiplied by ``factor`` (named ``NAME@scale=FACTOR``)."""
+    return Trace(f"{trace.name}@scale={factor:g}", trace.times_s, trace.throughput_mbps * factor,
+                 source=f"{trace.source or trace.name}@scale={factor:g}")  # fmt: skip
 
 
 def _split_fold(source: str) -> tuple[str, tuple[str, int, int] | None]:
@@ -42,6 +65,9 @@ def resolve(source: str, *, skip_bad: bool = False) -> list[Trace]:
     from traces.generate import generate_from_spec
     from traces.io import load
 
+    unscaled, factor = _split_scale(source)
+    if factor is not None:
+        return [scaled(t, factor) for t in resolve(unscaled, skip_bad=skip_bad)]
     base, fold = _split_fold(source)
     if is_generator_spec(base):
         traces = generate_from_spec(base)
@@ -62,6 +88,9 @@ def resolve(source: str, *, skip_bad: bool = False) -> list[Trace]:
 
 def label(source: str) -> str:
     """A short name for a trace source in tables: the folder/file name, or the generator spec."""
+    unscaled, factor = _split_scale(source)
+    if factor is not None:
+        return f"{label(unscaled)}@scale={factor:g}"
     base, fold = _split_fold(source)
     name = base if is_generator_spec(base) else (Path(base).resolve().name or base)
     return name if fold is None else f"{name}@{fold[0]}={fold[1]}/{fold[2]}"
@@ -75,6 +104,6 @@ def default_traces() -> list[Trace]:
 def split_sources(value: str) -> list[str]:
     """``PATH[,PATH...]`` into sources; a generator spec (which has commas of its own) stays whole."""
     value = value.strip()
-    if is_generator_spec(_split_fold(value)[0]) or Path(value).exists():
+    if is_generator_spec(_split_fold(_split_scale(value)[0])[0]) or Path(value).exists():
         return [value]
     return [part.strip() for part in value.split(",") if part.strip()]

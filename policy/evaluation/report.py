@@ -26,7 +26,7 @@ import numpy.typing as npt
 from abr_common.files import figure_png, write_atomic
 from abr_common.units import BITS_PER_BYTE, KBIT_PER_MBIT, MS_PER_S
 from policy.evaluation.loop import SessionLogs, Summary, summarize
-from simulator.qoe import HD_UTILITIES, QoEConfig, QoEKind
+from simulator.qoe import HD_UTILITIES, REBUFFER_PENALTY, QoEConfig, QoEKind, session_score_terms
 from traces.trace import Trace
 
 if TYPE_CHECKING:
@@ -70,6 +70,11 @@ class PolicyResult:
     rebuf_s: float
     switches: float
     wall_s: float
+    #: QoE_lin's terms (means over sessions of `simulator.qoe.session_score_terms`): qoe_lin is
+    #: utility - rebuffer - smoothness.
+    qoe_lin_utility: float = math.nan
+    qoe_lin_rebuffer: float = math.nan
+    qoe_lin_smoothness: float = math.nan
 
     def qoe(self, kind: QoEKind) -> float | None:
         """Mean score under QoE variant ``kind`` (None where it was not computed)."""
@@ -111,6 +116,8 @@ def result_from_logs(logs: SessionLogs, policy: str, traces: str, wall_s: float)
     lin = summarize(logs, policy, traces, wall_s, QoEConfig(kind="lin"))
     log = summarize(logs, policy, traces, wall_s, QoEConfig(kind="log"))
     hd = summarize(logs, policy, traces, wall_s, QoEConfig(kind="hd")) if hd_applies(logs.video.n_levels) else None
+    utility, rebuffer, smoothness = session_score_terms(QoEConfig(kind="lin"), logs.video, logs.quality, logs.rebuf_s,
+                                                        logs.initial_quality)  # fmt: skip
     return PolicyResult(
         policy=policy,
         traces=traces,
@@ -125,6 +132,9 @@ def result_from_logs(logs: SessionLogs, policy: str, traces: str, wall_s: float)
         rebuf_s=lin.rebuf_s,
         switches=lin.switches,
         wall_s=wall_s,
+        qoe_lin_utility=float(utility.mean()),
+        qoe_lin_rebuffer=float(rebuffer.mean()),
+        qoe_lin_smoothness=float(smoothness.mean()),
     )
 
 
@@ -387,6 +397,31 @@ def qoe_table_markdown(
     return "\n".join(lines) + "\n"
 
 
+def terms_table_markdown(results: Sequence[PolicyResult], *, reference: str = "robustmpc") -> str:
+    """Where QoE_lin is won or lost: its three terms per (trace set, policy), and each term's difference to
+    ``reference`` on the same set (positive: better than it) where that policy was run."""
+    lines = [
+        "| trace set | policy | QoE_lin | utility (Mbit/s) | − rebuffering | − smoothness "
+        f"| vs {_md(reference)}: utility | rebuffering | smoothness |",
+        "|:---|:---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    by_key = _lookup(results)
+    for s in dict.fromkeys(r.traces for r in results):
+        ref = by_key.get((reference, s))
+        for r in (r for r in results if r.traces == s):
+            if ref is None or r is ref:
+                diffs = ["", "", ""]
+            else:
+                diffs = [f"{r.qoe_lin_utility - ref.qoe_lin_utility:+.3f}",
+                         f"{ref.qoe_lin_rebuffer - r.qoe_lin_rebuffer:+.3f}",
+                         f"{ref.qoe_lin_smoothness - r.qoe_lin_smoothness:+.3f}"]  # fmt: skip
+            lines.append(
+                f"| {_md(r.traces)} | {_md(r.policy)} | {r.qoe_lin:.3f} | {r.qoe_lin_utility:.3f} "
+                f"| {r.qoe_lin_rebuffer:.3f} | {r.qoe_lin_smoothness:.3f} | " + " | ".join(diffs) + " |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def details_table_markdown(results: Sequence[PolicyResult]) -> str:
     """One row per (trace set, policy): traces, mean bitrate, rebuffering and switches per session, wall time."""
     lines = [
@@ -447,6 +482,14 @@ def render_markdown(
             f" {evaluation.n_levels} levels.\n"
         )
     parts += ["## Bitrate, rebuffering and switches\n", details_table_markdown(evaluation.results)]
+    parts += [
+        "## Where QoE_lin is won or lost\n",
+        "QoE_lin per chunk is the bitrate's utility (Mbit/s) minus the rebuffering penalty"
+        f" ({REBUFFER_PENALTY['lin']:g} per second of"
+        " stall) minus the smoothness penalty (|change of utility|), each averaged over chunks 2..N and the"
+        " traces of a set; the differences to robustMPC are signed so that positive is better.\n",
+        terms_table_markdown(evaluation.results),
+    ]
     if cdf_plots:
         parts.append("## Per-trace scores\n")
         parts.append(
