@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from abr_cli.common import console, err_console, output_dir, progress, user_errors
+from abr_common.errors import problems
 from abr_common.paths import DEFAULT_TRACE_ROOT
 from plasticity.names import METHODS
 from policy.learning.config import NETWORK_PRESETS
@@ -76,6 +77,8 @@ def train_command(
 ) -> None:
     """Train the actor-critic with PPO in the simulator (delay noise and random start points on)."""
     with user_errors():
+        from pydantic import ValidationError
+
         from plasticity.methods import Plasticity, PlasticityConfig
         from policy.learning.ppo import resolve_device
         from policy.learning.run import BEST_DIR, LAST_DIR, TrainingRun, load_init, merged_config
@@ -104,8 +107,10 @@ def train_command(
                 raise ValueError(f"--config {config}: {err}") from None
         try:
             ppo = merged_config(fields, init=start, critic_future=critic_future)
-        except ValueError as err:
-            raise ValueError(f"--init {init}: {err}" if start is not None else f"--config: {err}") from None
+        except ValidationError as err:  # a field's value: from the options or --config
+            raise ValueError(f"training options: {problems(err)}") from None
+        except ValueError as err:  # the fine-tune's network shape
+            raise ValueError(f"--init {init}: {err}") from None
         plasticity_config = PlasticityConfig(method=plasticity, seed=seed)
         dev = resolve_device(device)
         if ray is not None:

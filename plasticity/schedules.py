@@ -13,6 +13,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from abr_common.errors import problems
+
 SCHEDULE_DIR = Path(__file__).parent / "schedules"
 
 
@@ -85,5 +87,4 @@ def load_schedule(name_or_path: str | Path) -> Schedule:
     except json.JSONDecodeError as err:
         raise ScheduleError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from None
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in err.errors())
-        raise ScheduleError(f"{path}: invalid schedule ({problems})") from None
+        raise ScheduleError(f"{path}: invalid schedule ({problems(err)})") from None

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from abr_common.errors import problems
 from policy.names import BUILTIN_POLICIES
 from simulator.link import LinkConfig
 from simulator.observation import Observation
@@ -168,6 +169,5 @@ def make_policy(spec: str) -> Policy:
     try:
         config = cls.config_type(**params)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-        raise PolicySpecError(f"policy {spec!r}: {problems}") from None
+        raise PolicySpecError(f"policy {spec!r}: {problems(err)}") from None
     return cls(config)

@@ -65,6 +65,14 @@ def test_train_bad_input(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path / "none")])
     assert result.exit_code == 2
     assert "nothing" in result.stderr or "no checkpoint" in result.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"foo": 1, "gamma": 2.0}))
+    result = runner.invoke(app, ["train", "--config", str(bad), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: training options: gamma: Input should be less than or equal to 1; foo: Extra inputs are not permitted"
+    ]
+    assert not (tmp_path / "x").exists()
 
 
 def test_train_init_fine_tunes_from_a_checkpoint(tmp_path: Path) -> None:
