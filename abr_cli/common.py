@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -17,6 +18,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from abr_common.errors import problems
 
 if TYPE_CHECKING:
     from policy.base import Policy
@@ -42,7 +45,9 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (ValueError, OSError) as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        # A pydantic validation error (e.g. bad ABR_* settings) in one line, each field named.
+        message = problems(err) if isinstance(err, ValidationError) else str(err)
+        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=EXIT_BAD_INPUT) from None
 
 

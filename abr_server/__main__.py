@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from abr_common.errors import problems
 from abr_server.run import run_server
 from abr_server.settings import Settings
 
@@ -31,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         Settings()  # fail here, once, rather than in every worker
     except ValidationError as err:
-        print(f"abr_server: invalid ABR_* settings: {err}", file=sys.stderr)
+        print(f"abr_server: invalid ABR_* settings: {problems(err)}", file=sys.stderr)
         return 2
     run_server(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
     return 0

@@ -121,3 +121,17 @@ def _state_of(pid: int) -> str | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return None
+
+
+@pytest.mark.parametrize("entry", ["abr serve", "python -m abr_server"])
+def test_bad_settings_get_one_line_naming_the_field_and_no_server(entry: str) -> None:
+    import sys
+
+    cmd = [sys.executable, "-m", "abr_cli.main", "serve"] if entry == "abr serve" else [sys.executable, "-m",
+                                                                                         "abr_server"]  # fmt: skip
+    env = {**os.environ, "ABR_WATCH_INTERVAL_S": "-1"}
+    done = subprocess.run([*cmd, "--port", "1"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "watch_interval_s: Input should be greater than or equal to 0" in lines[0]
