@@ -86,6 +86,15 @@ class Policy(ABC):
         """Called before B new sessions start streaming ``video``; resets any per-session state."""
         self.video = video
 
+    def restart(self, rows: npt.NDArray[np.bool_]) -> None:
+        """The sessions in ``rows`` ended and new ones began in their places: forget those rows' state.
+
+        Stateless policies keep none; a stateful policy that can run beside a vector environment (which
+        restarts finished sessions in place) overrides this.
+        """
+        if self.stateful:
+            raise NotImplementedError(f"policy {self.name!r} keeps per-session state and cannot restart rows")
+
     @abstractmethod
     def select(self, obs: Observation) -> IntArray:
         """The level of the next chunk for every session in ``obs`` (int64 array of length B)."""

@@ -81,6 +81,11 @@ class _MPCBase(Policy):
         self._errors = np.zeros((n_sessions, self.config.error_window))
         self._n_errors = np.zeros(n_sessions, dtype=np.int64)
 
+    def restart(self, rows: npt.NDArray[np.bool_]) -> None:
+        self._last_prediction[rows] = np.nan
+        self._errors[rows] = 0.0
+        self._n_errors[rows] = 0
+
     def predicted_mbps(self, obs: Observation) -> FloatArray:
         """Throughput prediction per session, updating the prediction-error history (once per chunk)."""
         harmonic = harmonic_mean_recent(obs, self.config.window)

@@ -32,7 +32,7 @@ from simulator.batch import (
     uniform_index,
 )
 from simulator.link import LinkConfig
-from simulator.observation import ObservationBuilder, ObservationSpec
+from simulator.observation import Observation, ObservationBuilder, ObservationSpec
 from simulator.qoe import QoEConfig
 from simulator.reference import DEFAULT_INITIAL_QUALITY, ChunkOutcome, ScalarSession
 from simulator.video import Video
@@ -249,6 +249,10 @@ class ABRVectorEnv(VectorEnv[StateArray, npt.NDArray[np.int64], npt.NDArray[np.f
         self._builder.reset()
         result = self._first_chunks(np.ones(self.num_envs, dtype=bool))
         return self._builder.state(), self._infos(result, np.ones(self.num_envs, dtype=bool))
+
+    def observation(self) -> Observation:
+        """The sessions' current history as an `Observation` (what a classic rule reads; same step as the state)."""
+        return self._builder.observation()
 
     def _first_chunks(self, mask: npt.NDArray[np.bool_]) -> ChunkResult:
         levels = np.full(self.num_envs, self.initial_quality, dtype=np.int64)

@@ -60,6 +60,16 @@ class PPOConfig(BaseModel):
     seed: int = Field(1, description="Seeds torch, the sessions' random streams and minibatch shuffling.")
     torch_threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default).")
     network: NetworkConfig = Field(default_factory=NetworkConfig, description="Actor-critic shape.")
+    expert: str | None = Field(
+        None,
+        description="Kickstarting: a causal policy spec (e.g. robustmpc) run beside the actor on the same "
+        "sessions; the actor is also trained to pick the expert's level, with weight expert_coef.",
+    )
+    expert_coef_start: float = Field(1.0, ge=0, description="Weight of the imitation loss at the start.")
+    expert_coef_end: float = Field(0.0, ge=0, description="Weight of the imitation loss from expert_fraction on.")
+    expert_fraction: float = Field(
+        0.25, gt=0, le=1, description="Share of training over which the imitation weight goes linearly start -> end."
+    )
 
     @property
     def batch_size(self) -> int:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -61,9 +61,20 @@ def new_state(config: PPOConfig, video: Video, spec: ObservationSpec, device: to
     return TrainState(model, optimizer)
 
 
+def _linear(start: float, end: float, along: float) -> float:
+    return start + (end - start) * min(max(along, 0.0), 1.0)
+
+
 def entropy_coef(config: PPOConfig, progress: float) -> float:
     """Linear decay from ``ent_coef_start`` to ``ent_coef_end`` as ``progress`` goes 0 -> 1."""
-    return config.ent_coef_start + (config.ent_coef_end - config.ent_coef_start) * min(max(progress, 0.0), 1.0)
+    return _linear(config.ent_coef_start, config.ent_coef_end, progress)
+
+
+def expert_coef(config: PPOConfig, progress: float) -> float:
+    """Weight of the imitation loss: ``expert_coef_start`` -> ``_end`` over ``expert_fraction``; 0 without expert."""
+    if config.expert is None:
+        return 0.0
+    return _linear(config.expert_coef_start, config.expert_coef_end, progress / config.expert_fraction)
 
 
 MetricsCallback = Callable[[TrainState, dict[str, float]], None]
@@ -79,19 +90,29 @@ class Rollout:
     advantages: torch.Tensor
     returns: torch.Tensor
     values: torch.Tensor
+    #: The expert's level in each state (kickstarting rollouts only).
+    expert_actions: torch.Tensor | None = None
 
     def take(self, index: torch.Tensor) -> Rollout:
         """The transitions at ``index``."""
-        return Rollout(*(getattr(self, f.name)[index] for f in fields(self)))
+        taken: dict[str, Any] = {}
+        for f in fields(self):
+            part = getattr(self, f.name)
+            taken[f.name] = None if part is None else part[index]
+        return Rollout(**taken)
 
     def __len__(self) -> int:
         return int(self.actions.shape[0])
 
 
 def ppo_loss(
-    model: ActorCritic, batch: Rollout, config: PPOConfig, ent_coef: float
+    model: ActorCritic, batch: Rollout, config: PPOConfig, ent_coef: float, imitation_coef: float = 0.0
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The PPO objective on ``batch`` (clipped policy loss, value loss, entropy bonus) and its parts."""
+    """The PPO objective on ``batch`` (clipped policy loss, value loss, entropy bonus) and its parts.
+
+    With ``imitation_coef`` > 0 and expert labels in ``batch`` it adds kickstarting's imitation term:
+    ``imitation_coef`` times the cross-entropy of the actor's distribution against the expert's level.
+    """
     _, new_logprob, entropy, new_value = model.get_action_and_value(batch.obs, batch.actions)
     log_ratio = new_logprob - batch.logprobs
     ratio = log_ratio.exp()
@@ -114,6 +135,10 @@ def ppo_loss(
         "policy": pg_loss.detach(), "value": v_loss.detach(), "entropy": entropy_loss.detach(),
         "approx_kl": approx_kl, "clip_fraction": clip_fraction,
     }  # fmt: skip
+    if imitation_coef > 0 and batch.expert_actions is not None:
+        imitation = nn.functional.cross_entropy(model.logits(batch.obs), batch.expert_actions)
+        loss = loss + imitation_coef * imitation
+        parts["imitation"] = imitation.detach()
     return loss, parts
 
 
@@ -160,16 +185,18 @@ def train(
     state = state or new_state(config, video, spec, device)
     sessions_seed = stream_seed(seeding.SESSIONS, config.seed, state.update)
     source: RolloutSource
+    # The expert is only built if it will still be consulted (a run resumed past expert_fraction skips it).
+    expert = config.expert if expert_coef(config, state.update / config.num_updates) > 0 else None
     if ray_workers:
         source = RayRollouts(config.num_envs, config.num_steps, traces, video, workers=ray_workers,
                              sessions_seed=sessions_seed, reward_scale=config.reward_scale, qoe=config.qoe,
                              network_json=state.model.config.model_dump_json(), link=link, spec=spec,
-                             device=device)  # fmt: skip
+                             device=device, expert=expert)  # fmt: skip
     else:
         source = SessionRollouts(config.num_envs, config.num_steps, traces, video, sessions_seed=sessions_seed,
                                  reward_scale=config.reward_scale, qoe=config.qoe,
                                  critic_future=state.model.config.critic_future, link=link, spec=spec,
-                                 device=device)  # fmt: skip
+                                 device=device, expert=expert)  # fmt: skip
     try:
         run_updates(config, state, source, on_update=on_update, stop_after_updates=stop_after_updates,
                     plasticity=plasticity)  # fmt: skip
@@ -202,17 +229,23 @@ def run_updates(
         progress = state.update / config.num_updates
         if config.anneal_lr:
             optimizer.param_groups[0]["lr"] = config.learning_rate * (1.0 - progress)
-        batch = source.collect(model, state.update)
+        imitation_coef = expert_coef(config, progress)
+        batch = source.collect(model, state.update, expert=imitation_coef > 0)
         state.global_step += batch.count
         rollout = gae_rollout(config, batch.obs, batch.actions, batch.logprobs, batch.rewards, batch.dones,
-                              batch.values, batch.next_value, batch.next_done)  # fmt: skip
+                              batch.values, batch.next_value, batch.next_done,
+                              expert_actions=batch.expert_actions)  # fmt: skip
         ent_coef = entropy_coef(config, progress)
-        parts, clip_fracs = ppo_update(model, optimizer, rollout, config, ent_coef, shuffle)
+        parts, clip_fracs = ppo_update(model, optimizer, rollout, config, ent_coef, shuffle, imitation_coef)
         state.update += 1
         count = max(batch.count, 1)
         metrics = update_metrics(state, optimizer, rollout, parts, clip_fracs, ent_coef, qoe=batch.qoe_sum / count,
                                  bitrate_kbps=batch.bitrate_kbps_sum / count,
                                  steps_per_s=batch.count / (time.perf_counter() - started))  # fmt: skip
+        if rollout.expert_actions is not None:
+            metrics["charts/expert_coef"] = imitation_coef
+            metrics["charts/expert_agreement"] = float((rollout.actions == rollout.expert_actions).float().mean())
+            metrics["losses/imitation"] = float(parts["imitation"])
         if plasticity is not None:
             loss_fn = partial(_rollout_loss, model, config, ent_coef)
             metrics.update(plasticity.after_update(model, optimizer, state.update, rollout, loss_fn))
@@ -230,6 +263,7 @@ def _rollout_loss(model: ActorCritic, config: PPOConfig, ent_coef: float, batch:
 def gae_rollout(
     config: PPOConfig, obs: torch.Tensor, actions: torch.Tensor, logprobs: torch.Tensor, rewards: torch.Tensor,
     dones: torch.Tensor, values: torch.Tensor, next_value: torch.Tensor, next_done: torch.Tensor,
+    *, expert_actions: torch.Tensor | None = None,
 ) -> Rollout:  # fmt: skip
     """GAE advantages and returns of ``[T, N]`` buffers, flattened into a `Rollout`."""
     t, n = rewards.shape
@@ -248,12 +282,13 @@ def gae_rollout(
     return Rollout(
         obs.reshape((-1, *obs.shape[2:])), actions.reshape(-1), logprobs.reshape(-1),
         advantages.reshape(-1), returns.reshape(-1), values.reshape(-1),
+        None if expert_actions is None else expert_actions.reshape(-1),
     )  # fmt: skip
 
 
 def ppo_update(
     model: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Rollout, config: PPOConfig, ent_coef: float,
-    shuffle: np.random.Generator,
+    shuffle: np.random.Generator, imitation_coef: float = 0.0,
 ) -> tuple[dict[str, torch.Tensor], list[float]]:  # fmt: skip
     """The clipped PPO epochs over ``rollout``; the last minibatch's loss parts and every clip fraction."""
     device = rollout.actions.device
@@ -265,7 +300,7 @@ def ppo_update(
         order = shuffle.permutation(size)
         for start in range(0, size, minibatch):
             mb = torch.as_tensor(order[start : start + minibatch], device=device)
-            loss, parts = ppo_loss(model, rollout.take(mb), config, ent_coef)
+            loss, parts = ppo_loss(model, rollout.take(mb), config, ent_coef, imitation_coef)
             clip_fracs.append(float(parts["clip_fraction"]))
             optimizer.zero_grad()
             loss.backward()
