@@ -55,7 +55,8 @@ def test_labels_are_the_experts_levels_on_the_states_the_actor_visited_across_se
                              critic_future=False, expert="robustmpc")  # fmt: skip
     model = TrainingRun.create(PPOConfig(network=SMALL), VIDEO).state.model
     batch = source.collect(model, 0, expert=True)
-    assert batch.expert_actions is not None and batch.expert_actions.shape == (steps, 3)
+    assert batch.expert_actions is not None
+    assert batch.expert_actions.shape == (steps, 3)
     env = ABRVectorEnv(3, TRACES, VIDEO, link=LinkConfig.training(), spec=source.envs.obs_spec)
     env.reset(seed=5)
     expert = make_policy("robustmpc")
@@ -82,7 +83,8 @@ def test_restarting_a_row_of_robustmpc_makes_it_decide_as_a_fresh_policy_for_tha
     fresh.begin(2, VIDEO)
     obs = env.observation()
     assert used.select(obs)[0] == fresh.select(obs)[0]
-    assert used._errors[1].any() and not used._errors[0][:-1].any()
+    assert used._errors[1].any()
+    assert not used._errors[0][:-1].any()
 
 
 def test_an_offline_expert_is_refused_and_batches_with_and_without_labels_do_not_join() -> None:
