@@ -12,8 +12,6 @@ from abr_server.service import DecisionService
 from abr_server.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False)
-#: The status of a request whose content is invalid.
-UNPROCESSABLE = 422
 
 
 async def get_service(request: Request) -> DecisionService:

@@ -3,8 +3,9 @@
 ``POST /v1/sessions/{id}/decision`` is the request a server in front of thousands of players answers
 all day. Going through FastAPI costs about as much CPU as the decision itself (route matching,
 dependency solving, query-string parsing, response-model re-validation, per-request telemetry
-checks), so this ASGI middleware answers it directly: the body is validated by the same pydantic model
-in one ``model_validate_json`` call and the reply is the same `Decision` model serialised by pydantic.
+checks), so this ASGI middleware answers it directly: the body is parsed and validated by
+`abr_server.bodies.parse_body`, as on the FastAPI route, and the reply is the same `Decision` model
+serialised by pydantic.
 The FastAPI route stays: it publishes the API in OpenAPI and answers whenever the fast path is off
 (``ABR_FAST_PATH=false``); tests check that both give the same answers, errors included.
 
@@ -16,39 +17,17 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
-from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from abr_server.api.routes.decisions import SESSION_ID, report_error_detail
-from abr_server.deps import UNPROCESSABLE
-from abr_server.schemas import ChunkReport
+from abr_server.bodies import BodyError, parse_body
+from abr_server.schemas import UNPROCESSABLE, ChunkReport
 from abr_server.service import DecisionService
 from abr_server.sessions import ReportError
 
 _PATH = re.compile(rf"/v1/sessions/({SESSION_ID})/decision")
-MISSING_BODY = {"loc": ["body"], "msg": "Field required", "type": "missing"}
 _JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-def validation_detail(err: ValidationError, body: bytes) -> list[dict[str, Any]]:
-    """FastAPI's 422 detail for a body that failed validation, without echoing the input.
-
-    Like FastAPI, a body that is not JSON is located by the character offset where parsing failed.
-    """
-    detail = []
-    for e in err.errors():
-        loc: list[Any] = ["body", *e["loc"]]
-        if e["type"] == "json_invalid":
-            try:
-                json.loads(body)
-            except json.JSONDecodeError as bad:
-                loc = ["body", bad.pos]
-            except UnicodeDecodeError:
-                pass
-        detail.append({"loc": loc, "msg": e["msg"], "type": e["type"]})
-    return detail
 
 
 class DecisionFastPath:
@@ -71,13 +50,11 @@ class DecisionFastPath:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
-        if not body:  # as FastAPI: a missing body is a missing field, not bad JSON
-            await reply_json(send, UNPROCESSABLE, _dump({"detail": [MISSING_BODY]}))
-            return
         try:
-            report = ChunkReport.model_validate_json(body)
-        except ValidationError as err:
-            await reply_json(send, UNPROCESSABLE, _dump({"detail": validation_detail(err, bytes(body))}))
+            report = parse_body(bytes(body), ChunkReport, service.settings.max_body_bytes)
+        except BodyError as err:
+            service.metrics.errors.labels("invalid_report").inc()
+            await reply_json(send, err.status_code, _dump({"detail": err.detail}))
             return
         try:
             decision = await service.decide(match.group(1), report, api="v1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,11 +16,12 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from abr_server.api.routes import admin, decisions, health, pensieve, player
-from abr_server.deps import UNPROCESSABLE
+from abr_server.bodies import PAYLOAD_TOO_LARGE, TOO_LARGE
 from abr_server.fastpath import DecisionFastPath, reply_json
 from abr_server.media import MediaApp
 from abr_server.metrics import Metrics
 from abr_server.registry import ModelRegistry
+from abr_server.schemas import UNPROCESSABLE
 from abr_server.service import DecisionService
 from abr_server.settings import Settings
 from abr_server.shaping import ShapedLink
@@ -44,7 +46,7 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await reply_json(send, 413, b'{"detail":"request body too large"}')
+            await reply_json(send, PAYLOAD_TOO_LARGE, _TOO_LARGE_BODY)
             return
         received = 0
         too_large = False
@@ -62,7 +64,10 @@ class BodyLimit:
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
-            await reply_json(send, 413, b'{"detail":"request body too large"}')
+            await reply_json(send, PAYLOAD_TOO_LARGE, _TOO_LARGE_BODY)
+
+
+_TOO_LARGE_BODY = json.dumps({"detail": TOO_LARGE}).encode()
 
 
 class _TooLarge(Exception):

@@ -356,7 +356,19 @@ VALID_OR_NOT = st.one_of(
 @settings(max_examples=80, deadline=None)
 @given(
     fields=st.dictionaries(REPORT_FIELDS, VALID_OR_NOT),
-    raw=st.sampled_from([None, b"", b"[]", b"{", b"null", b'{"index": 1e999}', b"\xff\xfe"]),
+    raw=st.sampled_from(
+        [
+            None,
+            b"",
+            b"[]",
+            b"{",
+            b"null",
+            b'{"index": 1e999}',
+            b"\xff\xfe",
+            b"[" * 99 + b"]" * 99,
+            b'{"index": ' + b"1" * 99 + b"}",
+        ]
+    ),
     session=st.sampled_from(["a", "b.c:d-1", "x" * 128]),
 )
 def test_fast_path_answers_exactly_like_the_fastapi_route(

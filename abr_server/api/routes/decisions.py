@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, HTTPException, Path, Request, status
 
-from abr_server.deps import UNPROCESSABLE, ServiceDep
-from abr_server.schemas import ChunkReport, Decision
+from abr_server.bodies import BodyError, parse_body
+from abr_server.deps import ServiceDep
+from abr_server.schemas import UNPROCESSABLE, ChunkReport, Decision, problem_responses
 from abr_server.service import DecisionService
 from abr_server.sessions import ReportError
 
@@ -25,16 +26,28 @@ def report_error_detail(service: DecisionService, err: ReportError) -> list[dict
     return [{"loc": ["body", err.field_name], "msg": str(err), "type": "value_error"}]
 
 
-@router.post("/sessions/{session_id}/decision", response_model=Decision)
-async def decision(session_id: SessionId, report: ChunkReport, service: ServiceDep) -> Decision:
+#: The body is parsed by `parse_body` (bounded, as on the fast path), so OpenAPI is told its schema here.
+_REPORT_BODY = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": ChunkReport.model_json_schema()}}}
+}
+
+
+@router.post("/sessions/{session_id}/decision", response_model=Decision, openapi_extra=_REPORT_BODY,
+             responses=problem_responses(413, 503))  # fmt: skip
+async def decision(session_id: SessionId, request: Request, service: ServiceDep) -> Decision:
     """Report the chunk just downloaded; get the level of the next one."""
+    try:
+        report = parse_body(await request.body(), ChunkReport, service.settings.max_body_bytes)
+    except BodyError:
+        service.metrics.errors.labels("invalid_report").inc()
+        raise
     try:
         return await service.decide(session_id, report, api="v1")
     except ReportError as err:
         raise HTTPException(UNPROCESSABLE, detail=report_error_detail(service, err)) from None
 
 
-@router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(404))
 async def end_session(session_id: SessionId, service: ServiceDep) -> None:
     """Forget a session's history (a player that stops early)."""
     if not service.store.drop(session_id):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from abr_server.deps import ServiceDep
@@ -26,7 +27,7 @@ async def readyz(service: ServiceDep, response: Response) -> dict[str, object]:
             "telemetry_ok": telemetry_ok}  # fmt: skip
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(service: ServiceDep) -> Response:
     """Prometheus exposition."""
     service.metrics.sessions.set(len(service.store))
