@@ -29,4 +29,12 @@ class Metrics:
         self.model_swaps = Counter("abr_model_swaps_total", "Model activations.", registry=r)
         self.repeats = Counter("abr_repeated_reports_total", "Reports of the chunk answered last (retries), "
                                "answered from the session's last decision.", registry=r)  # fmt: skip
-        self.telemetry_rows = Counter("abr_telemetry_rows_total", "Chunk reports committed.", registry=r)
+        self.telemetry_rows = Counter("abr_telemetry_rows_total", "Chunk reports journaled (durable).", registry=r)
+        self.telemetry_spilled = Gauge("abr_telemetry_spilled_rows", "Chunk reports waiting in memory for the "
+                                       "journal to be writable again.", registry=r)  # fmt: skip
+        self.telemetry_dropped = Gauge("abr_telemetry_dropped_rows", "Chunk reports lost because the spill was "
+                                       "full (since start).", registry=r)  # fmt: skip
+        self.telemetry_outages = Gauge("abr_telemetry_outages", "Times the journal stopped being writable "
+                                       "(since start).", registry=r)  # fmt: skip
+        self.telemetry_unmoved = Gauge("abr_telemetry_unmoved_rows", "Journaled reports that cannot reach the "
+                                       "database now (retried).", registry=r)  # fmt: skip

@@ -15,7 +15,7 @@ from abr_server.inference import LoadedModel, MicroBatcher, ModelSlot
 from abr_server.metrics import Metrics
 from abr_server.registry import ModelRegistry, RegistryError
 from abr_server.schemas import ChunkReport, Decision
-from abr_server.sessions import Session, SessionStore
+from abr_server.sessions import Session, SessionStore, sweep_interval_s
 from abr_server.settings import Settings
 from abr_server.telemetry import TelemetryStore
 from policy.base import Policy, make_policy
@@ -49,6 +49,7 @@ class DecisionService:
             else None
         )
         self._watcher: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._swap_lock = asyncio.Lock()
 
     def _classic(self, spec: str) -> Policy:
@@ -56,18 +57,47 @@ class DecisionService:
         policy.begin(1, self.video)
         return policy
 
+    def telemetry_state(self) -> str:
+        """``off`` (no database), ``ok``, ``spilling`` (the journal cannot be written; rows wait in memory),
+        ``dropping`` (and the spill is full) or ``not_moving`` (journaled rows cannot reach the database)."""
+        store = self.telemetry
+        if store is None:
+            return "off"
+        if not store.journal_ok:
+            return "dropping" if store.spilled >= store.spill_max_rows else "spilling"
+        return "not_moving" if store.failed else "ok"
+
+    def observe_gauges(self) -> None:
+        """Bring the gauges up to date (before /metrics answers)."""
+        self.metrics.sessions.set(len(self.store))
+        store = self.telemetry
+        if store is not None:
+            self.metrics.telemetry_spilled.set(store.spilled)
+            self.metrics.telemetry_dropped.set(store.dropped)
+            self.metrics.telemetry_outages.set(store.outages)
+            self.metrics.telemetry_unmoved.set(store.failed)
+
+    async def _sweep_sessions(self) -> None:
+        interval_s = sweep_interval_s(self.store.ttl_s)
+        while True:
+            await asyncio.sleep(interval_s)
+            if self.store.sweep():
+                self.metrics.sessions.set(len(self.store))
+
     async def start(self) -> None:
-        """Start background tasks (micro-batcher, registry watcher)."""
+        """Start background tasks (micro-batcher, registry watcher, session sweep)."""
         await self.batcher.start()
+        self._sweeper = asyncio.create_task(self._sweep_sessions(), name="abr-session-sweep")
         if self.settings.watch_interval_s > 0 and self.registry.root is not None:
             self._watcher = asyncio.create_task(self._watch(), name="abr-registry-watcher")
 
     async def stop(self) -> None:
         """Stop background tasks and commit queued telemetry."""
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        for task in (self._watcher, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.batcher.stop()
         if self.telemetry is not None:
             await asyncio.to_thread(self.telemetry.close)
@@ -98,12 +128,12 @@ class DecisionService:
             decision = await self._choose(session, report)
             session.last_report, session.last_decision = report, decision
             if self.telemetry is not None:
-                try:
-                    self.telemetry.append(self._row(session_id, report, decision))  # journaled: durable now
-                    self.metrics.telemetry_rows.inc()
-                except Exception:  # the player still gets its answer; the loss is counted
+                try:  # journaled (durable now) or, while the journal cannot be written, spilled or dropped
+                    if self.telemetry.append(self._row(session_id, report, decision)):
+                        self.metrics.telemetry_rows.inc()
+                except ValueError as err:  # a row the journal refuses: the player still gets its answer
                     self.metrics.errors.labels("telemetry").inc()
-                    log.exception("telemetry write failed")
+                    log.error("telemetry row of session %r refused: %s", session_id, err)
         if decision.end_of_video:
             self.store.drop(session_id)
         self.metrics.decisions.labels(decision.policy).inc()

@@ -19,6 +19,9 @@ from policy.base import Policy
 from simulator.observation import Observation, ObservationBuilder, ObservationSpec
 from simulator.video import Video
 
+#: The server sweeps idle sessions at least this often.
+MAX_SWEEP_INTERVAL_S = 60.0
+
 
 class ReportError(ValueError):
     """A report that does not fit the served video or the session (answered with 422)."""
@@ -115,10 +118,23 @@ class SessionStore:
         return self._sessions.pop(session_id, None) is not None
 
     def sweep(self, now_s: float | None = None) -> int:
-        """Forget every session idle longer than the TTL; returns how many."""
+        """Forget every session idle longer than the TTL; returns how many.
+
+        Sessions are kept least recently used first, so this stops at the first one still fresh: its cost
+        is the number of sessions it forgets, not the number kept.
+        """
         now_s = time.monotonic() if now_s is None else now_s
-        stale = [sid for sid, s in self._sessions.items() if now_s - s.last_seen_s > self.ttl_s]
-        for sid in stale:
-            del self._sessions[sid]
-        self.expired += len(stale)
-        return len(stale)
+        forgotten = 0
+        while self._sessions:
+            session = next(iter(self._sessions.values()))
+            if now_s - session.last_seen_s <= self.ttl_s:
+                break
+            self._sessions.popitem(last=False)
+            forgotten += 1
+        self.expired += forgotten
+        return forgotten
+
+
+def sweep_interval_s(ttl_s: float) -> float:
+    """How often the server sweeps idle sessions: a quarter of the TTL, between 1 s and `MAX_SWEEP_INTERVAL_S`."""
+    return min(max(ttl_s / 4, 1.0), MAX_SWEEP_INTERVAL_S)

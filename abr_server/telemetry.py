@@ -13,11 +13,19 @@ segment's name as ingested, and deletes the segment. Rows reach SQLite within ab
 Each process holds an exclusive ``flock`` on the segments it has not ingested yet. Segments whose owner
 died (a killed server) are ingested by the next store opened on the database, or by `ingest_pending`;
 the ingested-segment record makes that exactly-once even if a crash came between commit and delete.
+
+When the journal cannot be written (disk full, quota, I/O error), decisions go on: rows wait in a
+bounded in-memory spill (`SPILL_MAX_ROWS`; newer rows queue behind older ones, so order is kept) and the
+writer thread retries every interval; a row that finds the spill full is dropped and counted. Spilled
+rows are not durable: a crash during the outage loses them. One log line marks the outage's start, one
+its end (with the rows spilled and dropped). A write that fails half-way is cut back, so the journal
+never holds a torn row in the middle.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -25,6 +33,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +65,10 @@ INSERT_JSON = (
 #: How often the writer moves journaled rows into SQLite.
 FLUSH_INTERVAL_S = 0.1
 SEGMENT_SUFFIX = ".jsonl"
+#: Rows held in memory while the journal cannot be written (about 250 bytes each: 25 MB).
+SPILL_MAX_ROWS = 100_000
+#: Spilled rows go back to the journal in writes of at most this many.
+SPILL_BATCH_ROWS = 1000
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -81,6 +94,30 @@ class _Segment:
     name: str
     fd: int
     rows: list[str]  # each row as a JSON array
+    size: int = 0  # bytes of whole rows written
+
+
+_write = os.write  # the one system call that journals rows (tests replace it to fill the disk)
+
+
+def _append_lines(segment: _Segment, texts: Sequence[str]) -> OSError | None:
+    """Write ``texts`` (rows) to ``segment`` in one call; on failure, cut the file back and return why."""
+    data = "".join(text + "\n" for text in texts).encode()
+    problem: OSError | None = None
+    try:
+        written = _write(segment.fd, data)
+    except OSError as err:
+        written, problem = -1, err
+    if problem is None and written != len(data):
+        problem = OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
+    if problem is not None:
+        if written != 0:  # a failed write may still have left part of it
+            with contextlib.suppress(OSError):
+                os.ftruncate(segment.fd, segment.size)  # no torn row for a recovery to trip on
+        return problem
+    segment.size += written
+    segment.rows.extend(texts)
+    return None
 
 
 def _read_segment(file: Path) -> tuple[list[str], int]:
@@ -157,8 +194,12 @@ def ingest_pending(path: Path) -> int:
 class TelemetryStore:
     """Journals rows on `append` (durable on return); a writer thread moves them into SQLite."""
 
-    def __init__(self, path: Path, flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
-        self.path, self.flush_interval_s = path, flush_interval_s
+    def __init__(
+        self, path: Path, flush_interval_s: float = FLUSH_INTERVAL_S, spill_max_rows: int = SPILL_MAX_ROWS
+    ) -> None:
+        if spill_max_rows < 1:
+            raise ValueError(f"spill_max_rows must be at least 1, got {spill_max_rows}")
+        self.path, self.flush_interval_s, self.spill_max_rows = path, flush_interval_s, spill_max_rows
         self._conn = connect(path)
         self._dir = journal_dir(path)
         try:
@@ -177,6 +218,11 @@ class TelemetryStore:
         self.rows_written = 0
         self.failed = 0  # rows whose move into SQLite is failing now (they stay journaled and are retried)
         self.failures = 0  # failed attempts so far
+        self._spill: deque[str] = deque()  # rows waiting for the journal to be writable again
+        self.spilled_total = 0  # rows that went through the spill
+        self.dropped = 0  # rows lost because the spill was full
+        self.outages = 0  # times the journal stopped being writable
+        self._outage: tuple[int, int] | None = None  # (spilled_total, dropped) when the current outage began
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="abr-telemetry", daemon=True)
         self._thread.start()
@@ -188,16 +234,65 @@ class TelemetryStore:
         fcntl.flock(fd, fcntl.LOCK_EX)  # ours until ingested: no other process recovers it meanwhile
         return _Segment(name, fd, [])
 
-    def append(self, row: Sequence[Any]) -> None:
-        """Journal ``row`` (values in `COLUMNS` order); on return it survives a crash of this process."""
+    @property
+    def spilled(self) -> int:
+        """Rows in memory now, waiting for the journal."""
+        return len(self._spill)
+
+    @property
+    def journal_ok(self) -> bool:
+        """The journal is being written (no outage now)."""
+        return self._outage is None
+
+    def append(self, row: Sequence[Any]) -> bool:
+        """Journal ``row`` (values in `COLUMNS` order): True if it is durable on return (survives a crash of
+        this process), False if it waits in the spill or was dropped (the journal cannot be written).
+
+        Raises ValueError for a row of the wrong length or with a non-finite number (nothing is kept).
+        """
         if len(row) != len(COLUMNS):
             raise ValueError(f"telemetry row has {len(row)} values, expected {len(COLUMNS)}")
         text = json.dumps(list(row), separators=(",", ":"), allow_nan=False)  # non-finite: ValueError
-        line = (text + "\n").encode()
         with self._lock:
-            if os.write(self._current.fd, line) != len(line):
-                raise OSError(f"telemetry journal {self._dir}: short write")
-            self._current.rows.append(text)
+            if not self._spill:
+                problem = _append_lines(self._current, (text,))
+                if problem is None:
+                    return True
+                self._begin_outage(problem)
+            if len(self._spill) >= self.spill_max_rows:
+                if self.dropped == (self._outage[1] if self._outage else 0):
+                    log.error("telemetry: spill full (%d rows); dropping rows until the journal is writable",
+                              len(self._spill))  # fmt: skip
+                self.dropped += 1
+            else:
+                self._spill.append(text)
+                self.spilled_total += 1
+            return False
+
+    def _begin_outage(self, problem: OSError) -> None:
+        if self._outage is None:
+            self._outage = (self.spilled_total, self.dropped)
+            self.outages += 1
+            log.error("telemetry journal %s: cannot write (%s); rows wait in memory (up to %d) and are retried",
+                      self._dir, problem, self.spill_max_rows)  # fmt: skip
+
+    def _drain_spill(self) -> None:
+        """Move spilled rows into the journal, oldest first, while it takes them."""
+        while True:
+            with self._lock:
+                if not self._spill:
+                    break
+                batch = [self._spill[k] for k in range(min(SPILL_BATCH_ROWS, len(self._spill)))]
+                if _append_lines(self._current, batch) is not None:
+                    return  # still failing: the next interval retries
+                for _ in batch:
+                    self._spill.popleft()
+        with self._lock:
+            if self._outage is not None:
+                spilled, dropped = self.spilled_total - self._outage[0], self.dropped - self._outage[1]
+                self._outage = None
+                log.warning("telemetry journal %s: writable again; %d spilled row(s) journaled, %d dropped",
+                            self._dir, spilled, dropped)  # fmt: skip
 
     def flush(self) -> None:
         """Move everything journaled so far into SQLite now (the writer does this every interval)."""
@@ -234,7 +329,14 @@ class TelemetryStore:
         """Move what is journaled into SQLite and stop the writer (rows that cannot be stay journaled)."""
         self._stop.set()
         self._thread.join(timeout=30)
-        self.flush()
+        self._drain_spill()
+        if self._spill:
+            log.error("telemetry: %d spilled row(s) lost at shutdown (the journal %s cannot be written)",
+                      len(self._spill), self._dir)  # fmt: skip
+        try:
+            self.flush()
+        except OSError as err:  # no new segment file: what is journaled stays for the next start
+            log.error("telemetry journal %s: %s; journaled rows are ingested at the next start", self._dir, err)
         with self._lock:
             if not self._current.rows:  # else: appended meanwhile; the next start ingests it
                 self._retire(self._current)
@@ -246,6 +348,8 @@ class TelemetryStore:
 
     def _run(self) -> None:
         while not self._stop.wait(self.flush_interval_s):
+            if self._spill or self._outage is not None:
+                self._drain_spill()
             if self._current.rows or self._closed_segments:  # a racy peek is fine: the next turn sees it
                 try:
                     self.flush()

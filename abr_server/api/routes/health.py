@@ -18,17 +18,19 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(service: ServiceDep, response: Response) -> dict[str, object]:
-    """A model is loaded and telemetry is writable."""
-    telemetry_ok = service.telemetry is None or service.telemetry.failed == 0
-    ready = telemetry_ok
-    response.status_code = 200 if ready else 503
-    return {"ready": ready, "model_version": service.slot.current.version, "sessions": len(service.store),
-            "telemetry_ok": telemetry_ok}  # fmt: skip
+async def readyz(service: ServiceDep) -> dict[str, object]:
+    """Ready to decide (a model or the fallback rule is loaded: always, once started).
+
+    Telemetry is reported but does not make the server unready: a disk that fills up on every replica
+    must not take them all out of the load balancer while they can still answer players. Alert on
+    ``telemetry`` (or on /metrics) instead.
+    """
+    return {"ready": True, "model_version": service.slot.current.version, "sessions": len(service.store),
+            "telemetry_ok": service.telemetry_state() == "ok", "telemetry": service.telemetry_state()}  # fmt: skip
 
 
 @router.get("/metrics", response_class=PlainTextResponse, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(service: ServiceDep) -> Response:
     """Prometheus exposition."""
-    service.metrics.sessions.set(len(service.store))
+    service.observe_gauges()
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
