@@ -172,7 +172,7 @@ _PROBLEMS = {
     404: "No such session or model version.",
     409: "The model version was refused, or there is nothing to roll back to.",
     413: "The request body is larger than ABR_MAX_BODY_BYTES.",
-    503: "Not ready, or a required file is missing.",
+    503: "A file the route serves is not installed.",
 }
 
 

@@ -138,8 +138,8 @@ def test_pensieve_derived_download_is_bounded(client: TestClient) -> None:
 def test_openapi_declares_the_error_answers_and_the_metrics_text(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     decision = paths["/v1/sessions/{session_id}/decision"]["post"]
-    assert {"200", "413", "422", "503"} <= set(decision["responses"])
+    assert {"200", "413", "422"} <= set(decision["responses"])
     assert decision["requestBody"]["content"]["application/json"]["schema"]["title"] == "ChunkReport"
-    assert {"200", "413", "422", "503"} <= set(paths["/"]["post"]["responses"])
+    assert {"200", "413", "422"} <= set(paths["/"]["post"]["responses"])
     assert "404" in paths["/v1/sessions/{session_id}"]["delete"]["responses"]
     assert "application/json" not in paths["/metrics"]["get"]["responses"]["200"]["content"]

@@ -7,8 +7,9 @@ from pydantic import BaseModel
 
 from abr_server.deps import AdminDep, ServiceDep
 from abr_server.registry import RegistryError
+from abr_server.schemas import problem_responses
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep], responses=problem_responses(401, 403))
 
 
 class ModelsView(BaseModel):
@@ -31,7 +32,7 @@ async def models(service: ServiceDep) -> ModelsView:
     return _view(service)
 
 
-@router.post("/models/{version}/activate", response_model=ModelsView)
+@router.post("/models/{version}/activate", response_model=ModelsView, responses=problem_responses(404, 409))
 async def activate(version: str, service: ServiceDep) -> ModelsView:
     """Serve ``version`` (validated first; a refused checkpoint leaves the current model serving)."""
     try:
@@ -43,7 +44,7 @@ async def activate(version: str, service: ServiceDep) -> ModelsView:
     return _view(service)
 
 
-@router.post("/models/rollback", response_model=ModelsView)
+@router.post("/models/rollback", response_model=ModelsView, responses=problem_responses(409))
 async def rollback(service: ServiceDep) -> ModelsView:
     """Serve the previously served model again."""
     try:

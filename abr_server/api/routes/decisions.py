@@ -33,7 +33,7 @@ _REPORT_BODY = {
 
 
 @router.post("/sessions/{session_id}/decision", response_model=Decision, openapi_extra=_REPORT_BODY,
-             responses=problem_responses(413, 503))  # fmt: skip
+             responses=problem_responses(413))  # fmt: skip
 async def decision(session_id: SessionId, request: Request, service: ServiceDep) -> Decision:
     """Report the chunk just downloaded; get the level of the next one."""
     try:

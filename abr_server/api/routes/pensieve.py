@@ -23,7 +23,7 @@ _PENSIEVE_BODY = {
 
 
 @router.post("/", response_class=PlainTextResponse, openapi_extra=_PENSIEVE_BODY,
-             responses=problem_responses(413, 422, 503))  # fmt: skip
+             responses=problem_responses(413, 422))  # fmt: skip
 async def pensieve(request: Request, service: ServiceDep) -> PlainTextResponse:
     """Decide like Pensieve's server: the body is the client's JSON report, the reply the level index."""
     try:
