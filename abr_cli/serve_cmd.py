@@ -37,6 +37,10 @@ def serve(
     telemetry_db: Annotated[
         Path | None, typer.Option(help="SQLite telemetry file [default: abr-telemetry.sqlite].")
     ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="Origin whose pages may call the player endpoints (repeatable; '' for none) [default: *]."),
+    ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Server processes (each with its own sessions).")] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
@@ -56,6 +60,8 @@ def serve(
         # Options become ABR_* variables so that every worker process builds the same settings.
         given = {"DEVICE": device, "VIDEO": video, "POLICY": policy, "MODELS_DIR": models, "MEDIA_DIR": media,
                  "LINK_TRACE": link_trace, "LINK_DELAY_MS": link_delay_ms, "TELEMETRY_DB": telemetry_db}  # fmt: skip
+        if cors_origin is not None:
+            given["CORS_ORIGINS"] = ",".join(cors_origin)
         for name, value in given.items():
             if value is not None:
                 os.environ[f"ABR_{name}"] = str(value)

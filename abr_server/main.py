@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from abr_server.api.routes import admin, decisions, health, pensieve, player
+from abr_server.api.routes.admin import ADMIN_PREFIX
+from abr_server.api.routes.pensieve import SESSION_HEADER
 from abr_server.bodies import PAYLOAD_TOO_LARGE, TOO_LARGE
 from abr_server.fastpath import DecisionFastPath, reply_json
 from abr_server.media import MediaApp
@@ -74,6 +76,25 @@ class _TooLarge(Exception):
     pass
 
 
+class PlayerCORS:
+    """CORS for what players call (no credentials: any listed origin, ``*`` by default); never for admin.
+
+    Preflights are answered for the methods and headers players use; ``Authorization`` is not among
+    them, and requests under ``/admin`` pass by the CORS layer, so no page can call an admin route.
+    """
+
+    def __init__(self, app: ASGIApp, origins: list[str]) -> None:
+        self.app = app
+        self.cors = CORSMiddleware(app, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
+                                   allow_headers=["content-type", SESSION_HEADER], max_age=600)  # fmt: skip
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith(ADMIN_PREFIX):
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
     """422 naming each bad field; the offending values are not echoed (they may not even be valid JSON)."""
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
@@ -111,8 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.fast_path:
         app.add_middleware(DecisionFastPath)  # innermost: CORS and the body limit still apply
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["*"])  # fmt: skip
+        app.add_middleware(PlayerCORS, origins=settings.cors_origins)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     for module in (decisions, pensieve, admin, health, player):
         app.include_router(module.router)

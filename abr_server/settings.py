@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from simulator.link import LinkConfig
+
+#: Any page may call the player endpoints (they carry no credentials): the default.
+ANY_ORIGIN = "*"
+_ORIGIN = re.compile(r"https?://[^/\s?#]+")
 
 
 class Settings(BaseSettings):
@@ -48,7 +54,12 @@ class Settings(BaseSettings):
         description="Reports are journaled before the answer and moved into the database this often.",
     )  # fmt: skip
     admin_token: SecretStr | None = Field(None, description="Bearer token of the admin routes (unset: admin off).")
-    cors_origins: list[str] = Field(default_factory=list, description="Player origins allowed by CORS.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        [ANY_ORIGIN],
+        description="Origins whose pages may call the player endpoints (decisions, the Pensieve API, /player, "
+        "/media): '*' (any: the default), origins separated by commas, or a JSON list; empty: none. Admin routes "
+        "never answer cross-origin requests.",
+    )
     fast_path: bool = Field(
         True, description="Answer the v1 decision endpoint in a lean ASGI layer (false: through FastAPI's router)."
     )
@@ -74,6 +85,29 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         """``ABR_TELEMETRY_DB=`` (empty) means off, not the current directory."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins_from_text(cls, value: object) -> object:
+        """``*``, ``https://a.example, http://b:8080`` or a JSON list."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ValueError(f"not a JSON list of origins: {text!r}") from None
+        return [part.strip() for part in text.split(",") if part.strip()]
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_are_origins(cls, origins: list[str]) -> list[str]:
+        cleaned = [origin.rstrip("/") if origin != ANY_ORIGIN else origin for origin in origins]
+        for origin in cleaned:
+            if origin != ANY_ORIGIN and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin (http[s]://host[:port], no path) or '*'")
+        return cleaned
 
     @model_validator(mode="after")
     def _link_needs_media(self) -> Settings:

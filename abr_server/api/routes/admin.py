@@ -9,7 +9,9 @@ from abr_server.deps import AdminDep, ServiceDep
 from abr_server.registry import RegistryError
 from abr_server.schemas import problem_responses
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep], responses=problem_responses(401, 403))
+#: Where the admin routes live (never open to cross-origin pages).
+ADMIN_PREFIX = "/admin"
+router = APIRouter(prefix=ADMIN_PREFIX, tags=["admin"], dependencies=[AdminDep], responses=problem_responses(401, 403))
 
 
 class ModelsView(BaseModel):
