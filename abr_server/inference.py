@@ -7,12 +7,18 @@ inline in the event loop (no thread hand-off: the choice for the folded actor on
 pass takes 0.05-0.5 ms and waking a thread under the GIL measured several ms of latency at moderate
 load, see BENCHMARKS.md). The model lives in a `ModelSlot` whose swap is one reference assignment: a batch
 runs entirely on the model it started with, and no request is dropped by a swap.
+
+A state whose logits are not all finite (NaN or inf, on any path: eager, folded, CUDA graphs) gets no
+level: its caller gets `NonFiniteOutput` and answers with the fallback rule, the other states of the
+batch are answered as usual. With `NoModel` in the slot (no version could be served) every caller gets
+`NoModelServed`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,10 +26,57 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 import torch
+from torch import nn
 
 from abr_server.cuda_graphs import GraphedActor
 from policy.learning.dense import DenseActor
 from policy.learning.network import ActorCritic
+
+log = logging.getLogger("abr_server")
+
+#: The level `forward_levels` gives a state whose logits are not all finite.
+NONFINITE = -1
+
+
+class ModelUnavailable(RuntimeError):
+    """The model gives no level for a state; the caller answers with the fallback rule (``reason``: metrics)."""
+
+    reason = "model_error"
+
+
+class NonFiniteOutput(ModelUnavailable):
+    """The model's logits for this state are NaN or infinite."""
+
+    reason = "nonfinite_output"
+
+
+class NoModelServed(ModelUnavailable):
+    """No model version is served (none could be validated)."""
+
+    reason = "no_model"
+
+
+def flag_nonfinite(logits: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` logits plus one column that wins the argmax exactly in the rows that are not all finite.
+
+    An argmax of ``L`` then means "no level": a check that fits inside a captured CUDA graph.
+    """
+    finite = torch.isfinite(logits).all(dim=-1, keepdim=True)
+    flag = torch.where(finite, -torch.inf, torch.inf).to(logits.dtype)
+    return torch.cat([torch.where(finite, logits, torch.zeros_like(logits)), flag], dim=-1)
+
+
+class FlaggedActor(DenseActor):
+    """A `DenseActor` whose output is `flag_nonfinite` of its logits (what the CUDA graphs capture)."""
+
+    def __init__(self, actor: DenseActor) -> None:
+        nn.Module.__init__(self)  # shares the folded actor's buffers rather than folding the model again
+        for name, buffer in actor.named_buffers():
+            self.register_buffer(name, buffer)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Flagged logits ``[B, n_levels + 1]``."""
+        return flag_nonfinite(super().forward(obs))
 
 
 @dataclass(frozen=True)
@@ -44,7 +97,8 @@ class LoadedModel:
     def __post_init__(self) -> None:
         object.__setattr__(self, "actor", DenseActor(self.model).to(self.device).eval())
         use_graphs = self.cuda_graphs and self.device.type == "cuda"
-        object.__setattr__(self, "graphs", GraphedActor(self.actor, self.model.width) if use_graphs else None)
+        graphs = GraphedActor(FlaggedActor(self.actor), self.model.width) if use_graphs else None
+        object.__setattr__(self, "graphs", graphs)
 
     def prepare(self, max_batch: int) -> None:
         """Do the one-time work of serving batches up to ``max_batch`` now (CUDA graph capture), not on a request."""
@@ -52,25 +106,57 @@ class LoadedModel:
             self.graphs.prepare(max_batch)
 
 
+@dataclass(frozen=True)
+class NoModel:
+    """What the slot holds when no version could be served: learned decisions come from the fallback rule."""
+
+    device: torch.device
+    version: None = None
+
+
 class ModelSlot:
     """The model currently served; `swap` replaces it atomically."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
-        self.current = loaded
+    def __init__(self, loaded: LoadedModel | NoModel) -> None:
+        self.current: LoadedModel | NoModel = loaded
         self.previous: LoadedModel | None = None
 
     def swap(self, loaded: LoadedModel) -> None:
-        """Serve ``loaded`` from the next batch on; the old model stays for rollback."""
-        self.previous, self.current = self.current, loaded
+        """Serve ``loaded`` from the next batch on; the old model (if there was one) stays for rollback."""
+        if isinstance(self.current, LoadedModel):
+            self.previous = self.current
+        self.current = loaded
 
 
 def forward_levels(loaded: LoadedModel, states: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
-    """Greedy levels for a batch of states ``[B, 6, W]`` (through CUDA graphs where the model has them)."""
+    """Greedy levels for a batch of states ``[B, 6, W]`` (through CUDA graphs where the model has them).
+
+    A state whose logits are not all finite gets `NONFINITE`.
+    """
     if loaded.graphs is not None:
-        return loaded.graphs(states)
+        levels = loaded.graphs(states)
+        levels[levels >= loaded.model.n_levels] = NONFINITE  # the flag column of `flag_nonfinite` won
+        return levels
     with torch.inference_mode():
-        logits = loaded.actor(torch.from_numpy(states).to(loaded.device, non_blocking=True))
-        return logits.argmax(dim=-1).cpu().numpy().astype(np.int64)
+        logits = loaded.actor(torch.from_numpy(states).to(loaded.device, non_blocking=True)).cpu().numpy()
+    levels = logits.argmax(axis=-1).astype(np.int64)
+    finite = np.isfinite(logits).all(axis=-1)
+    if not finite.all():
+        levels[~finite] = NONFINITE
+    return levels
+
+
+def check_served(loaded: LoadedModel, states: npt.NDArray[np.float32]) -> str | None:
+    """None if the serving path gives every one of ``states`` a level, else what goes wrong (one line)."""
+    levels = forward_levels(loaded, states)
+    bad = int((levels == NONFINITE).sum())
+    if bad:
+        path = "CUDA graphs" if loaded.graphs is not None else "folded actor"
+        return f"non-finite logits on {bad} of {len(states)} probe observations through the served {path}"
+    n_levels = loaded.model.n_levels
+    if levels.shape != (len(states),) or not ((levels >= 0) & (levels < n_levels)).all():
+        return f"the served path gives levels {levels.tolist()} for {len(states)} probe observations"
+    return None
 
 
 @dataclass
@@ -90,10 +176,14 @@ class MicroBatcher:
         on_batch: Callable[[int], None] | None = None,
         forward: Callable[[LoadedModel, npt.NDArray[np.float32]], npt.NDArray[np.int64]] = forward_levels,
         inline: bool = False,
+        on_nonfinite: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_batch(n)`` after each forward pass of ``n`` states; ``on_nonfinite(n)`` when ``n`` of them had
+        non-finite logits (each version's first such batch is also logged)."""
         self.slot, self.max_batch, self.max_wait_s = slot, max_batch, max_wait_s
         self.inline = inline
-        self.on_batch, self.forward = on_batch, forward
+        self.on_batch, self.forward, self.on_nonfinite = on_batch, forward, on_nonfinite
+        self._nonfinite_logged: set[str] = set()
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="abr-inference")
         self._task: asyncio.Task[None] | None = None
@@ -149,6 +239,10 @@ class MicroBatcher:
             if not live:
                 continue
             loaded = self.slot.current
+            if isinstance(loaded, NoModel):
+                for p in live:
+                    p.future.set_exception(NoModelServed("no model version is served"))
+                continue
             states = np.stack([p.state for p in live])
             try:
                 if self.inline:
@@ -162,6 +256,23 @@ class MicroBatcher:
                 continue
             if self.on_batch is not None:
                 self.on_batch(len(live))
-            for p, level in zip(live, levels, strict=True):
+            self._deliver(live, levels, loaded.version)
+
+    def _deliver(self, live: list[_Pending], levels: npt.NDArray[np.int64], version: str) -> None:
+        nonfinite = 0
+        for p, level in zip(live, levels, strict=True):
+            if level < 0:
+                nonfinite += 1
                 if not p.future.done():
-                    p.future.set_result((int(level), loaded.version))
+                    p.future.set_exception(NonFiniteOutput(f"model version {version!r}: non-finite logits"))
+            elif not p.future.done():
+                p.future.set_result((int(level), version))
+        if nonfinite:
+            if self.on_nonfinite is not None:
+                self.on_nonfinite(nonfinite)
+            if version not in self._nonfinite_logged:
+                self._nonfinite_logged.add(version)
+                log.warning(
+                    "model version %s gave non-finite logits for %d of %d states; those decisions come from the "
+                    "fallback rule (logged once per version)", version, nonfinite, len(live),
+                )  # fmt: skip

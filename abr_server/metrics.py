@@ -27,6 +27,12 @@ class Metrics:
         self.errors = Counter("abr_errors_total", "Rejected or failed requests by kind.", ["kind"], registry=r)
         self.sessions = Gauge("abr_sessions", "Sessions kept in memory.", registry=r)
         self.model_swaps = Counter("abr_model_swaps_total", "Model activations.", registry=r)
+        self.registry_refused = Counter("abr_registry_refused_total", "Model versions refused by validation "
+                                        "(start-up, activation, registry watcher).", registry=r)  # fmt: skip
+        self.registry_watch_errors = Counter("abr_registry_watch_errors_total", "Registry polls that failed "
+                                             "(the watcher keeps polling).", registry=r)  # fmt: skip
+        self.nonfinite_outputs = Counter("abr_nonfinite_outputs_total", "States whose logits were NaN or "
+                                         "infinite (answered by the fallback rule).", registry=r)  # fmt: skip
         self.repeats = Counter("abr_repeated_reports_total", "Reports of the chunk answered last (retries), "
                                "answered from the session's last decision.", registry=r)  # fmt: skip
         self.telemetry_rows = Counter("abr_telemetry_rows_total", "Chunk reports journaled (durable).", registry=r)

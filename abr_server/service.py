@@ -11,9 +11,9 @@ import time
 import numpy as np
 
 from abr_common.units import MS_PER_S
-from abr_server.inference import LoadedModel, MicroBatcher, ModelSlot
+from abr_server.inference import LoadedModel, MicroBatcher, ModelSlot, ModelUnavailable
 from abr_server.metrics import Metrics
-from abr_server.registry import ModelRegistry, RegistryError
+from abr_server.registry import ModelRegistry, RefusedVersion, RegistryError
 from abr_server.schemas import ChunkReport, Decision
 from abr_server.sessions import Session, SessionStore, sweep_interval_s
 from abr_server.settings import Settings
@@ -33,12 +33,15 @@ class DecisionService:
         self.settings, self.video, self.registry, self.metrics = settings, video, registry, metrics
         self.spec = ObservationSpec()
         self.store = SessionStore(video, self.spec, settings.max_sessions, settings.session_ttl_s)
-        self.slot = ModelSlot(registry.load_servable())
+        served, refused = registry.load_at_start()  # never raises: without a servable version, the fallback rule
+        self.metrics.registry_refused.inc(len(refused))
+        self.slot = ModelSlot(served)
         on_thread = settings.inference_thread
         if on_thread is None:
             on_thread = self.slot.current.device.type != "cpu"
         self.batcher = MicroBatcher(self.slot, settings.max_batch, settings.max_wait_ms / MS_PER_S,
-                                    on_batch=metrics.batch_size.observe, inline=not on_thread)  # fmt: skip
+                                    on_batch=metrics.batch_size.observe, inline=not on_thread,
+                                    on_nonfinite=metrics.nonfinite_outputs.inc)  # fmt: skip
         self.fallback = self._classic(settings.fallback_policy)
         for spec in {settings.policy, settings.ab_policy} - {None, LEARNED}:
             assert spec is not None
@@ -97,7 +100,10 @@ class DecisionService:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                    try:
+                        await task
+                    except Exception:  # a task that died must not fail the shutdown
+                        log.exception("background task %s had failed", task.get_name())
         await self.batcher.stop()
         if self.telemetry is not None:
             await asyncio.to_thread(self.telemetry.close)
@@ -159,6 +165,8 @@ class DecisionService:
             return self._decision(level, next_index, LEARNED, version)
         except TimeoutError:
             reason = "timeout"
+        except ModelUnavailable as err:  # non-finite logits, or no model served: counted, logged once by the batcher
+            reason = err.reason
         except Exception:
             reason = "model_error"
             log.exception("model inference failed; answering with the fallback")
@@ -181,7 +189,11 @@ class DecisionService:
     async def activate(self, version: str) -> LoadedModel:
         """Load, validate and serve ``version``; on any problem the current model stays."""
         async with self._swap_lock:
-            loaded = await asyncio.to_thread(self.registry.load, version)
+            try:
+                loaded = await asyncio.to_thread(self.registry.load, version)
+            except RefusedVersion:
+                self.metrics.registry_refused.inc()
+                raise
             self.slot.swap(loaded)
             self.registry.mark_active(version)
             self.metrics.model_swaps.inc()
@@ -199,17 +211,32 @@ class DecisionService:
             self.metrics.model_swaps.inc()
             return previous
 
-    async def _watch(self) -> None:
-        """Serve a version as soon as it appears in the registry (the newest of those that appeared)."""
-        seen = set(await asyncio.to_thread(self.registry.versions))
-        while True:
-            await asyncio.sleep(self.settings.watch_interval_s)
+    async def poll_registry(self) -> str | None:
+        """One look at the registry: serve the newest version that appeared since the last look and validates.
+
+        Returns the version now served, or None. Each new version is tried once: a refused one is logged in
+        one line and skipped (an older new version is tried next). Errors other than refusals propagate.
+        """
+        for version in await asyncio.to_thread(self.registry.new_versions):
             try:
-                versions = await asyncio.to_thread(self.registry.versions)
-                new = [v for v in versions if v not in seen]
-                seen.update(versions)
-                if new:
-                    await self.activate(new[-1])
+                await self.activate(version)
+                return version
             except RegistryError as err:
                 self.metrics.errors.labels("model_refused").inc()
                 log.warning("%s", err)
+        return None
+
+    async def _watch(self) -> None:
+        """Serve a version as soon as it appears in the registry; no error stops the watcher."""
+        problem = None
+        while True:
+            await asyncio.sleep(self.settings.watch_interval_s)
+            try:
+                await self.poll_registry()
+                problem = None
+            except Exception as err:  # an unreadable folder, a full disk for ACTIVE...: counted, logged once
+                self.metrics.registry_watch_errors.inc()
+                line = f"registry watch of {self.registry.root} failed ({type(err).__name__}: {err}); still polling"
+                if line != problem:
+                    log.error("%s", " ".join(line.split()))
+                problem = line

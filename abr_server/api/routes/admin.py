@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel
 
 from abr_server.deps import AdminDep, ServiceDep
-from abr_server.registry import RegistryError
+from abr_server.registry import RegistryError, UnknownVersion
 from abr_server.schemas import problem_responses
 
 #: Where the admin routes live (never open to cross-origin pages).
@@ -15,10 +15,10 @@ router = APIRouter(prefix=ADMIN_PREFIX, tags=["admin"], dependencies=[AdminDep],
 
 
 class ModelsView(BaseModel):
-    """Versions in the registry and the one served."""
+    """Versions in the registry and the one served (None: no version could be, the fallback rule answers)."""
 
     versions: list[str]
-    serving: str
+    serving: str | None
     previous: str | None
 
 
@@ -36,13 +36,15 @@ async def models(service: ServiceDep) -> ModelsView:
 
 @router.post("/models/{version}/activate", response_model=ModelsView, responses=problem_responses(404, 409))
 async def activate(version: str, service: ServiceDep) -> ModelsView:
-    """Serve ``version`` (validated first; a refused checkpoint leaves the current model serving)."""
+    """Serve ``version`` once it validates; 404 if unknown, 409 with one line naming the problem if refused
+    (the current model keeps serving)."""
     try:
         await service.activate(version)
+    except UnknownVersion as err:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(err)) from None
     except RegistryError as err:
         service.metrics.errors.labels("model_refused").inc()
-        code = status.HTTP_404_NOT_FOUND if "not found" in str(err) else status.HTTP_409_CONFLICT
-        raise HTTPException(code, detail=str(err)) from None
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(err)) from None
     return _view(service)
 
 
