@@ -59,11 +59,15 @@ class NoModelServed(ModelUnavailable):
 def flag_nonfinite(logits: torch.Tensor) -> torch.Tensor:
     """``[B, L]`` logits plus one column that wins the argmax exactly in the rows that are not all finite.
 
-    An argmax of ``L`` then means "no level": a check that fits inside a captured CUDA graph.
+    An argmax of ``L`` then means "no level": a check that fits inside a captured CUDA graph (no host
+    synchronisation, no new shapes). In a finite row the extra column is below the row's maximum (or ties
+    with it, for huge logits, and an argmax returns the first maximum); elsewhere the row is zeros and the
+    extra column is 1.
     """
     finite = torch.isfinite(logits).all(dim=-1, keepdim=True)
-    flag = torch.where(finite, -torch.inf, torch.inf).to(logits.dtype)
-    return torch.cat([torch.where(finite, logits, torch.zeros_like(logits)), flag], dim=-1)
+    guarded = torch.where(finite, logits, torch.zeros_like(logits))
+    top = guarded.amax(dim=-1, keepdim=True)
+    return torch.cat([guarded, torch.where(finite, top - 1, top + 1)], dim=-1)
 
 
 class FlaggedActor(DenseActor):

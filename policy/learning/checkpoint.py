@@ -34,7 +34,7 @@ from policy.learning.config import NetworkConfig
 from policy.learning.network import ROW_THROUGHPUT, ActorCritic
 from policy.learning.optim import EntryAdam
 from simulator.observation import N_STATE_ROWS, ObservationBuilder, ObservationSpec
-from simulator.video import DEFAULT_CHUNK_DURATION_S, Video
+from simulator.video import DEFAULT_CHUNK_DURATION_S, Video, VideoError
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -145,21 +145,26 @@ def load_checkpoint(folder: str | Path, video: Video | None = None, device: str 
     if not meta_path.is_file() or not model_path.is_file():
         raise CheckpointError(f"{folder}: not a checkpoint (needs {META_FILE} and {MODEL_FILE})")
     meta = _read_meta(meta_path)
+    where = "observation.spec"
     try:
         spec = ObservationSpec(**meta["observation"]["spec"])
+        where = "network"
         network = NetworkConfig(**meta["network"])
+        where = "video"
         ladder = tuple(meta["video"]["bitrates_kbps"])
         trained_s = meta["video"].get("chunk_duration_s", DEFAULT_CHUNK_DURATION_S)
+        if not all(_is_number(x) for x in (*ladder, trained_s)):
+            raise ValueError(f"bitrates_kbps {list(ladder)} and chunk_duration_s {trained_s!r} must be numbers")
     except ValidationError as err:
-        raise CheckpointError(f"{meta_path}: malformed metadata ({problems(err)})") from None
+        raise CheckpointError(f"{meta_path}: malformed metadata ({problems(_Within(where, err))})") from None
     except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise CheckpointError(f"{meta_path}: malformed metadata ({_one_line(err)})") from None
+        raise CheckpointError(f"{meta_path}: malformed metadata ({where}: {_one_line(err)})") from None
     if not 1 <= len(ladder) <= MAX_LEVELS:
         raise CheckpointError(f"{meta_path}: video.bitrates_kbps has {len(ladder)} levels (1..{MAX_LEVELS} allowed)")
     try:
-        probe_video = Video.synthetic(ladder, chunk_duration_s=trained_s, name="probe")
-    except (TypeError, ValueError) as err:  # not numbers, not increasing, not positive
-        raise CheckpointError(f"{meta_path}: malformed metadata (video: {_one_line(err)})") from None
+        probe_video = Video.synthetic(ladder, chunk_duration_s=trained_s, name="video")
+    except VideoError as err:  # not increasing, not positive (the message starts with "video: ")
+        raise CheckpointError(f"{meta_path}: malformed metadata ({_one_line(err)})") from None
     if video is not None:
         if tuple(video.bitrates_kbps) != ladder:
             raise CheckpointError(
@@ -214,6 +219,20 @@ def probe_states(video: Video, spec: ObservationSpec) -> npt.NDArray[np.float32]
     states = builder.observation().to_state(video, spec)
     zero = np.zeros((1, *states.shape[1:]), dtype=np.float32)
     return np.concatenate([zero, states])
+
+
+class _Within:
+    """A validation error's problems located inside the metadata section ``where``."""
+
+    def __init__(self, where: str, err: ValidationError) -> None:
+        self.where, self.err = where, err
+
+    def errors(self) -> list[dict[str, Any]]:
+        return [{**e, "loc": (self.where, *e["loc"])} for e in self.err.errors()]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _one_line(err: BaseException) -> str:
@@ -291,7 +310,8 @@ def _check_finite(model_path: Path, model: ActorCritic) -> None:
     for name, tensor in model.state_dict().items():
         bad = int((~torch.isfinite(tensor)).sum())
         if bad:
-            raise CheckpointError(f"{model_path}: tensor {name} holds {bad} non-finite values (NaN or inf)")
+            plural = "s" if bad > 1 else ""
+            raise CheckpointError(f"{model_path}: tensor {name} holds {bad} non-finite value{plural} (NaN or inf)")
 
 
 @torch.no_grad()
