@@ -126,48 +126,54 @@ class ModelRegistry:
         return loaded
 
     def load_servable(self) -> LoadedModel:
-        """The active version, or if that cannot be served, the newest version that can.
+        """The active version, or if that cannot be served, the newest version that can (refusals logged).
 
         `RegistryError` naming every refused version if none can; `load_at_start` never raises.
         """
-        loaded, problems = self._first_servable()
+        loaded, refused = self._first_servable()
         if loaded is None:
-            raise RegistryError(f"no servable model in {self.root}: " + ("; ".join(problems) or "no versions"))
+            raise RegistryError(f"no servable model in {self.root}: " + ("; ".join(refused) or "no versions"))
+        for line in refused:
+            log.warning("%s", line)
         return loaded
 
     def load_at_start(self) -> tuple[LoadedModel | NoModel, list[str]]:
-        """What a server starts serving, and the refusals (each logged in one line).
+        """What a server starts serving, and the refusals met on the way (one log line each).
 
         The active version, else the newest version that validates, else `NoModel` (every learned decision
-        then comes from the fallback rule, until a good version is activated or published).
+        then comes from the fallback rule, until a good version is activated or published). The last
+        refusal's line says what serves instead.
         """
         try:
-            loaded, problems = self._first_servable()
+            loaded, refused = self._first_servable()
         except OSError as err:  # the registry folder cannot be read at all
-            problems = [f"model registry {self.root} cannot be read: {err}"]
-            log.error("%s", problems[0])
-            loaded = None
+            log.error("model registry %s cannot be read (%s); the fallback rule answers every decision", self.root,
+                      " ".join(str(err).split()))  # fmt: skip
+            return NoModel(self.device), []
         if loaded is None:
-            log.error("no servable model version (%d refused); the fallback rule answers every decision",
-                      len(problems))  # fmt: skip
-            return NoModel(self.device), problems
-        if problems:
-            log.warning("serving model version %s instead", loaded.version)
-        return loaded, problems
+            outcome = "no version can be served, the fallback rule answers every decision"
+        else:
+            outcome = f"serving version {loaded.version!r} instead"
+        for line in refused[:-1]:
+            log.warning("%s", line)
+        if refused:
+            log.log(logging.ERROR if loaded is None else logging.WARNING, "%s; %s", refused[-1], outcome)
+        elif loaded is None:
+            log.error("no model version in %s; the fallback rule answers every decision", self.root)
+        return (NoModel(self.device) if loaded is None else loaded), refused
 
     def _first_servable(self) -> tuple[LoadedModel | None, list[str]]:
         versions = self.versions()
         self._known.update(versions)
         active = self.active_version()
         candidates = ([active] if active else []) + [v for v in reversed(versions) if v != active]
-        problems: list[str] = []
+        refused: list[str] = []
         for version in candidates:
             try:
-                return self.load(version), problems
+                return self.load(version), refused
             except RegistryError as err:
-                problems.append(str(err))
-                log.warning("%s", err)
-        return None, problems
+                refused.append(str(err))
+        return None, refused
 
     def new_versions(self) -> list[str]:
         """Versions that appeared since the last look (this call, `load_at_start`...), newest first.

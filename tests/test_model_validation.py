@@ -172,17 +172,23 @@ def test_start_up_with_active_naming_a_bad_version_serves_the_newest_good_one(
         assert client.post("/v1/sessions/a/decision", json=report()).json()["model_version"] == "v2"
         assert client.get("/readyz").json()["model_version"] == "v2"
         assert "abr_registry_refused_total 1.0" in client.get("/metrics").text
-    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
-    assert len(refusals) == 1
-    assert refusals[0].startswith("model version 'v3' refused: ")
+    lines = [r.getMessage() for r in caplog.records if r.name == "abr_server"]
+    assert len(lines) == 1  # one line: what was refused, why, and what serves instead
+    assert lines[0].startswith("model version 'v3' refused: ")
+    assert lines[0].endswith("; serving version 'v2' instead")
     assert (tmp_path / "ACTIVE").read_text() == "v3\n"  # the operator's choice is not rewritten
 
 
-def test_without_any_good_version_the_fallback_rule_answers_until_one_is_activated(tmp_path: Path) -> None:
+def test_without_any_good_version_the_fallback_rule_answers_until_one_is_activated(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     publish(tmp_path, "v1", None, set_entry("actor_head.weight", float("nan")))
     publish(tmp_path, "v2", {"network": {"hidden": 2_000_000}})
     settings = Settings(telemetry_db=None, admin_token=TOKEN, models_dir=tmp_path)  # type: ignore[arg-type]
-    with TestClient(create_app(settings)) as client:
+    with caplog.at_level(logging.WARNING, logger="abr_server"), TestClient(create_app(settings)) as client:
+        lines = [r.getMessage() for r in caplog.records if r.name == "abr_server"]
+        assert [line.split(":")[0] for line in lines] == ["model version 'v2' refused", "model version 'v1' refused"]
+        assert lines[-1].endswith("; no version can be served, the fallback rule answers every decision")
         decision = client.post("/v1/sessions/a/decision", json=report()).json()
         assert decision["policy"] == "fallback:bba"
         assert decision["model_version"] is None
