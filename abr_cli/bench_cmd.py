@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -239,6 +240,57 @@ def bench_serve(
             "inference": inference,
         }  # fmt: skip
         write_atomic(out, json.dumps(payload, indent=2).encode())
+
+
+@app.command("chaos")
+def bench_chaos(
+    seconds: Annotated[float, typer.Option(min=10.0, help="Length of the run (the phases scale with it).")] = 60.0,
+    rate: Annotated[float, typer.Option(min=1.0, help="Offered decisions/s (open loop).")] = 300.0,
+    players: Annotated[int, typer.Option(min=1, help="Concurrent players.")] = 48,
+    fuzz: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of requests with hostile bodies.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Seed of the players' timings and bodies.")] = 0,
+    keep: Annotated[Path | None, typer.Option(help="Keep the registry, database and logs in this folder.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
+) -> None:
+    """Load on a local server while it is hot-swapped (good and bad versions), starved of disk and killed.
+
+    Reports failures by cause, p99 per phase and whether every acknowledged report was stored once.
+    """
+    import tempfile
+
+    from abr_common.files import write_atomic
+    from abr_server.lab.chaos import ChaosConfig, run_chaos
+    from simulator.benchmark import machine_description
+
+    with user_errors():
+        output_path(out, "--out")
+        if keep is not None and keep.exists() and any(keep.iterdir()):
+            raise ValueError(f"--keep {keep}: the folder is not empty")
+        config = ChaosConfig(seconds=seconds, rate_per_s=rate, players=players, fuzz_fraction=fuzz, seed=seed)
+        with contextlib.ExitStack() as stack:
+            if keep is None:
+                workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="abr-chaos-")))
+            else:
+                keep.mkdir(parents=True, exist_ok=True)
+                workdir = keep
+            result = run_chaos(config, workdir)
+    result = {"date": dt.date.today().isoformat(), "machine": machine_description(), **result}
+    tel = result["telemetry"]
+    table = Table("phase", "p99 ms")
+    for phase, value in result["p99_ms"].items():
+        table.add_row(phase, "-" if value is None else f"{value:.2f}")
+    console.print(table)
+    console.print(f"requests {result['requests']:,} (reports {result['reports']:,}, fuzz {result['fuzz']:,}); "
+                  f"failures {result['failures'] or 'none'}; unexpected {result['unexpected_failures']}")  # fmt: skip
+    console.print(f"swaps {result['swaps']}; p99 swaps/steady {result['p99_swaps_over_steady']:.2f}"
+                  if result["p99_swaps_over_steady"] else f"swaps {result['swaps']}")  # fmt: skip
+    console.print(f"telemetry: {tel['acknowledged_while_writable']:,} acknowledged while writable, "
+                  f"{tel['missing']} missing, {tel['duplicated']} duplicated; "
+                  f"{tel['acknowledged_while_disk_full']:,} acknowledged while the disk was full, "
+                  f"{tel['stored_of_those']:,} of them stored; {tel['stored_not_acknowledged']} stored whose "
+                  f"answer was lost in the kill; server tracebacks {result['server_tracebacks']}")  # fmt: skip
+    if out is not None:
+        write_atomic(out, json.dumps(result, indent=2).encode())
 
 
 @app.command("ray")

@@ -83,6 +83,7 @@ def local_server(
     log_level: str = "warning",
     startup_s: float = 60.0,
     stop_s: float = 30.0,
+    port: int | None = None,
 ) -> Iterator[RunningServer]:
     """Run the server on a free loopback port until the block ends; yields its URL and process.
 
@@ -90,7 +91,8 @@ def local_server(
     name (applied after ``env``; None restores a field's default). The server's output goes to
     ``log_path`` (default: this process's stdout and stderr). Raises `ServerStartError` if the server exits
     or is not ready within ``startup_s``. At the end it gets ``stop_s`` to stop gracefully before it and
-    its process group are killed, so no worker of ``workers > 1`` outlives it.
+    its process group are killed, so no worker of ``workers > 1`` outlives it. ``port``: listen there
+    (default: a free one), e.g. to restart a server where its clients reconnect.
     """
     child_env = {**os.environ, **(env or {})}
     for key, value in settings_env(settings or {}).items():
@@ -98,7 +100,7 @@ def local_server(
             child_env.pop(key, None)
         else:
             child_env[key] = value
-    port = free_port()
+    port = free_port() if port is None else port
     cmd = [sys.executable, "-m", "abr_server", "--host", LOOPBACK, "--port", str(port), "--workers", str(workers),
            "--log-level", log_level]  # fmt: skip
     url = f"http://{LOOPBACK}:{port}"

@@ -42,7 +42,7 @@ class LoadResult:
         return self.decisions / self.seconds
 
 
-class _Connection:
+class Connection:
     """One keep-alive HTTP/1.1 connection speaking just enough of the protocol for JSON POSTs.
 
     httpx costs more CPU per request than the server under test; on a 2-core machine the load
@@ -54,7 +54,7 @@ class _Connection:
         self.reader, self.writer, self.host = reader, writer, host
 
     @classmethod
-    async def open(cls, url: str) -> _Connection:
+    async def open(cls, url: str) -> Connection:
         parts = urlsplit(url)
         if parts.scheme != "http" or parts.hostname is None:
             raise ValueError(f"load generator url {url!r}: only http://host:port is supported")
@@ -85,7 +85,7 @@ async def _player(url: str, name: str, video: Video, rng: np.random.Generator, s
     throughput_bytes_per_ms = float(rng.uniform(100.0, 1500.0))  # 0.8-12 Mbit/s
     quality, index, clock_ms = 1, 0, 0.0
     path = f"/v1/sessions/{name}/decision"
-    conn: _Connection | None = None
+    conn: Connection | None = None
     due = time.perf_counter() + (rng.exponential(interval_s) if interval_s else 0.0)
     answered = 0.0  # when the previous answer arrived
     while due < stop_at:
@@ -101,7 +101,7 @@ async def _player(url: str, name: str, video: Video, rng: np.random.Generator, s
         started = due if interval_s and answered > due else time.perf_counter()
         try:
             if conn is None:
-                conn = await _Connection.open(url)
+                conn = await Connection.open(url)
             status, payload = await conn.post_json(path, json.dumps(body).encode())
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             status, payload = 0, b""
