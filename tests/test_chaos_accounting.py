@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from abr_server.lab.chaos import ChaosConfig, Request, Timeline, _account, build_registry
+import pytest
+import torch
+
+from abr_server.lab.chaos import BAD_VERSIONS, GOOD_VERSIONS, ChaosConfig, Request, Timeline, _account, build_registry
+from abr_server.registry import ModelRegistry, RegistryError
+from simulator.video import Video
 
 CONFIG = ChaosConfig(seconds=100.0)
 
@@ -44,3 +49,9 @@ def test_the_registry_has_two_good_and_three_bad_versions(tmp_path: Path) -> Non
         "bad-kernel", "bad-nan", "bad-truncated", "good-a", "good-b"
     ]  # fmt: skip
     assert (root / "ACTIVE").read_text().strip() == "good-a"
+    registry = ModelRegistry(root, Video.builtin(), torch.device("cpu"))
+    for version in GOOD_VERSIONS:
+        assert registry.load(version).version == version
+    for version in BAD_VERSIONS:
+        with pytest.raises(RegistryError, match=f"model version '{version}' refused"):
+            registry.load(version)

@@ -115,7 +115,7 @@ def build_registry(root: Path) -> Path:
     _poison_weights(weights)
     meta_path = root / "bad-kernel" / META_FILE
     meta = json.loads(meta_path.read_text())
-    meta["train_config"]["network"]["kernel"] = 7
+    meta["network"]["kernel"] = 7  # wider than the 8-chunk history allows
     meta_path.write_text(json.dumps(meta))
     truncated = root / "bad-truncated" / MODEL_FILE
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
