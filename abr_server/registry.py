@@ -38,6 +38,10 @@ class UnknownVersion(RegistryError):
     """No such version in the registry."""
 
 
+class RegistryWriteError(RegistryError):
+    """The registry's ACTIVE file cannot be written (disk full, read-only): nothing was changed."""
+
+
 class RefusedVersion(RegistryError):
     """A version that exists but failed validation; the message is one line naming it and the problem."""
 
@@ -187,6 +191,12 @@ class ModelRegistry:
         return new
 
     def mark_active(self, version: str) -> None:
-        """Record ``version`` as active (survives restarts)."""
+        """Record ``version`` as active (survives restarts); `RegistryWriteError` if it cannot be."""
         if self.root is not None:
-            write_atomic(self.root / ACTIVE_FILE, f"{version}\n".encode())
+            try:
+                write_atomic(self.root / ACTIVE_FILE, f"{version}\n".encode())
+            except OSError as err:
+                raise RegistryWriteError(
+                    f"cannot record model version {version!r} as active in {self.root / ACTIVE_FILE} ({err}); "
+                    "nothing changed"
+                ) from None

@@ -172,7 +172,7 @@ _PROBLEMS = {
     404: "No such session or model version.",
     409: "The model version was refused, or there is nothing to roll back to.",
     413: "The request body is larger than ABR_MAX_BODY_BYTES.",
-    503: "A file the route serves is not installed.",
+    503: "The server cannot do this now: a file it needs is missing or cannot be written (nothing changed).",
 }
 
 

@@ -194,8 +194,8 @@ class DecisionService:
             except RefusedVersion:
                 self.metrics.registry_refused.inc()
                 raise
+            self.registry.mark_active(version)  # first: if it cannot be recorded, nothing changes
             self.slot.swap(loaded)
-            self.registry.mark_active(version)
             self.metrics.model_swaps.inc()
             log.info("serving model version %s", version)
             return loaded
@@ -206,8 +206,8 @@ class DecisionService:
             previous = self.slot.previous
             if previous is None:
                 raise RegistryError("no previous model to roll back to")
-            self.slot.swap(previous)
             self.registry.mark_active(previous.version)
+            self.slot.swap(previous)
             self.metrics.model_swaps.inc()
             return previous
 

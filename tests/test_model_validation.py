@@ -21,6 +21,7 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import load_file, save_file
 
+from abr_server import registry as registry_module
 from abr_server.inference import (
     NONFINITE,
     FlaggedActor,
@@ -156,6 +157,31 @@ def test_admin_activation_of_a_bad_version_answers_409_with_the_line(tmp_path: P
         assert "abr_registry_refused_total 2.0" in client.get("/metrics").text
         assert client.post("/admin/models/v9/activate", headers=AUTH).status_code == 404
     assert (tmp_path / "ACTIVE").read_text() == "v1\n"
+
+
+def test_an_activation_that_cannot_be_recorded_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    publish(tmp_path, "v1")
+    publish(tmp_path, "v2")
+    (tmp_path / "ACTIVE").write_text("v1\n")
+    settings = Settings(telemetry_db=None, admin_token=TOKEN, models_dir=tmp_path)  # type: ignore[arg-type]
+    with TestClient(create_app(settings)) as client:
+
+        def disk_full(path: Path, data: bytes) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(registry_module, "write_atomic", disk_full)
+        for url in ("/admin/models/v2/activate", "/admin/models/rollback"):
+            reply = client.post(url, headers=AUTH)
+            assert reply.status_code in (503, 409), reply.text
+        reply = client.post("/admin/models/v2/activate", headers=AUTH)
+        assert reply.status_code == 503
+        assert "cannot record model version 'v2' as active" in reply.json()["detail"]
+        assert client.get("/admin/models", headers=AUTH).json()["serving"] == "v1"
+        assert client.post("/v1/sessions/a/decision", json=report()).json()["model_version"] == "v1"
+        monkeypatch.undo()
+        assert client.post("/admin/models/v2/activate", headers=AUTH).status_code == 200
+        assert client.get("/admin/models", headers=AUTH).json()["serving"] == "v2"
+    assert (tmp_path / "ACTIVE").read_text() == "v2\n"
 
 
 @pytest.mark.parametrize("bad", ["kernel7", "hidden2e6", "nan"])

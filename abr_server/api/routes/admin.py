@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel
 
 from abr_server.deps import AdminDep, ServiceDep
-from abr_server.registry import RegistryError, UnknownVersion
+from abr_server.registry import RegistryError, RegistryWriteError, UnknownVersion
 from abr_server.schemas import problem_responses
 
 #: Where the admin routes live (never open to cross-origin pages).
@@ -34,7 +34,7 @@ async def models(service: ServiceDep) -> ModelsView:
     return _view(service)
 
 
-@router.post("/models/{version}/activate", response_model=ModelsView, responses=problem_responses(404, 409))
+@router.post("/models/{version}/activate", response_model=ModelsView, responses=problem_responses(404, 409, 503))
 async def activate(version: str, service: ServiceDep) -> ModelsView:
     """Serve ``version`` once it validates; 404 if unknown, 409 with one line naming the problem if refused
     (the current model keeps serving)."""
@@ -42,17 +42,21 @@ async def activate(version: str, service: ServiceDep) -> ModelsView:
         await service.activate(version)
     except UnknownVersion as err:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(err)) from None
+    except RegistryWriteError as err:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(err)) from None
     except RegistryError as err:
         service.metrics.errors.labels("model_refused").inc()
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(err)) from None
     return _view(service)
 
 
-@router.post("/models/rollback", response_model=ModelsView, responses=problem_responses(409))
+@router.post("/models/rollback", response_model=ModelsView, responses=problem_responses(409, 503))
 async def rollback(service: ServiceDep) -> ModelsView:
     """Serve the previously served model again."""
     try:
         await service.rollback()
+    except RegistryWriteError as err:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(err)) from None
     except RegistryError as err:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(err)) from None
     return _view(service)
