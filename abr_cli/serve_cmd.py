@@ -45,7 +45,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
     """Serve bitrate decisions over HTTP (settings also from ABR_* environment variables; options win)."""
-    from abr_server.run import run_server
+    from abr_server.run import preflight, run_server
     from abr_server.settings import Settings
 
     with user_errors():
@@ -65,5 +65,5 @@ def serve(
         for name, value in given.items():
             if value is not None:
                 os.environ[f"ABR_{name}"] = str(value)
-        Settings()  # validate the environment before starting workers
+        preflight(Settings(), host, port)  # validate the environment before starting workers
     run_server(host=host, port=port, workers=workers, log_level=log_level)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from abr_common.errors import problems
-from abr_server.run import run_server
+from abr_server.run import preflight, run_server
 from abr_server.settings import Settings
 
 
@@ -30,9 +30,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     try:
-        Settings()  # fail here, once, rather than in every worker
+        settings = Settings()  # fail here, once, rather than in every worker
     except ValidationError as err:
         print(f"abr_server: invalid ABR_* settings: {problems(err)}", file=sys.stderr)
+        return 2
+    try:
+        preflight(settings, args.host, args.port)
+    except ValueError as err:
+        print(f"abr_server: {err}", file=sys.stderr)
         return 2
     run_server(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
     return 0

@@ -135,3 +135,70 @@ def test_bad_settings_get_one_line_naming_the_field_and_no_server(entry: str) ->
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert "watch_interval_s: Input should be greater than or equal to 0" in lines[0]
+
+
+def _bad_start_cases(tmp_path: Path) -> list[tuple[dict[str, str], str]]:
+    """(environment, what the one stderr line must name)."""
+    not_sqlite = tmp_path / "not.sqlite"
+    not_sqlite.write_text("not a database")
+    return [
+        ({"ABR_POLICY": "no-such-rule"}, "policy 'no-such-rule'"),
+        ({"ABR_VIDEO": str(tmp_path / "missing-video")}, "video"),
+        ({"ABR_DEVICE": "tpu"}, "device"),
+        ({"ABR_TELEMETRY_DB": str(not_sqlite)}, "telemetry_db"),
+        ({"ABR_TELEMETRY_DB": str(tmp_path)}, "is a folder"),
+        ({"ABR_MODELS_DIR": str(tmp_path / "no-models")}, "models_dir"),
+    ]
+
+
+@pytest.mark.parametrize(("entry", "case"), [*(("abr serve", case) for case in range(6)), ("python -m abr_server", 0)])
+def test_an_unusable_setting_stops_start_up_with_one_line_and_creates_nothing(
+    entry: str, case: int, tmp_path: Path
+) -> None:
+    import sys
+
+    env_extra, named = _bad_start_cases(tmp_path)[case]
+    before = sorted(tmp_path.rglob("*"))
+    cmd = [sys.executable, "-m", "abr_cli.main", "serve"] if entry == "abr serve" else [sys.executable, "-m",
+                                                                                         "abr_server"]  # fmt: skip
+    env = {**os.environ, **env_extra}
+    done = subprocess.run([*cmd, "--port", "8339"], env=env, capture_output=True, text=True, timeout=60,
+                          check=False, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert named in lines[0]
+    assert "listening" not in done.stdout
+    assert sorted(tmp_path.rglob("*")) == before  # no telemetry database or folder left behind
+
+
+def test_a_port_in_use_is_named_before_any_worker_starts() -> None:
+    import socket
+
+    from abr_server.run import preflight
+    from abr_server.settings import Settings
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ValueError, match=f"port {port} on 127.0.0.1"):
+            preflight(Settings(telemetry_db=None), "127.0.0.1", port)
+    preflight(Settings(telemetry_db=None), "127.0.0.1", port)  # free again: no error
+
+
+def test_an_unresolvable_host_is_named() -> None:
+    from abr_server.run import preflight
+    from abr_server.settings import Settings
+
+    with pytest.raises(ValueError, match=r"host 'no-such-host\.invalid'"):
+        preflight(Settings(telemetry_db=None), "no-such-host.invalid", 0)
+
+
+def test_a_telemetry_database_in_a_folder_to_be_created_passes_without_creating_it(tmp_path: Path) -> None:
+    from abr_server.run import preflight
+    from abr_server.settings import Settings
+
+    db = tmp_path / "a" / "b" / "telemetry.sqlite"
+    preflight(Settings(telemetry_db=db), "127.0.0.1", 0)
+    assert not (tmp_path / "a").exists()
