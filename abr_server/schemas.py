@@ -186,7 +186,7 @@ class PensieveReport(BaseModel):
     RebufferTime: float = Field(
         0.0, ge=0, le=MAX_REBUFFER_MS, description="Cumulative stall time, ms (at most 30 days)."
     )
-    lastRequest: int = Field(ge=0, lt=MAX_CHUNKS, description="Requests so far, counted from 1.")
+    lastRequest: int = Field(ge=0, lt=MAX_CHUNKS, description="Index of the chunk just downloaded (0 = the first).")
     lastChunkStartTime: float = Field(ge=0, le=MAX_TIME_MS, description="When its request was sent, ms.")
     lastChunkFinishTime: float = Field(
         ge=0, le=MAX_TIME_MS,
@@ -194,6 +194,10 @@ class PensieveReport(BaseModel):
         "most an hour and lastChunkSize / delay at most 100 Gbit/s.",
     )  # fmt: skip
     lastChunkSize: int = Field(gt=0, le=MAX_CHUNK_BYTES, description="Its size in bytes (1 to 2**31).")
+    nextChunkSize: list[ChunkBytes] | int | None = Field(
+        None, description="The next chunk's size at each level, lowest first (used when it has one per level; the "
+        "client sends 0 after the last chunk).",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -207,10 +211,17 @@ class PensieveReport(BaseModel):
             raise ValueError(problem)
         return self
 
-    def to_report(self) -> ChunkReport:
-        """The same report in v1 terms (the Pensieve client counts requests from 1)."""
+    @property
+    def has_next_chunk(self) -> bool:
+        """The client says its video has a chunk after this one (it sent that chunk's sizes)."""
+        return isinstance(self.nextChunkSize, list) and len(self.nextChunkSize) > 0
+
+    def to_report(self, n_levels: int) -> ChunkReport:
+        """The same report in v1 terms, for a ladder of ``n_levels``: chunk ``lastRequest`` was downloaded."""
+        sizes = self.nextChunkSize if isinstance(self.nextChunkSize, list) else None
         return ChunkReport(
-            index=max(self.lastRequest - 1, 0), quality=self.lastquality, bytes=self.lastChunkSize,
+            index=self.lastRequest, quality=self.lastquality, bytes=self.lastChunkSize,
             request_start_ms=self.lastChunkStartTime, end_ms=self.lastChunkFinishTime,
             buffer_s=self.buffer, rebuffer_ms=self.RebufferTime,
+            next_chunk_bytes=sizes if sizes is not None and len(sizes) == n_levels else None,
         )  # fmt: skip

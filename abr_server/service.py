@@ -13,9 +13,10 @@ import numpy as np
 from abr_common.units import MS_PER_S
 from abr_server.inference import LoadedModel, MicroBatcher, ModelSlot, ModelUnavailable
 from abr_server.metrics import Metrics
+from abr_server.players import AnonymousPlayers
 from abr_server.registry import ModelRegistry, RefusedVersion, RegistryError
 from abr_server.schemas import ChunkReport, Decision
-from abr_server.sessions import Session, SessionStore, sweep_interval_s
+from abr_server.sessions import Session, SessionStore, check_report, sweep_interval_s
 from abr_server.settings import Settings
 from abr_server.telemetry import TelemetryStore
 from policy.base import Policy, make_policy
@@ -33,6 +34,7 @@ class DecisionService:
         self.settings, self.video, self.registry, self.metrics = settings, video, registry, metrics
         self.spec = ObservationSpec()
         self.store = SessionStore(video, self.spec, settings.max_sessions, settings.session_ttl_s)
+        self.players = AnonymousPlayers("pensieve", max_addresses=settings.max_sessions)
         served, refused = registry.load_at_start()  # never raises: without a servable version, the fallback rule
         self.metrics.registry_refused.inc(len(refused))
         self.slot = ModelSlot(served)
@@ -122,6 +124,7 @@ class DecisionService:
     async def decide(self, session_id: str, report: ChunkReport, api: str) -> Decision:
         """Record ``report`` in the session and choose the next chunk's level."""
         started = time.perf_counter()
+        check_report(report, self.video)  # before the session exists: a refused report creates none
         session = self.store.get(session_id, self.assign(session_id))
         self.metrics.sessions.set(len(self.store))
         async with session.lock:  # one request at a time per session

@@ -28,7 +28,7 @@ class ReportError(ValueError):
 
     def __init__(self, field_name: str, message: str) -> None:
         super().__init__(f"{field_name}: {message}")
-        self.field_name = field_name
+        self.field_name, self.message = field_name, message
 
 
 @dataclass
@@ -48,21 +48,8 @@ class Session:
 
     def push(self, report: ChunkReport, video: Video) -> None:
         """Append the reported chunk (validated against the served video)."""
-        if report.quality >= video.n_levels:
-            raise ReportError("quality", f"level {report.quality} is not on the ladder (0..{video.n_levels - 1})")
-        if report.index >= video.n_chunks:
-            raise ReportError("index", f"chunk {report.index} is past the video's last chunk ({video.n_chunks - 1})")
+        next_bytes = check_report(report, video)
         next_index = report.index + 1
-        if report.next_chunk_bytes is not None:
-            if len(report.next_chunk_bytes) != video.n_levels:
-                raise ReportError(
-                    "next_chunk_bytes", f"needs {video.n_levels} sizes, got {len(report.next_chunk_bytes)}"
-                )
-            next_bytes = np.asarray(report.next_chunk_bytes, dtype=np.int64)
-        elif next_index < video.n_chunks:
-            next_bytes = video.chunk_bytes[:, next_index].astype(np.int64)
-        else:
-            next_bytes = np.zeros(video.n_levels, dtype=np.int64)
         self.builder.push(
             slice(None),
             quality=np.array([report.quality]),
@@ -81,6 +68,22 @@ class Session:
         return self.builder.observation()
 
 
+def check_report(report: ChunkReport, video: Video) -> np.ndarray:
+    """The next chunk's size at each level, once ``report`` is known to fit ``video`` (else `ReportError`)."""
+    if report.quality >= video.n_levels:
+        raise ReportError("quality", f"level {report.quality} is not on the ladder (0..{video.n_levels - 1})")
+    if report.index >= video.n_chunks:
+        raise ReportError("index", f"chunk {report.index} is past the video's last chunk ({video.n_chunks - 1})")
+    next_index = report.index + 1
+    if report.next_chunk_bytes is not None:
+        if len(report.next_chunk_bytes) != video.n_levels:
+            raise ReportError("next_chunk_bytes", f"needs {video.n_levels} sizes, got {len(report.next_chunk_bytes)}")
+        return np.asarray(report.next_chunk_bytes, dtype=np.int64)
+    if next_index < video.n_chunks:
+        return video.chunk_bytes[:, next_index].astype(np.int64)
+    return np.zeros(video.n_levels, dtype=np.int64)
+
+
 class SessionStore:
     """Sessions by id, least recently used first out, idle ones expired."""
 
@@ -93,6 +96,9 @@ class SessionStore:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._sessions
 
     def get(self, session_id: str, policy: str, now_s: float | None = None) -> Session:
         """The session ``session_id``, created (with ``policy``) if new or expired."""
