@@ -22,6 +22,13 @@ def serve(
         str | None,
         typer.Option(help="'builtin', a folder of video_size_N files, or an asset folder [default: builtin]."),
     ] = None,
+    also_video: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--also-video",
+            help="Another video served by name, NAME=FOLDER (repeatable); a report names it in its 'video' field.",
+        ),
+    ] = None,
     policy: Annotated[
         str | None, typer.Option(help="'learned' or a classic policy spec (bba, robustmpc, ...) [default: learned].")
     ] = None,
@@ -60,6 +67,8 @@ def serve(
         # Options become ABR_* variables so that every worker process builds the same settings.
         given = {"DEVICE": device, "VIDEO": video, "POLICY": policy, "MODELS_DIR": models, "MEDIA_DIR": media,
                  "LINK_TRACE": link_trace, "LINK_DELAY_MS": link_delay_ms, "TELEMETRY_DB": telemetry_db}  # fmt: skip
+        if also_video is not None:
+            given["VIDEOS"] = ",".join(also_video)
         if cors_origin is not None:
             given["CORS_ORIGINS"] = ",".join(cors_origin)
         for name, value in given.items():

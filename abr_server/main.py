@@ -19,6 +19,7 @@ from abr_server.api.routes import admin, decisions, health, pensieve, player
 from abr_server.api.routes.admin import ADMIN_PREFIX
 from abr_server.api.routes.pensieve import SESSION_HEADER
 from abr_server.bodies import PAYLOAD_TOO_LARGE, TOO_LARGE
+from abr_server.catalogue import Catalogue
 from abr_server.fastpath import DecisionFastPath, reply_json
 from abr_server.media import MediaApp
 from abr_server.metrics import Metrics
@@ -30,7 +31,6 @@ from abr_server.shaping import ShapedLink
 from policy.learning.ppo import resolve_device
 from simulator.capacity import TraceCapacity
 from simulator.link import LinkConfig
-from simulator.video import load_video
 from traces.io import load_file
 
 Message = MutableMapping[str, Any]
@@ -111,10 +111,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        video = load_video(settings.video)
+        catalogue = Catalogue.load(settings)
+        video = catalogue.default
         registry = ModelRegistry(settings.models_dir, video, resolve_device(settings.device),
                                  max_batch=settings.max_batch, cuda_graphs=settings.cuda_graphs)  # fmt: skip
-        service = DecisionService(settings, video, registry, Metrics())
+        service = DecisionService(settings, video, registry, Metrics(), catalogue)
         await service.start()
         app.state.service = service
         # What start-up built (modules, app, registry) lives as long as the process: keep it out of the

@@ -24,6 +24,9 @@ class Metrics:
                                     buckets=BATCH_BUCKETS, registry=r)  # fmt: skip
         self.decisions = Counter("abr_decisions_total", "Decisions by who decided.", ["policy"], registry=r)
         self.fallbacks = Counter("abr_fallbacks_total", "Fallback answers by reason.", ["reason"], registry=r)
+        self.video_decisions = Counter(
+            "abr_video_decisions_total", "Decisions by the video the session plays.", ["video"], registry=r
+        )
         self.errors = Counter("abr_errors_total", "Rejected or failed requests by kind.", ["kind"], registry=r)
         self.sessions = Gauge("abr_sessions", "Sessions kept in memory.", registry=r)
         self.model_swaps = Counter("abr_model_swaps_total", "Model activations.", registry=r)

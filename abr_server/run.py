@@ -39,7 +39,12 @@ def preflight(settings: Settings, host: str, port: int) -> None:
         resolve_device(settings.device)
     except ValueError as err:
         raise ValueError(f"device: {str(err).replace('--device ', '')}") from None
-    for name in ("policy", "ab_policy", "fallback_policy"):
+    for name, folder in settings.videos.items():
+        try:
+            load_video(folder)
+        except ValueError as err:
+            raise ValueError(f"videos {name!r}: {err}") from None
+    for name in ("policy", "ab_policy", "fallback_policy", "ladder_fallback_policy"):
         spec = getattr(settings, name)
         if spec is not None and spec != "learned":
             try:

@@ -85,6 +85,11 @@ class ChunkReport(BaseModel):
         description="Sizes in bytes of the next chunk at every ladder level, one per level of the served ladder "
         "(default: the served video's).",
     )  # fmt: skip
+    video: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="The video the session plays, by its name on this server (default: the default video). A "
+        "session plays one video.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -133,6 +138,7 @@ class Decision(BaseModel):
     policy: str = Field(description="Who decided: learned, a classic policy, or fallback:NAME.")
     model_version: str | None = Field(description="Version of the model that decided (None for classic rules).")
     end_of_video: bool = Field(False, description="The reported chunk was the last: nothing more to decide.")
+    video: str = Field("default", description="The video the session plays (its ladder gives the bitrate).")
 
 
 class Problem(BaseModel):

@@ -11,13 +11,14 @@ import time
 import numpy as np
 
 from abr_common.units import MS_PER_S
+from abr_server.catalogue import Catalogue
 from abr_server.inference import LoadedModel, MicroBatcher, ModelSlot, ModelUnavailable
 from abr_server.metrics import Metrics
 from abr_server.players import AnonymousPlayers
 from abr_server.registry import ModelRegistry, RefusedVersion, RegistryError
 from abr_server.schemas import ChunkReport, Decision
 from abr_server.sessions import Session, SessionStore, check_report, sweep_interval_s
-from abr_server.settings import Settings
+from abr_server.settings import DEFAULT_VIDEO, Settings
 from abr_server.telemetry import TelemetryStore
 from policy.base import Policy, make_policy
 from simulator.observation import ObservationSpec
@@ -30,8 +31,12 @@ LEARNED = "learned"
 class DecisionService:
     """Everything a decision needs, built once per app in its lifespan."""
 
-    def __init__(self, settings: Settings, video: Video, registry: ModelRegistry, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, video: Video, registry: ModelRegistry, metrics: Metrics,
+        catalogue: Catalogue | None = None,
+    ) -> None:  # fmt: skip
         self.settings, self.video, self.registry, self.metrics = settings, video, registry, metrics
+        self.catalogue = catalogue if catalogue is not None else Catalogue({DEFAULT_VIDEO: video})
         self.spec = ObservationSpec()
         self.store = SessionStore(video, self.spec, settings.max_sessions, settings.session_ttl_s)
         self.players = AnonymousPlayers("pensieve", max_addresses=settings.max_sessions)
@@ -45,7 +50,7 @@ class DecisionService:
                                     on_batch=metrics.batch_size.observe, inline=not on_thread,
                                     on_nonfinite=metrics.nonfinite_outputs.inc)  # fmt: skip
         self.fallback = self._classic(settings.fallback_policy)
-        for spec in {settings.policy, settings.ab_policy} - {None, LEARNED}:
+        for spec in {settings.policy, settings.ab_policy, settings.ladder_fallback_policy} - {None, LEARNED}:
             assert spec is not None
             self._classic(spec)  # fail at start-up, not on the first request, if a spec is wrong
         self.telemetry = (
@@ -57,9 +62,9 @@ class DecisionService:
         self._sweeper: asyncio.Task[None] | None = None
         self._swap_lock = asyncio.Lock()
 
-    def _classic(self, spec: str) -> Policy:
+    def _classic(self, spec: str, video: Video | None = None) -> Policy:
         policy = make_policy(spec)
-        policy.begin(1, self.video)
+        policy.begin(1, self.video if video is None else video)
         return policy
 
     def telemetry_state(self) -> str:
@@ -124,8 +129,9 @@ class DecisionService:
     async def decide(self, session_id: str, report: ChunkReport, api: str) -> Decision:
         """Record ``report`` in the session and choose the next chunk's level."""
         started = time.perf_counter()
-        check_report(report, self.video)  # before the session exists: a refused report creates none
-        session = self.store.get(session_id, self.assign(session_id))
+        named = self.catalogue.get(report.video)
+        check_report(report, named[1])  # before the session exists: a refused report creates none
+        session = self.store.get(session_id, self.assign(session_id), video=named)
         self.metrics.sessions.set(len(self.store))
         async with session.lock:  # one request at a time per session
             if session.last_decision is not None and report == session.last_report:
@@ -133,7 +139,7 @@ class DecisionService:
                 # same answer, and the chunk is neither pushed into the history twice nor logged twice.
                 self.metrics.repeats.inc()
                 return session.last_decision
-            session.push(report, self.video)
+            session.push(report)
             decision = await self._choose(session, report)
             session.last_report, session.last_decision = report, decision
             if self.telemetry is not None:
@@ -146,26 +152,32 @@ class DecisionService:
         if decision.end_of_video:
             self.store.drop(session_id)
         self.metrics.decisions.labels(decision.policy).inc()
+        self.metrics.video_decisions.labels(session.video_name).inc()
         self.metrics.latency.labels(api).observe(time.perf_counter() - started)
         return decision
 
     async def _choose(self, session: Session, report: ChunkReport) -> Decision:
         next_index = report.index + 1
-        if next_index >= self.video.n_chunks:
-            return self._decision(report.quality, next_index, session.policy, None, end=True)
+        if next_index >= session.video.n_chunks:
+            return self._decision(session, report.quality, next_index, session.policy, None, end=True)
         obs = session.observation()
-        if session.policy != LEARNED:
+        if session.policy != LEARNED or not self.catalogue.learned_fits(session.video_name):
+            rule, named = session.policy, session.policy
+            if rule == LEARNED:  # a ladder the model was not trained for: never its levels
+                rule = self.settings.ladder_fallback_policy
+                named = f"fallback:{rule}"
+                self.metrics.fallbacks.labels("ladder").inc()
             if session.classic is None:
-                session.classic = self._classic(session.policy)
-            return self._decision(int(session.classic.select(obs)[0]), next_index, session.policy, None)
-        state = obs.to_state(self.video, self.spec)[0]
+                session.classic = self._classic(rule, session.video)
+            return self._decision(session, int(session.classic.select(obs)[0]), next_index, named, None)
+        state = obs.to_state(session.video, self.spec)[0]
         reason = None
         try:
             # A future, not a coroutine: wait_for then needs no task per decision.
             level, version = await asyncio.wait_for(
                 self.batcher.submit(state), self.settings.inference_timeout_ms / MS_PER_S
             )
-            return self._decision(level, next_index, LEARNED, version)
+            return self._decision(session, level, next_index, LEARNED, version)
         except TimeoutError:
             reason = "timeout"
         except ModelUnavailable as err:  # non-finite logits, or no model served: counted, logged once by the batcher
@@ -175,17 +187,20 @@ class DecisionService:
             log.exception("model inference failed; answering with the fallback")
         self.metrics.fallbacks.labels(reason).inc()
         level = int(self.fallback.select(obs)[0])
-        return self._decision(level, next_index, f"fallback:{self.settings.fallback_policy}", None)
+        return self._decision(session, level, next_index, f"fallback:{self.settings.fallback_policy}", None)
 
-    def _decision(self, level: int, for_index: int, policy: str, version: str | None, end: bool = False) -> Decision:
-        level = int(np.clip(level, 0, self.video.n_levels - 1))
-        return Decision(quality=level, bitrate_kbps=int(self.video.bitrates_kbps[level]), for_index=for_index,
-                        policy=policy, model_version=version, end_of_video=end)  # fmt: skip
+    def _decision(
+        self, session: Session, level: int, for_index: int, policy: str, version: str | None, end: bool = False
+    ) -> Decision:
+        video = session.video
+        level = int(np.clip(level, 0, video.n_levels - 1))
+        return Decision(quality=level, bitrate_kbps=int(video.bitrates_kbps[level]), for_index=for_index,
+                        policy=policy, model_version=version, end_of_video=end, video=session.video_name)  # fmt: skip
 
     def _row(self, session_id: str, r: ChunkReport, d: Decision) -> tuple[object, ...]:
         return (time.time(), session_id, r.index, r.quality, r.bytes, r.request_start_ms, r.first_byte_ms, r.end_ms,
                 r.delay_ms, r.buffer_level_s, r.rebuffer_ms, None if d.end_of_video else d.quality, d.policy,
-                d.model_version)  # fmt: skip
+                d.model_version, d.video)  # fmt: skip
 
     # ------------------------------------------------------------------ models
 

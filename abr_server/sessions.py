@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from abr_server.schemas import ChunkReport, Decision
+from abr_server.settings import DEFAULT_VIDEO
 from policy.base import Policy
 from simulator.observation import Observation, ObservationBuilder, ObservationSpec
 from simulator.video import Video
@@ -38,6 +39,8 @@ class Session:
     session_id: str
     builder: ObservationBuilder
     policy: str
+    video: Video  # the video this session plays (its ladder, sizes and length)
+    video_name: str
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     classic: Policy | None = None  # a classic rule's own state for this session
     last_seen_s: float = 0.0
@@ -46,8 +49,9 @@ class Session:
     last_decision: Decision | None = None  # the answer to last_report, given again if it is retried
     chunks: int = 0
 
-    def push(self, report: ChunkReport, video: Video) -> None:
-        """Append the reported chunk (validated against the served video)."""
+    def push(self, report: ChunkReport) -> None:
+        """Append the reported chunk (validated against the session's video)."""
+        video = self.video
         next_bytes = check_report(report, video)
         next_index = report.index + 1
         self.builder.push(
@@ -100,16 +104,22 @@ class SessionStore:
     def __contains__(self, session_id: object) -> bool:
         return session_id in self._sessions
 
-    def get(self, session_id: str, policy: str, now_s: float | None = None) -> Session:
-        """The session ``session_id``, created (with ``policy``) if new or expired."""
+    def get(
+        self, session_id: str, policy: str, now_s: float | None = None, video: tuple[str, Video] | None = None
+    ) -> Session:
+        """The session ``session_id``, created (with ``policy``, playing ``video``: name and video, default the
+        store's) if new or expired; `ReportError` if it exists and plays another video."""
         now_s = time.monotonic() if now_s is None else now_s
+        name, played = video if video is not None else (DEFAULT_VIDEO, self.video)
         session = self._sessions.get(session_id)
         if session is not None and now_s - session.last_seen_s > self.ttl_s:
             del self._sessions[session_id]
             self.expired += 1
             session = None
+        if session is not None and session.video_name != name:
+            raise ReportError("video", f"session {session_id!r} plays {session.video_name!r}, not {name!r}")
         if session is None:
-            session = Session(session_id, ObservationBuilder(1, self.video, self.spec), policy)
+            session = Session(session_id, ObservationBuilder(1, played, self.spec), policy, played, name)
             self._sessions[session_id] = session
             while len(self._sessions) > self.max_sessions:
                 self._sessions.popitem(last=False)

@@ -14,6 +14,9 @@ from simulator.link import LinkConfig
 
 #: Any page may call the player endpoints (they carry no credentials): the default.
 ANY_ORIGIN = "*"
+#: The name of the video set by ``video``; the others are named in ``videos``.
+DEFAULT_VIDEO = "default"
+VIDEO_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _ORIGIN = re.compile(r"https?://[^/\s?#]+")
 
 
@@ -27,7 +30,15 @@ class Settings(BaseSettings):
         None, description="Model registry (one checkpoint folder per version); unset: the shipped default model."
     )
     watch_interval_s: float = Field(0.0, ge=0, description="Poll the registry for a new version this often (0: off).")
-    video: str = Field("builtin", description="'builtin' or a folder of video_size_N files: the ladder served.")
+    video: str = Field("builtin", description="'builtin' or a folder of video_size_N files: the default video.")
+    videos: Annotated[dict[str, str], NoDecode] = Field(
+        {},
+        description="More videos served by name: 'NAME=FOLDER,NAME=FOLDER' or a JSON object; a report names its "
+        "video (the v1 API's 'video' field), else it plays the default video.",
+    )
+    ladder_fallback_policy: str = Field(
+        "robustmpc", description="Decides for videos whose ladder the served model was not trained on."
+    )
     policy: str = Field("learned", description="'learned' (the active model) or a classic policy spec (bba, rb, ...).")
     ab_policy: str | None = Field(None, description="Classic policy for the A/B share of sessions.")
     ab_percent: float = Field(0.0, ge=0, le=100, description="Share of sessions (by session id hash) on ab_policy.")
@@ -85,6 +96,34 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         """``ABR_TELEMETRY_DB=`` (empty) means off, not the current directory."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("videos", mode="before")
+    @classmethod
+    def _videos_from_text(cls, value: object) -> object:
+        """``a=runs/asset-a, b=../sizes`` or a JSON object."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("{"):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ValueError(f"not a JSON object of videos: {text!r}") from None
+        pairs = {}
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            name, sep, folder = part.partition("=")
+            if not sep or not folder.strip():
+                raise ValueError(f"{part!r} is not NAME=FOLDER")
+            pairs[name.strip()] = folder.strip()
+        return pairs
+
+    @field_validator("videos")
+    @classmethod
+    def _video_names(cls, videos: dict[str, str]) -> dict[str, str]:
+        for name in videos:
+            if not VIDEO_NAME.fullmatch(name) or name == DEFAULT_VIDEO:
+                raise ValueError(f"video name {name!r}: 1-64 letters, digits, '.', '_' or '-', not {DEFAULT_VIDEO!r}")
+        return videos
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -43,8 +43,11 @@ log = logging.getLogger("abr_server.telemetry")
 
 COLUMNS = (
     "received_at_s", "session_id", "chunk_index", "quality", "chunk_bytes", "request_start_ms", "first_byte_ms",
-    "end_ms", "delay_ms", "buffer_s", "rebuffer_ms", "decided_quality", "policy", "model_version",
+    "end_ms", "delay_ms", "buffer_s", "rebuffer_ms", "decided_quality", "policy", "model_version", "video",
 )  # fmt: skip
+#: Columns added since the first schema: an older database gets them (NULL in its rows) when opened, and an
+#: older server's journal lines, without them, are ingested with NULL there.
+ADDED_COLUMNS = ("video",)
 # Readers select by arrival time (retraining windows), so that is the index; it is also the cheapest to
 # keep (appends at the end of the b-tree).
 SCHEMA = f"""
@@ -79,6 +82,10 @@ def connect(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(SCHEMA)
+        present = {row[1] for row in conn.execute("PRAGMA table_info(chunks)")}
+        for column in ADDED_COLUMNS:
+            if column not in present:
+                conn.execute(f"ALTER TABLE chunks ADD COLUMN {column}")
     except (OSError, sqlite3.Error) as err:
         raise ValueError(f"telemetry database {path}: cannot open ({err})") from None
     return conn
@@ -129,7 +136,7 @@ def _read_segment(file: Path) -> tuple[list[str], int]:
         except ValueError:
             bad += 1
             continue
-        if isinstance(values, list) and len(values) == len(COLUMNS):
+        if isinstance(values, list) and len(COLUMNS) - len(ADDED_COLUMNS) <= len(values) <= len(COLUMNS):
             rows.append(line)
         else:
             bad += 1

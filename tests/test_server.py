@@ -71,7 +71,7 @@ def test_decision_matches_the_model_on_the_shared_observation(client: TestClient
         expected = int(policy.select(builder.observation())[0])
         assert decision == {"quality": expected, "bitrate_kbps": VIDEO.bitrates_kbps[expected],
                             "for_index": index + 1, "policy": "learned", "model_version": "default",
-                            "end_of_video": False}  # fmt: skip
+                            "end_of_video": False, "video": "default"}  # fmt: skip
 
 
 def test_last_chunk_ends_the_session(client: TestClient) -> None:
