@@ -161,6 +161,14 @@ def bench_serve(
         typer.Option(help="Inference-only paths (repeatable): served, folded, module, resident [default: served]."),
     ] = None,
     load: Annotated[bool, typer.Option(help="Run the load test (--no-load: inference only).")] = True,
+    also_video: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--also-video",
+            help="NAME=FOLDER served beside the default video (repeatable): each load is "
+            "run on the default video alone, then with the players spread over all videos.",
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
 ) -> None:
     """Decisions/s and p50/p99 latency of the server under load; inference-only throughput per batch.
@@ -178,7 +186,7 @@ def bench_serve(
     from policy.learning.ppo import resolve_device
     from simulator.benchmark import machine_description
     from simulator.observation import ObservationSpec
-    from simulator.video import Video
+    from simulator.video import Video, load_video
 
     with user_errors():
         if out is not None:
@@ -189,6 +197,18 @@ def bench_serve(
                 raise typer.BadParameter(f"--path must be one of {', '.join(INFERENCE_PATHS)}, got {p!r}")
         levels = concurrency or [1, 16, 64, 256]
         video = Video.builtin()
+        named_videos = []
+        for item in also_video or []:
+            name, sep, folder = item.partition("=")
+            if not sep:
+                raise typer.BadParameter(f"--also-video must be NAME=FOLDER, got {item!r}")
+            try:
+                named_videos.append((name, load_video(folder)))
+            except ValueError as err:
+                raise ValueError(f"--also-video {name}: {err}") from None
+        spreads: list[list[tuple[str, Video]]] = [[]]
+        if named_videos:
+            spreads.append([("default", video), *named_videos])
         loaded = ModelRegistry(None, video, resolve_device(device)).load_servable()
         width = ObservationSpec().width(video)
         inference = []
@@ -198,29 +218,32 @@ def bench_serve(
                 inference.append({"path": p, "batch": b, "decisions_per_s": per_s, "ms_per_forward": ms})
         modes: list[float | None] = [None, *(r for r in (rate or [2000.0]) if r > 0)]
 
-        def drive(target: str) -> list[tuple[float | None, LoadResult]]:
+        def drive(target: str) -> list[tuple[float | None, int, LoadResult]]:
             # Behind several processes each /metrics counts one process's batches: no mean batch then.
-            return [(mode, asyncio.run(run_load(target, c, seconds, video, seed=c, rate_per_s=mode,
-                                                measure_batch=url is not None or workers == 1)))
-                    for mode in modes for c in levels]  # fmt: skip
+            return [(mode, len(spread) or 1, asyncio.run(run_load(target, c, seconds, video, seed=c, rate_per_s=mode,
+                                                                  measure_batch=url is not None or workers == 1,
+                                                                  named_videos=spread)))
+                    for mode in modes for c in levels for spread in spreads]  # fmt: skip
 
         started_local = url is None
         if not load:
-            load_results: list[tuple[float | None, LoadResult]] = []
+            load_results: list[tuple[float | None, int, LoadResult]] = []
         elif url is None:
             telemetry = Path(tempfile.mkdtemp(prefix="abr-bench-")) / "telemetry.sqlite"
             env = {"ABR_TELEMETRY_DB": str(telemetry)} if "ABR_TELEMETRY_DB" not in os.environ else {}
+            if also_video:
+                env["ABR_VIDEOS"] = ",".join(also_video)
             with local_server(env, workers=workers) as (local_url, _):
                 load_results = drive(local_url)
             url = local_url
         else:
             load_results = drive(url)
-    table = Table("load", "players", "decisions/s", "p50 ms", "p99 ms", "mean batch", "errors")
-    for mode, r in load_results:
+    table = Table("load", "players", "videos", "decisions/s", "p50 ms", "p99 ms", "mean batch", "errors")
+    for mode, n_videos, r in load_results:
         label = "closed loop" if mode is None else f"open {mode:,.0f}/s"
         batch_text = "-" if r.mean_batch is None else f"{r.mean_batch:.1f}"
-        table.add_row(label, str(r.concurrency), f"{r.per_second:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
-                      batch_text, str(r.errors))  # fmt: skip
+        table.add_row(label, str(r.concurrency), str(n_videos), f"{r.per_second:,.0f}", f"{r.p50_ms:.2f}",
+                      f"{r.p99_ms:.2f}", batch_text, str(r.errors))  # fmt: skip
     if load_results:
         console.print(table)
     itable = Table("path", "batch", "decisions/s", "ms/forward")
@@ -235,7 +258,8 @@ def bench_serve(
             "workers": workers if started_local else None,
             "server_device": os.environ.get("ABR_DEVICE", "auto") if load_results else None,
             "load": [
-                {**asdict(r), "offered_per_s": mode, "decisions_per_s": r.per_second} for mode, r in load_results
+                {**asdict(r), "offered_per_s": mode, "videos": n_videos, "decisions_per_s": r.per_second}
+                for mode, n_videos, r in load_results
             ],
             "inference": inference,
         }  # fmt: skip

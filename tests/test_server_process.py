@@ -87,6 +87,20 @@ def test_bench_serve_runs_each_offered_rate(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert [row["mean_batch"] for row in json.loads(out.read_text())["load"]] == [None]
+    # Beside the default video another (another ladder): each load alone, then players spread over both.
+    other = tmp_path / "other"
+    other.mkdir()
+    for level, kbps in enumerate((400, 1000, 2500)):
+        (other / f"video_size_{level}").write_text(f"{kbps * 250}\n" * 10)
+    (other / "asset.json").write_text(json.dumps({"bitrates_kbps": [400, 1000, 2500], "segment_s": 2.0,
+                                                  "n_segments": 10}))  # fmt: skip
+    args = ["bench", "serve", "--seconds", "0.5", "--concurrency", "4", "--rate", "0", "--batch", "1",
+            "--also-video", f"other={other}", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    load = json.loads(out.read_text())["load"]
+    assert [row["videos"] for row in load] == [1, 2]
+    assert all(row["errors"] == 0 and row["decisions"] > 0 for row in load)
 
 
 @pytest.mark.slow

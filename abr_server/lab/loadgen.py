@@ -12,6 +12,7 @@ import contextlib
 import json
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -81,7 +82,8 @@ class Connection:
 
 
 async def _player(url: str, name: str, video: Video, rng: np.random.Generator, stop_at: float,
-                  interval_s: float | None, latencies: list[float], errors: list[int]) -> None:  # fmt: skip
+                  interval_s: float | None, latencies: list[float], errors: list[int],
+                  video_name: str | None = None) -> None:  # fmt: skip
     throughput_bytes_per_ms = float(rng.uniform(100.0, 1500.0))  # 0.8-12 Mbit/s
     quality, index, clock_ms = 1, 0, 0.0
     path = f"/v1/sessions/{name}/decision"
@@ -93,8 +95,10 @@ async def _player(url: str, name: str, video: Video, rng: np.random.Generator, s
             await asyncio.sleep(max(due - time.perf_counter(), 0.0))
         size = int(video.chunk_bytes[quality, index])
         delay_ms = size / throughput_bytes_per_ms + 80.0
-        body = {"index": index, "quality": quality, "bytes": size, "request_start_ms": clock_ms,
+        body: dict[str, object] = {"index": index, "quality": quality, "bytes": size, "request_start_ms": clock_ms,
                 "end_ms": clock_ms + delay_ms, "buffer_s": float(rng.uniform(0.0, 30.0))}  # fmt: skip
+        if video_name is not None:
+            body["video"] = video_name
         clock_ms += delay_ms
         # Open loop: a request held back by the previous answer counts from when it was due, so a server
         # that falls behind cannot hide it; one sent late only by the client's timer counts from sending.
@@ -131,6 +135,7 @@ async def run_load(
     seed: int = 0,
     rate_per_s: float | None = None,
     measure_batch: bool = True,
+    named_videos: Sequence[tuple[str, Video]] = (),
 ) -> LoadResult:
     """Drive ``concurrency`` players against ``url`` for ``seconds`` (one keep-alive connection each).
 
@@ -140,6 +145,7 @@ async def run_load(
     requests still one at a time, as a real player's are), and latency counts from when a request
     was due. The mean micro-batch comes from the server's /metrics before and after (``measure_batch``
     False: not measured, as behind several server processes, whose /metrics each count their own).
+    With ``named_videos``, player i plays the i-th of them (round robin), naming it in its reports.
     """
     latencies: list[float] = []
     errors: list[int] = []
@@ -148,8 +154,12 @@ async def run_load(
     started = time.perf_counter()
     stop_at = started + seconds
     rngs = np.random.default_rng(seed).spawn(concurrency)
-    await asyncio.gather(*(_player(url, f"load-{seed}-{i}", video, rngs[i], stop_at, interval_s, latencies, errors)
-                           for i in range(concurrency)))  # fmt: skip
+    plays: list[tuple[str | None, Video]] = [*named_videos] or [(None, video)]
+    # A session plays one video: players of a named video have their own session ids.
+    assigned = [plays[i % len(plays)] for i in range(concurrency)]
+    await asyncio.gather(*(_player(url, f"load-{seed}-{i}" + (f"-{name}" if name else ""), played, rngs[i], stop_at,
+                                   interval_s, latencies, errors, name)
+                           for i, (name, played) in enumerate(assigned)))  # fmt: skip
     elapsed = time.perf_counter() - started
     batches_after = await asyncio.to_thread(batch_totals, url) if measure_batch else None
     mean_batch = None
