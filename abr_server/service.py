@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -25,6 +28,14 @@ from simulator.observation import ObservationSpec
 from simulator.video import Video
 
 log = logging.getLogger("abr_server")
+
+
+def _lowest_priority() -> None:
+    """Make the calling thread the last to get a CPU (Linux: a thread's niceness is its own)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
 LEARNED = "learned"
 
 
@@ -61,6 +72,8 @@ class DecisionService:
         self._watcher: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._swap_lock = asyncio.Lock()
+        # Models load on a thread of their own at the lowest CPU priority: answers go first while one loads.
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="abr-model-load", initializer=_lowest_priority)
 
     def _classic(self, spec: str, video: Video | None = None) -> Policy:
         policy = make_policy(spec)
@@ -112,6 +125,7 @@ class DecisionService:
                     except Exception:  # a task that died must not fail the shutdown
                         log.exception("background task %s had failed", task.get_name())
         await self.batcher.stop()
+        self._loader.shutdown(wait=False, cancel_futures=True)
         if self.telemetry is not None:
             await asyncio.to_thread(self.telemetry.close)
 
@@ -208,11 +222,13 @@ class DecisionService:
         """Load, validate and serve ``version``; on any problem the current model stays."""
         async with self._swap_lock:
             try:
-                loaded = await asyncio.to_thread(self.registry.load, version)
+                loaded = await asyncio.get_running_loop().run_in_executor(self._loader, self.registry.load, version)
             except RefusedVersion:
                 self.metrics.registry_refused.inc()
                 raise
-            self.registry.mark_active(version)  # first: if it cannot be recorded, nothing changes
+            # First: if it cannot be recorded, nothing changes. On a thread: the write is fsynced, and the
+            # event loop answers players meanwhile.
+            await asyncio.to_thread(self.registry.mark_active, version)
             self.slot.swap(loaded)
             self.metrics.model_swaps.inc()
             log.info("serving model version %s", version)
@@ -224,7 +240,7 @@ class DecisionService:
             previous = self.slot.previous
             if previous is None:
                 raise RegistryError("no previous model to roll back to")
-            self.registry.mark_active(previous.version)
+            await asyncio.to_thread(self.registry.mark_active, previous.version)
             self.slot.swap(previous)
             self.metrics.model_swaps.inc()
             return previous
