@@ -15,11 +15,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from abr_server.api.routes import admin, decisions, health, pensieve, player
+from abr_server.api.routes import admin, cmcd, decisions, health, pensieve, player
 from abr_server.api.routes.admin import ADMIN_PREFIX
 from abr_server.api.routes.pensieve import SESSION_HEADER
 from abr_server.bodies import PAYLOAD_TOO_LARGE, TOO_LARGE
 from abr_server.catalogue import Catalogue
+from abr_server.cmcd import HEADERS as CMCD_HEADERS
 from abr_server.fastpath import DecisionFastPath, reply_json
 from abr_server.media import MediaApp
 from abr_server.metrics import Metrics
@@ -86,7 +87,8 @@ class PlayerCORS:
     def __init__(self, app: ASGIApp, origins: list[str]) -> None:
         self.app = app
         self.cors = CORSMiddleware(app, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
-                                   allow_headers=["content-type", SESSION_HEADER], max_age=600)  # fmt: skip
+                                   allow_headers=["content-type", SESSION_HEADER, *CMCD_HEADERS],
+                                   max_age=600)  # fmt: skip
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope["path"].startswith(ADMIN_PREFIX):
@@ -135,7 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(PlayerCORS, origins=settings.cors_origins)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    for module in (decisions, pensieve, admin, health, player):
+    for module in (decisions, cmcd, pensieve, admin, health, player):
         app.include_router(module.router)
     if settings.media_dir is not None:
         app.state.media = media_app(settings)

@@ -129,6 +129,10 @@ class SessionStore:
         session.last_seen_s = now_s
         return session
 
+    def peek(self, session_id: str) -> Session | None:
+        """The session ``session_id`` if it is kept (not touched: its age and order stay)."""
+        return self._sessions.get(session_id)
+
     def drop(self, session_id: str) -> bool:
         """Forget a session (e.g. after its last chunk); True if it existed."""
         return self._sessions.pop(session_id, None) is not None
