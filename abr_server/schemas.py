@@ -14,6 +14,7 @@ from typing import Annotated, Any, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from abr_common.units import BITS_PER_BYTE, KBIT_PER_MBIT, MS_PER_S
+from abr_server.settings import VIDEO_NAME
 
 #: A chunk is at most 2 GiB (a minute of 8K video is a tenth of that).
 MAX_CHUNK_BYTES = 1 << 31
@@ -86,7 +87,7 @@ class ChunkReport(BaseModel):
         "(default: the served video's).",
     )  # fmt: skip
     video: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        None, pattern=f"^{VIDEO_NAME.pattern}$",
         description="The video the session plays, by its name on this server (default: the default video). A "
         "session plays one video.",
     )  # fmt: skip

@@ -20,6 +20,17 @@ VIDEO_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _ORIGIN = re.compile(r"https?://[^/\s?#]+")
 
 
+def _json_or_parts(value: str, opener: str, what: str) -> object:
+    """``value`` parsed as JSON if it starts with ``opener``, else its comma-separated parts."""
+    text = value.strip()
+    if text.startswith(opener):
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise ValueError(f"not {what}: {text!r}") from None
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 class Settings(BaseSettings):
     """Everything the service can be told; ``ABR_DEVICE=cuda`` etc. override the defaults."""
 
@@ -103,14 +114,11 @@ class Settings(BaseSettings):
         """``a=runs/asset-a, b=../sizes`` or a JSON object."""
         if not isinstance(value, str):
             return value
-        text = value.strip()
-        if text.startswith("{"):
-            try:
-                return json.loads(text)
-            except ValueError:
-                raise ValueError(f"not a JSON object of videos: {text!r}") from None
+        parts = _json_or_parts(value, "{", "a JSON object of videos")
+        if not isinstance(parts, list):
+            return parts
         pairs = {}
-        for part in (p.strip() for p in text.split(",") if p.strip()):
+        for part in parts:
             name, sep, folder = part.partition("=")
             if not sep or not folder.strip():
                 raise ValueError(f"{part!r} is not NAME=FOLDER")
@@ -131,13 +139,7 @@ class Settings(BaseSettings):
         """``*``, ``https://a.example, http://b:8080`` or a JSON list."""
         if not isinstance(value, str):
             return value
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                return json.loads(text)
-            except ValueError:
-                raise ValueError(f"not a JSON list of origins: {text!r}") from None
-        return [part.strip() for part in text.split(",") if part.strip()]
+        return _json_or_parts(value, "[", "a JSON list of origins")
 
     @field_validator("cors_origins")
     @classmethod
