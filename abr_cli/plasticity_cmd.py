@@ -64,12 +64,13 @@ def plasticity_bench(
     ppo_config: Annotated[Path | None, typer.Option(help="JSON with PPOConfig fields for every run.")] = None,
     plasticity_config: Annotated[
         Path | None,
-        typer.Option(help='JSON: PlasticityConfig fields for all methods, and {"overrides": {method: {...}}}.'),
+        typer.Option(
+            help='JSON: plasticity fields for every method that has them, and {"overrides": {method: {...}}}.'
+        ),
     ] = None,
 ) -> None:
     """Train one network per (method, seed) through SCHEDULE; report QoE per phase, recovery, silent ratios."""
     from plasticity.bench import BenchConfig, aggregate, run_bench, write_report
-    from plasticity.methods import PlasticityConfig
     from plasticity.schedules import load_schedule
     from policy.learning.config import PPOConfig
     from simulator.video import load_video
@@ -90,7 +91,7 @@ def plasticity_bench(
         overrides = plast.pop("overrides", {})
         config = BenchConfig(
             methods=chosen, seeds=seeds, scale=scale, workers=workers, trace_root=str(trace_root),
-            ppo=PPOConfig(**ppo_fields), plasticity=PlasticityConfig(**plast), method_overrides=overrides,
+            ppo=PPOConfig(**ppo_fields), plasticity=plast, method_overrides=overrides,
             phase_jitter=phase_jitter,
         )  # fmt: skip
         for method in chosen:  # validate every method's settings before any run starts

@@ -59,12 +59,12 @@ def _connect(ray: str | None, ray_workers: int) -> int:
 
 def _config(window_s: float, updates: int, margin: float, method: str, replay: str, reference: str) -> RetrainConfig:
     from abr_server.retrain.loop import RetrainConfig
-    from plasticity.methods import PlasticityConfig
+    from plasticity.config import parse_plasticity
 
     return RetrainConfig(window_s=window_s, updates=updates, margin=margin,
                          replay=None if replay.lower() == OFF else replay,
                          reference=None if reference.lower() == OFF else reference,
-                         plasticity=PlasticityConfig(method=method))  # fmt: skip
+                         plasticity=parse_plasticity({"method": method}))  # fmt: skip
 
 
 @app.command("once")

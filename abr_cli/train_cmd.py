@@ -79,7 +79,7 @@ def train_command(
     with user_errors():
         from pydantic import ValidationError
 
-        from plasticity.methods import Plasticity, PlasticityConfig
+        from plasticity.methods import Plasticity, parse_plasticity
         from policy.learning.ppo import resolve_device
         from policy.learning.run import BEST_DIR, LAST_DIR, TrainingRun, load_init, merged_config
         from simulator.video import load_video
@@ -111,7 +111,7 @@ def train_command(
             raise ValueError(f"training options: {problems(err)}") from None
         except ValueError as err:  # the fine-tune's network shape
             raise ValueError(f"--init {init}: {err}") from None
-        plasticity_config = PlasticityConfig(method=plasticity, seed=seed)
+        plasticity_config = parse_plasticity({"method": plasticity, "seed": seed})
         dev = resolve_device(device)
         if ray is not None:
             from policy.cluster import connect

@@ -22,7 +22,7 @@ from abr_server.lab.fleet_client import stream_through_server, wait_for_model_ve
 from abr_server.lab.launcher import local_server
 from abr_server.lab.scenarios import SHIFT_3G_TO_FAST
 from abr_server.retrain.loop import RetrainConfig, retrain_once
-from plasticity.methods import PlasticityConfig
+from plasticity.config import parse_plasticity
 from policy.learned import DEFAULT_MODEL_DIR
 from policy.learning.config import PPOConfig
 from simulator.fleet import FleetResult
@@ -51,7 +51,7 @@ def one(method: str, seed: int) -> dict[str, object]:
             frozen = through_server(url, SHIFT.after_test)
             config = RetrainConfig(
                 window_s=until - shift_at, min_traces=8, updates=30, checkpoint_every=10, pool_size=64, margin=0.02,
-                plasticity=PlasticityConfig(method=method),  # type: ignore[arg-type]
+                plasticity=parse_plasticity({"method": method}),
                 ppo=PPOConfig(num_envs=32, num_steps=64, learning_rate=3e-4, anneal_lr=False, ent_coef_start=0.01,
                               ent_coef_end=0.01, torch_threads=1, seed=seed),
             )  # fmt: skip

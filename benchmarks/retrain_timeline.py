@@ -32,7 +32,7 @@ from abr_common.files import write_atomic
 from abr_server.lab.fleet_client import served_model_version, stream_through_server, wait_for_model_version
 from abr_server.lab.launcher import local_server
 from abr_server.retrain.loop import RetrainConfig, retrain_once
-from plasticity.methods import PlasticityConfig
+from plasticity.config import parse_plasticity
 from policy.learned import DEFAULT_MODEL_DIR
 from policy.learning.config import PPOConfig
 from simulator.video import Video
@@ -69,7 +69,7 @@ def run_arm(arm: str, seed: int, timeline: tuple[str, ...], updates: int) -> lis
                     method, *extras = arm.split("+")
                     config = RetrainConfig(
                         window_s=time.time() - started + 1e-3, min_traces=8, updates=updates, checkpoint_every=10,
-                        pool_size=64, margin=0.02, plasticity=PlasticityConfig(method=method),  # type: ignore[arg-type]
+                        pool_size=64, margin=0.02, plasticity=parse_plasticity({"method": method}),
                         replay="telemetry" if "replay" in extras else None,
                         reference="telemetry" if "reference" in extras else None,
                         ppo=PPOConfig(num_envs=32, num_steps=64, learning_rate=3e-4, anneal_lr=False,

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from abr_common import seeding
 from abr_common.files import figure_png, write_atomic
 from abr_common.paths import DEFAULT_TRACE_ROOT
 from abr_common.stats import mean_ci95
+from plasticity.config import CONFIG_CLASSES, MethodConfig, ResetterConfig, config_class, parse_plasticity
 from plasticity.continual import eventual_level, recovery_steps, run_schedule
-from plasticity.methods import METHODS, PlasticityConfig
 from plasticity.schedules import Schedule
 from policy.learning.config import PPOConfig
 from simulator.video import Video
@@ -44,7 +44,11 @@ class BenchConfig(BaseModel):
     workers: int = Field(2, ge=1)
     trace_root: str = str(DEFAULT_TRACE_ROOT)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
-    plasticity: PlasticityConfig = Field(default_factory=PlasticityConfig, description="Shared by every method.")
+    plasticity: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Plasticity fields given to every method whose config has them (e.g. diagnose_every_updates, "
+        "batch_size, tau_forward, every_updates); the others ignore them.",
+    )
     method_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per-method fields.")
     phase_jitter: float | None = Field(
         None,
@@ -54,6 +58,17 @@ class BenchConfig(BaseModel):
         "method at that seed: shifts come at times no fixed period can match (0: the schedule as written; "
         "None: the schedule's own `phase_jitter`).",
     )
+
+    @field_validator("plasticity")
+    @classmethod
+    def _shared_fields_exist(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        # ``method`` is each run's own (results written before the per-method configs held one here).
+        fields = {k: v for k, v in fields.items() if k != "method"}
+        known = {name for config in CONFIG_CLASSES.values() for name in config.model_fields}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"no plasticity method has the field(s) {', '.join(unknown)}")
+        return fields
 
     def jitter(self, schedule: Schedule) -> float:
         """The phase jitter this benchmark applies to ``schedule``."""
@@ -71,13 +86,11 @@ class BenchConfig(BaseModel):
                   for p, f in zip(schedule.phases, factors, strict=True)]  # fmt: skip
         return applied.model_copy(update={"phases": phases})
 
-    def method_config(self, method: str, seed: int) -> PlasticityConfig:
-        """The plasticity settings of ``method`` in run ``seed``."""
-        if method not in METHODS:
-            raise ValueError(f"unknown plasticity method {method!r} (choose from {', '.join(METHODS)})")
-        fields = {**self.plasticity.model_dump(), **self.method_overrides.get(method, {}), "method": method}
-        fields["seed"] = seed
-        return PlasticityConfig(**fields)
+    def method_config(self, method: str, seed: int) -> MethodConfig:
+        """The plasticity settings of ``method`` in run ``seed``: the shared fields it has, then its overrides."""
+        own = config_class(method).model_fields
+        shared = {k: v for k, v in self.plasticity.items() if k in own}
+        return parse_plasticity({**shared, **self.method_overrides.get(method, {}), "method": method, "seed": seed})
 
 
 def _job_record(args: tuple[dict[str, Any], dict[str, Any], str, float, str, Video, str]) -> dict[str, Any]:
@@ -88,7 +101,7 @@ def _job_record(args: tuple[dict[str, Any], dict[str, Any], str, float, str, Vid
     torch.set_num_threads(1)
     return run_schedule(
         Schedule.model_validate(schedule_json),
-        PlasticityConfig.model_validate(plasticity_json),
+        parse_plasticity(plasticity_json),
         PPOConfig.model_validate_json(ppo_json),
         video,
         scale=scale,
@@ -114,11 +127,20 @@ LATER_SETTINGS: dict[str, tuple[object, frozenset[str]]] = {
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with later settings filled in as older records ran them, and dropped where unused."""
-    out = dict(config)
-    if "method" in config:  # the check cadence as it ran (older records hold the number, newer may hold None)
-        fields = {k: v for k, v in config.items() if k in PlasticityConfig.model_fields}
-        out["every_updates"] = PlasticityConfig.model_construct(**fields).check_every_updates
+    """``config`` as it ran: its method's fields only, later settings filled in as older records ran them.
+
+    Records written before the per-method configs hold every method's fields; those of other methods never
+    changed the run, so they are left out whatever their value (a bench whose shared settings set one still
+    resumes). The check cadence is compared as the number it ran with (older records hold the number,
+    newer ones may hold None for the method's own).
+    """
+    try:
+        kind = config_class(config.get("method"))
+    except ValueError:
+        return dict(config)
+    out = {k: v for k, v in config.items() if k in kind.model_fields}
+    if issubclass(kind, ResetterConfig):
+        out["every_updates"] = kind.model_construct(**out).check_every_updates
     for name, (legacy, methods) in LATER_SETTINGS.items():
         if config.get("method") in methods:
             out.setdefault(name, legacy)
@@ -127,7 +149,7 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _matches(path: Path, plasticity: PlasticityConfig, scale: float, schedule: Schedule) -> bool:
+def _matches(path: Path, plasticity: MethodConfig, scale: float, schedule: Schedule) -> bool:
     try:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):

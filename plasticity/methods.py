@@ -16,14 +16,28 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any, Generic, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from abr_common import seeding
 from abr_common.seeding import stream_seed
+from plasticity.config import CHECK_EVERY_UPDATES as CHECK_EVERY_UPDATES
+from plasticity.config import DEFAULT_CHECK_EVERY_UPDATES as DEFAULT_CHECK_EVERY_UPDATES
+from plasticity.config import (
+    CbpConfig,
+    FreshConfig,
+    MethodConfig,
+    NoneConfig,
+    RedoConfig,
+    ResetConfig,
+    ResetterConfig,
+    ResinConfig,
+    ShrinkPerturbConfig,
+)
+from plasticity.config import PlasticityConfig as PlasticityConfig
+from plasticity.config import parse_plasticity as parse_plasticity
 from plasticity.diagnostics import (
     SCORE_EPS,
     LayerScores,
@@ -38,95 +52,11 @@ from plasticity.diagnostics import (
     weight_magnitude,
 )
 from plasticity.names import METHODS as METHODS
-from plasticity.names import MethodName
 from policy.learning.network import ActorCritic, NeuronLayer
 from policy.learning.ppo import Rollout
 
-SilentRule = Literal["both", "either", "forward", "backward"]
-
-#: Updates between checks for silent neurons, per method. ReSiN checks twice as often as ReDo: a policy's
-#: gradient collapses within a few updates of a network shift, and every update it keeps training silent
-#: neurons delays recovery (on the jittered schedules 5 scored at least as well as 10 on every schedule;
-#: BENCHMARKS.md). ReDo's forward-only score does not see that collapse at any cadence.
-CHECK_EVERY_UPDATES: dict[str, int] = {"resin": 5}
-DEFAULT_CHECK_EVERY_UPDATES = 10
-
 #: Gain of the trunk layers' orthogonal init (`policy.learning.network.layer_init`'s default): resets redraw from it.
 TRUNK_GAIN = math.sqrt(2.0)
-
-
-class PlasticityConfig(BaseModel):
-    """Which method runs, how often, and its thresholds (recorded with every run)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    method: MethodName = Field("none", description="none, reset, redo, shrink-perturb, cbp, resin or fresh.")
-    every_updates: int | None = Field(
-        None, ge=1,
-        description="ReDo / ReSiN: check for (and reset) silent neurons every this many updates (None: the "
-        "method's own cadence, `CHECK_EVERY_UPDATES`).",
-    )  # fmt: skip
-    diagnose_every_updates: int = Field(10, ge=0, description="Log plasticity/* every this many updates (0: never).")
-    batch_size: int = Field(1024, ge=2, description="Recent transitions the scores are computed on.")
-    tau_forward: float = Field(0.025, ge=0, description="Dormant when the normalised activation score <= this.")
-    tau_backward: float = Field(0.025, ge=0, description="Gradient-silent when the normalised gradient score <= this.")
-    rule: SilentRule = Field("either", description="ReSiN: silent when dormant and/or gradient-silent.")
-    backward_reference: Literal["layer", "history"] = Field(
-        "history",
-        description="ReSiN: normalise gradient scores by the layer's current mean (layer) or by the larger of that "
-        "and its running mean over past checks (history), so a collapse of the whole layer's gradient counts.",
-    )
-    history_decay: float = Field(0.9, ge=0, lt=1, description="ReSiN: per-check decay of the running layer mean.")
-    collapse_ratio: float = Field(
-        0.2, ge=0, lt=1,
-        description="ReSiN with history: a layer whose mean gradient fell to <= this fraction of its running mean "
-        "receives no gradient as a whole, and all its neurons count as gradient-silent (0: off).",
-    )  # fmt: skip
-    collapse_scope: Literal["all", "top"] = Field(
-        "top",
-        description="ReSiN: which layers can collapse as a whole: all, or only each trunk's top layer (the "
-        "lower layers' gradient flows through it, so their silence is its consequence; their silent neurons "
-        "are still reset one by one).",
-    )
-    shift_ratio: float = Field(
-        3.0, ge=0,
-        description="ReSiN: a layer's collapse counts only while its trunk's inputs have shifted, i.e. some layer's "
-        "mean activity is >= this factor above or below its running mean (0: off). A policy converging in a "
-        "stationary phase also loses gradient; that is not plasticity loss.",
-    )  # fmt: skip
-    neuron_reference: Literal["layer", "history"] = Field(
-        "layer",
-        description="ReSiN with history: normalise each neuron's gradient by max(layer mean, running mean) "
-        "(history) or by the layer's current mean only (layer; whole-layer loss of gradient is then left to the "
-        "collapse rule).",
-    )
-    shift_window_updates: int = Field(
-        100, ge=1,
-        description="ReSiN: how long after an input shift its trunk's collapse still counts (unless its top layer "
-        "was reset for it first): a policy's gradient takes a few checks to collapse after the shift.",
-    )  # fmt: skip
-    grace_updates: int = Field(20, ge=0, description="Neurons reset less than this many updates ago are exempt.")
-    futile_backoff: int = Field(
-        6, ge=0,
-        description="ReDo / ReSiN: a neuron still silent in the forward pass after its reset waits twice as long "
-        "before the next (grace x 2^k, k <= this; 0: off). Units that cannot fire (a branch whose input is "
-        "never positive) are then not re-drawn at every check.",
-    )  # fmt: skip
-    reset_every_updates: int = Field(100, ge=1, description="reset / shrink-perturb: period in updates.")
-    reset_scope: Literal["all", "last"] = Field("last", description="reset: the whole network or its last layers.")
-    shrink: float = Field(0.8, ge=0, le=1, description="shrink-perturb: theta <- shrink * theta + ...")
-    perturb: float = Field(0.1, ge=0, description="... + perturb * (a freshly initialised theta).")
-    cbp_replacement_rate: float = Field(1e-3, ge=0, description="cbp: fraction of mature units replaced per update.")
-    cbp_maturity_updates: int = Field(50, ge=0, description="cbp: units younger than this are never replaced.")
-    cbp_decay: float = Field(0.99, ge=0, lt=1, description="cbp: running-average decay of the utility.")
-    seed: int = Field(0, description="Seeds re-initialisations and the diagnostic batch.")
-
-    @property
-    def check_every_updates(self) -> int:
-        """How often ReDo / ReSiN check for silent neurons: ``every_updates``, else the method's cadence."""
-        if self.every_updates is not None:
-            return self.every_updates
-        return CHECK_EVERY_UPDATES.get(self.method, DEFAULT_CHECK_EVERY_UPDATES)
 
 
 # --------------------------------------------------------------------------- per-layer operations
@@ -188,12 +118,16 @@ def _last_layer_names(model: ActorCritic) -> set[str]:
 # --------------------------------------------------------------------------- methods
 
 
-class PlasticityMethod(ABC):
-    """One way of keeping the network plastic."""
+ConfigT = TypeVar("ConfigT", bound=MethodConfig)
+ResetterT = TypeVar("ResetterT", bound=ResetterConfig)
+
+
+class PlasticityMethod(ABC, Generic[ConfigT]):
+    """One way of keeping the network plastic, with its own config."""
 
     name: str
 
-    def __init__(self, config: PlasticityConfig) -> None:
+    def __init__(self, config: ConfigT) -> None:
         self.config = config
         self.generator = torch.Generator().manual_seed(stream_seed(seeding.METHOD_GENERATOR, config.seed, 17))
         self.resets = 0
@@ -222,7 +156,7 @@ class PlasticityMethod(ABC):
         """Act after update number ``update`` (1-based); return stats such as neurons reset."""
 
 
-class NoMethod(PlasticityMethod):
+class NoMethod(PlasticityMethod[NoneConfig]):
     """Plain continual training."""
 
     name = "none"
@@ -246,7 +180,7 @@ def _reinit_parameters(model: ActorCritic, optimizer: torch.optim.Optimizer, nam
     return count
 
 
-class PeriodicReset(PlasticityMethod):
+class PeriodicReset(PlasticityMethod[ResetConfig]):
     """Re-initialise the whole network or its last layers every ``reset_every_updates`` updates."""
 
     name = "reset"
@@ -262,7 +196,7 @@ class PeriodicReset(PlasticityMethod):
         return {"plasticity/reset": 1.0}
 
 
-class FreshAtShift(PlasticityMethod):
+class FreshAtShift(PlasticityMethod[FreshConfig]):
     """A fresh network at every new phase: the reference for how fast an unburdened network adapts."""
 
     name = "fresh"
@@ -280,7 +214,7 @@ class FreshAtShift(PlasticityMethod):
         return {}
 
 
-class ShrinkPerturb(PlasticityMethod):
+class ShrinkPerturb(PlasticityMethod[ShrinkPerturbConfig]):
     """theta <- shrink * theta + perturb * theta_fresh every ``reset_every_updates`` (Ash & Adams)."""
 
     name = "shrink-perturb"
@@ -300,12 +234,16 @@ class ShrinkPerturb(PlasticityMethod):
         return {"plasticity/reset": 1.0}
 
 
-class _NeuronResetter(PlasticityMethod):
-    """Shared by ReDo and ReSiN: score, select silent neurons outside their grace period, reset them."""
+class _NeuronResetter(PlasticityMethod[ResetterT]):
+    """Shared by ReDo, ReSiN and ReGraMa: score, select silent neurons outside their grace period, reset them.
+
+    The history of layer means (``use_history``) and whole-layer collapses are ReSiN's (`ReSiN`); the others
+    normalise by the layer's current mean and reset neuron by neuron.
+    """
 
     rule: str
 
-    def __init__(self, config: PlasticityConfig) -> None:
+    def __init__(self, config: ResetterT) -> None:
         super().__init__(config)
         self.last_reset: dict[str, torch.Tensor] = {}  # layer name -> update of each neuron's last reset
         self.futile: dict[str, torch.Tensor] = {}  # layer name -> resets since each neuron last fired
@@ -334,6 +272,68 @@ class _NeuronResetter(PlasticityMethod):
             self.last_reset = {k: torch.tensor(v, dtype=torch.long) for k, v in state.get("last_reset", {}).items()}
             self.futile = {k: torch.tensor(v, dtype=torch.long) for k, v in state.get("futile", {}).items()}
             self.shift_at = {k: int(v) for k, v in state.get("shift_at", {}).items()}
+
+    def _collapsed(self, scores: list[LayerScores], update: int) -> set[str]:
+        """Layers whose gradient collapsed as a whole (ReSiN only; updates its running means)."""
+        return set()
+
+    def _backward_scores(self, s: LayerScores, collapsed: bool) -> torch.Tensor:
+        """Per-neuron gradient scores: normalised by the layer's current mean."""
+        return s.backward
+
+    def _reset_whole(self, name: str, collapsed: set[str]) -> bool:
+        """Whether layer ``name`` is reset whole at this check, grace or not (ReSiN's collapsed top layers)."""
+        return False
+
+    def after_update(
+        self, model: ActorCritic, optimizer: torch.optim.Optimizer, update: int, batch: Rollout, loss_fn: LossFn
+    ) -> dict[str, float]:
+        if update % self.config.check_every_updates:
+            return {}
+        scores = layer_scores(model, batch, loss_fn)
+        # The backward scores are normalised by the running mean as it was before this check.
+        reference_before = dict(self.gradient_reference)
+        collapsed = self._collapsed(scores, update)
+        current_reference = self.gradient_reference
+        self.gradient_reference = reference_before
+        backward = {s.layer.name: self._backward_scores(s, s.layer.name in collapsed) for s in scores}
+        self.gradient_reference = current_reference
+        reset = 0
+        for s in scores:
+            name = s.layer.name
+            last = self.last_reset.setdefault(name, torch.full((s.layer.units,), -(10**9), dtype=torch.long))
+            futile = self.futile.setdefault(name, torch.zeros(s.layer.units, dtype=torch.long))
+            futile[(s.forward > self.config.tau_forward).cpu()] = 0  # it fires: its last reset was not futile
+            scored = replace(s, backward=backward[name])
+            mask = silent_mask(scored, self.config.tau_forward, self.config.tau_backward, self.rule).cpu()
+            mask &= (update - last) >= self.config.grace_updates * 2 ** futile.clamp(max=self.config.futile_backoff)
+            if self._reset_whole(name, collapsed):
+                mask[:] = True
+            n = reset_neurons(s.layer, mask.to(s.forward.device), optimizer, self.generator)
+            last[mask] = update
+            futile[mask] += 1
+            reset += n
+        self.resets += reset
+        total = sum(s.layer.units for s in scores)
+        return {"plasticity/neurons_reset": float(reset), "plasticity/reset_fraction": reset / max(total, 1)}
+
+
+class ReDo(_NeuronResetter[RedoConfig]):
+    """ReDo (Sokar et al. 2023): reset neurons whose normalised activation score is <= tau."""
+
+    name = "redo"
+    rule = "forward"
+
+
+class ReSiN(_NeuronResetter[ResinConfig]):
+    """ReSiN: reset neurons silent forward and/or backward (``rule``), each direction with its threshold."""
+
+    name = "resin"
+
+    def __init__(self, config: ResinConfig) -> None:
+        super().__init__(config)
+        self.rule = config.rule
+        self.use_history = config.backward_reference == "history"
 
     def _collapsed(self, scores: list[LayerScores], update: int) -> set[str]:
         """Layers whose mean gradient fell to ``collapse_ratio`` of its running mean (history reference only).
@@ -393,60 +393,13 @@ class _NeuronResetter(PlasticityMethod):
         reference = self.gradient_reference.get(s.layer.name, current)
         return s.raw_backward / max(current, reference, SCORE_EPS)
 
-    def after_update(
-        self, model: ActorCritic, optimizer: torch.optim.Optimizer, update: int, batch: Rollout, loss_fn: LossFn
-    ) -> dict[str, float]:
-        if update % self.config.check_every_updates:
-            return {}
-        scores = layer_scores(model, batch, loss_fn)
-        # The backward scores are normalised by the running mean as it was before this check.
-        reference_before = dict(self.gradient_reference)
-        collapsed = self._collapsed(scores, update)
-        current_reference = self.gradient_reference
-        self.gradient_reference = reference_before
-        backward = {s.layer.name: self._backward_scores(s, s.layer.name in collapsed) for s in scores}
-        self.gradient_reference = current_reference
-        reset = 0
-        for s in scores:
-            name = s.layer.name
-            last = self.last_reset.setdefault(name, torch.full((s.layer.units,), -(10**9), dtype=torch.long))
-            futile = self.futile.setdefault(name, torch.zeros(s.layer.units, dtype=torch.long))
-            futile[(s.forward > self.config.tau_forward).cpu()] = 0  # it fires: its last reset was not futile
-            scored = replace(s, backward=backward[name])
-            mask = silent_mask(scored, self.config.tau_forward, self.config.tau_backward, self.rule).cpu()
-            mask &= (update - last) >= self.config.grace_updates * 2 ** futile.clamp(max=self.config.futile_backoff)
-            if name in collapsed and self.config.collapse_scope == "top":
-                # A collapsed top layer is reset whole, grace or not: a partial reset leaves the head's bias
-                # and the kept units' weights, and with them the saturated policy.
-                mask[:] = True
-            n = reset_neurons(s.layer, mask.to(s.forward.device), optimizer, self.generator)
-            last[mask] = update
-            futile[mask] += 1
-            reset += n
-        self.resets += reset
-        total = sum(s.layer.units for s in scores)
-        return {"plasticity/neurons_reset": float(reset), "plasticity/reset_fraction": reset / max(total, 1)}
+    def _reset_whole(self, name: str, collapsed: set[str]) -> bool:
+        # A collapsed top layer is reset whole, grace or not: a partial reset leaves the head's bias and the
+        # kept units' weights, and with them the saturated policy.
+        return name in collapsed and self.config.collapse_scope == "top"
 
 
-class ReDo(_NeuronResetter):
-    """ReDo (Sokar et al. 2023): reset neurons whose normalised activation score is <= tau."""
-
-    name = "redo"
-    rule = "forward"
-
-
-class ReSiN(_NeuronResetter):
-    """ReSiN: reset neurons silent forward and/or backward (``rule``), each direction with its threshold."""
-
-    name = "resin"
-
-    def __init__(self, config: PlasticityConfig) -> None:
-        super().__init__(config)
-        self.rule = config.rule
-        self.use_history = config.backward_reference == "history"
-
-
-class ContinualBackprop(PlasticityMethod):
+class ContinualBackprop(PlasticityMethod[CbpConfig]):
     """Continual backprop (Dohare et al.): replace a small fraction of mature, low-utility units.
 
     Utility of a unit = running average of mean |h| times the sum of its |outgoing weights|, updated
@@ -456,7 +409,7 @@ class ContinualBackprop(PlasticityMethod):
 
     name = "cbp"
 
-    def __init__(self, config: PlasticityConfig) -> None:
+    def __init__(self, config: CbpConfig) -> None:
         super().__init__(config)
         self.utility: dict[str, torch.Tensor] = {}
         self.age: dict[str, torch.Tensor] = {}
@@ -500,7 +453,7 @@ class ContinualBackprop(PlasticityMethod):
         return {"plasticity/neurons_reset": float(reset)} if reset else {}
 
 
-_REGISTRY: dict[str, Callable[[PlasticityConfig], PlasticityMethod]] = {
+_REGISTRY: dict[str, Callable[[Any], PlasticityMethod[Any]]] = {
     "none": NoMethod,
     "reset": PeriodicReset,
     "redo": ReDo,
@@ -511,15 +464,15 @@ _REGISTRY: dict[str, Callable[[PlasticityConfig], PlasticityMethod]] = {
 }
 
 
-def make_method(config: PlasticityConfig) -> PlasticityMethod:
-    """The method ``config.method`` names."""
+def make_method(config: MethodConfig) -> PlasticityMethod[Any]:
+    """The method ``config.method`` names, with ``config``."""
     return _REGISTRY[config.method](config)
 
 
 class Plasticity:
     """The trainer's hook: runs the method and logs diagnostics every ``diagnose_every_updates``."""
 
-    def __init__(self, config: PlasticityConfig) -> None:
+    def __init__(self, config: MethodConfig) -> None:
         self.config = config
         self.method = make_method(config)
         self.sampler = torch.Generator().manual_seed(stream_seed(seeding.METHOD_SAMPLER, config.seed, 3))

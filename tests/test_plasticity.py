@@ -8,15 +8,9 @@ import math
 import pytest
 import torch
 
+from plasticity.config import CbpConfig, RedoConfig, ResinConfig, ShrinkPerturbConfig, method_fields, parse_plasticity
 from plasticity.diagnostics import churn, effective_rank, layer_scores, silent_mask, summarise
-from plasticity.methods import (
-    METHODS,
-    Plasticity,
-    PlasticityConfig,
-    fresh_like,
-    make_method,
-    reset_neurons,
-)
+from plasticity.methods import METHODS, Plasticity, fresh_like, make_method, reset_neurons
 from policy.learning.config import NetworkConfig, PPOConfig
 from policy.learning.network import ActorCritic
 from policy.learning.optim import EntryAdam
@@ -202,7 +196,7 @@ def test_churn_is_total_variation() -> None:
 def test_shrink_perturb_is_the_convex_mix_with_a_fresh_network() -> None:
     model = tiny_model()
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
-    config = PlasticityConfig(method="shrink-perturb", reset_every_updates=1, shrink=0.7, perturb=0.2, seed=4)
+    config = ShrinkPerturbConfig(reset_every_updates=1, shrink=0.7, perturb=0.2, seed=4)
     method = make_method(config)
     optimizer = EntryAdam(model.parameters())
     method.after_update(model, optimizer, 1, batch_for(model), loss_fn(model))
@@ -213,7 +207,7 @@ def test_shrink_perturb_is_the_convex_mix_with_a_fresh_network() -> None:
 
 def test_redo_resets_the_dead_neuron_and_respects_the_grace_period() -> None:
     model = planted()
-    config = PlasticityConfig(method="redo", every_updates=1, tau_forward=0.0, grace_updates=5)
+    config = RedoConfig(every_updates=1, tau_forward=0.0, grace_updates=5)
     method = make_method(config)
     optimizer = EntryAdam(model.parameters())
     batch = batch_for(model)
@@ -228,7 +222,7 @@ def test_redo_resets_the_dead_neuron_and_respects_the_grace_period() -> None:
 @pytest.mark.parametrize("method", ["redo", "resin"])
 def test_a_neuron_that_cannot_fire_is_reset_with_exponential_backoff(method: str) -> None:
     model = tiny_model()
-    config = PlasticityConfig(method=method, every_updates=10, grace_updates=20, futile_backoff=2)
+    config = parse_plasticity({"method": method, "every_updates": 10, "grace_updates": 20, "futile_backoff": 2})
     resetter = make_method(config)
     optimizer = EntryAdam(model.parameters())
     batch = batch_for(model)
@@ -244,7 +238,7 @@ def test_a_neuron_that_cannot_fire_is_reset_with_exponential_backoff(method: str
 
 def test_a_revived_neuron_gets_the_plain_grace_period_again() -> None:
     model = planted()
-    config = PlasticityConfig(method="redo", every_updates=1, tau_forward=0.0, grace_updates=5)
+    config = RedoConfig(every_updates=1, tau_forward=0.0, grace_updates=5)
     method = make_method(config)
     optimizer = EntryAdam(model.parameters())
     batch = batch_for(model)
@@ -259,14 +253,14 @@ def test_a_revived_neuron_gets_the_plain_grace_period_again() -> None:
 
 def test_resin_either_resets_dead_and_muted_neurons() -> None:
     model = planted()
-    config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0, rule="either")
+    config = ResinConfig(every_updates=1, tau_forward=0.0, tau_backward=0.0, rule="either")
     stats = make_method(config).after_update(model, EntryAdam(model.parameters()), 1, batch_for(model), loss_fn(model))
     assert stats["plasticity/neurons_reset"] == 2.0
 
 
 def test_cbp_replaces_the_lowest_utility_mature_unit() -> None:
     model = planted()
-    config = PlasticityConfig(method="cbp", cbp_replacement_rate=1 / 8, cbp_maturity_updates=0, cbp_decay=0.0)
+    config = CbpConfig(cbp_replacement_rate=1 / 8, cbp_maturity_updates=0, cbp_decay=0.0)
     method = make_method(config)
     optimizer = EntryAdam(model.parameters())
     method.after_update(model, optimizer, 1, batch_for(model), loss_fn(model))
@@ -281,7 +275,10 @@ def test_cbp_replaces_the_lowest_utility_mature_unit() -> None:
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_behind_the_trainer_hook(method: str) -> None:
     model = tiny_model()
-    hook = Plasticity(PlasticityConfig(method=method, every_updates=1, reset_every_updates=1, diagnose_every_updates=1))
+    fields = {"every_updates": 1, "reset_every_updates": 1, "diagnose_every_updates": 1}
+    hook = Plasticity(
+        parse_plasticity({k: v for k, v in fields.items() if k in method_fields(method)} | {"method": method})
+    )
     optimizer = EntryAdam(model.parameters())
     batch = batch_for(model)
     hook.begin_phase(model, optimizer, 1)
@@ -294,7 +291,7 @@ def test_every_method_runs_behind_the_trainer_hook(method: str) -> None:
 
 def test_resin_treats_a_collapse_of_a_layers_gradient_as_silence() -> None:
     model = tiny_model()
-    config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=0,
+    config = ResinConfig(every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=0,
                               shift_ratio=0.0)  # no input-shift gate  # fmt: skip
     method = make_method(config)
     optimizer = EntryAdam(model.parameters())
@@ -311,7 +308,7 @@ def test_resin_treats_a_collapse_of_a_layers_gradient_as_silence() -> None:
 
 def test_resin_layer_reference_ignores_history() -> None:
     model = tiny_model()
-    config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0,
+    config = ResinConfig(every_updates=1, tau_forward=0.0, tau_backward=0.0,
                               grace_updates=0, backward_reference="layer")  # fmt: skip
     method = make_method(config)
     optimizer = EntryAdam(model.parameters())
@@ -328,7 +325,7 @@ def _unchanged(before: dict[str, torch.Tensor], model: ActorCritic, prefix: str)
 
 def test_resin_top_scope_resets_only_the_topmost_collapsed_layer() -> None:
     model = tiny_model()
-    config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=0,
+    config = ResinConfig(every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=0,
                               collapse_scope="top", shift_ratio=0.0)  # fmt: skip
     method = make_method(config)
     optimizer = EntryAdam(model.parameters())
@@ -348,7 +345,7 @@ def test_resin_top_scope_resets_only_the_topmost_collapsed_layer() -> None:
 
 
 def test_resin_shift_gate_ignores_a_collapse_while_the_inputs_are_stationary() -> None:
-    config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=0,
+    config = ResinConfig(every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=0,
                               collapse_scope="top", shift_ratio=3.0)  # fmt: skip
     for shift, reset in ((1.0, False), (10.0, True)):
         model = tiny_model()
@@ -366,7 +363,7 @@ def test_resin_shift_gate_ignores_a_collapse_while_the_inputs_are_stationary() -
 
 
 def test_resin_state_carries_the_running_levels_into_a_new_round() -> None:
-    config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=0,
+    config = ResinConfig(every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=0,
                               shift_ratio=0.0)  # fmt: skip
     model = tiny_model()
     optimizer = EntryAdam(model.parameters())
@@ -391,11 +388,11 @@ def test_resin_state_carries_the_running_levels_into_a_new_round() -> None:
     assert resumed.resets == trained.resets
     assert resumed.last_reset.keys() == trained.last_reset.keys()  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="redo"):
-        make_method(config.model_copy(update={"method": "redo"})).load_state_dict(state, same_run=True)
+        make_method(RedoConfig()).load_state_dict(state, same_run=True)
 
 
 def test_resin_shift_gate_stays_open_for_a_window_after_the_shift() -> None:
-    config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=0,
+    config = ResinConfig(every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=0,
                               collapse_scope="top", shift_ratio=3.0, shift_window_updates=5)  # fmt: skip
     for collapse_at, reset in ((4, True), (8, False)):
         model = tiny_model()
@@ -416,7 +413,7 @@ def test_resin_shift_gate_stays_open_for_a_window_after_the_shift() -> None:
 
 def test_resin_resets_a_collapsed_top_layer_whole_even_within_grace() -> None:
     model = tiny_model()
-    config = PlasticityConfig(method="resin", every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=50,
+    config = ResinConfig(every_updates=1, tau_forward=0.0, tau_backward=0.0, grace_updates=50,
                               shift_ratio=0.0)  # fmt: skip
     method = make_method(config)
     optimizer = EntryAdam(model.parameters())

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from abr_cli.main import app
 from plasticity.bench import BenchConfig, _matches, aggregate, bitrate_ratio, run_bench, write_report
+from plasticity.config import FLAT_DEFAULTS, FreshConfig, ResetterConfig, ResinConfig, parse_plasticity
 from plasticity.continual import recovery_steps, run_schedule
-from plasticity.methods import PlasticityConfig
 from plasticity.schedules import Schedule, ScheduleError, available_schedules, load_schedule
 from policy.learning.config import NetworkConfig, PPOConfig
 from simulator.video import Video
@@ -66,7 +66,7 @@ def test_recovery_steps_by_hand() -> None:
 
 def test_run_schedule_records_continual_evaluation_and_is_reproducible() -> None:
     video = Video.builtin()
-    config = PlasticityConfig(method="resin", every_updates=1, diagnose_every_updates=1, batch_size=64)
+    config = ResinConfig(every_updates=1, diagnose_every_updates=1, batch_size=64)
     a = run_schedule(TINY_SCHEDULE, config, TINY_PPO, video)
     b = run_schedule(TINY_SCHEDULE, config, TINY_PPO, video)
     assert a["phase_updates"] == [4, 2]
@@ -84,12 +84,12 @@ def test_run_schedule_records_continual_evaluation_and_is_reproducible() -> None
 
 def test_fresh_method_restarts_the_network_at_each_shift() -> None:
     video = Video.builtin()
-    record = run_schedule(TINY_SCHEDULE, PlasticityConfig(method="fresh"), TINY_PPO, video)
+    record = run_schedule(TINY_SCHEDULE, FreshConfig(), TINY_PPO, video)
     assert record["resets"] == 1
 
 
 def test_bench_runs_resumes_and_reports(tmp_path: Path) -> None:
-    shared = PlasticityConfig(every_updates=1, diagnose_every_updates=1, batch_size=64)
+    shared = {"every_updates": 1, "diagnose_every_updates": 1, "batch_size": 64}
     config = BenchConfig(methods=["none", "resin"], seeds=2, workers=1, ppo=TINY_PPO, plasticity=shared)
     seen: list[str] = []
     records = run_bench(TINY_SCHEDULE, config, Video.builtin(), tmp_path, on_done=seen.append)
@@ -160,15 +160,17 @@ def test_records_from_before_a_new_setting_are_kept_only_where_it_changes_nothin
     tmp_path: Path, method: str, kept: bool
 ) -> None:
     """A record written before ``futile_backoff`` existed ran without backoff: still valid for methods
-    that never back off, stale for ReDo and ReSiN (which now back off by default)."""
-    config = PlasticityConfig(method=method)
-    old = config.model_dump()
+    that never back off, stale for ReDo and ReSiN (which now back off by default). The record holds the
+    flat config of every method's fields that records had then."""
+    config = parse_plasticity({"method": method})
+    old = {**FLAT_DEFAULTS, "method": method}
     del old["futile_backoff"]
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"plasticity": old, "scale": 0.1, "schedule": TINY_SCHEDULE.model_dump()}))
     assert _matches(path, config, 0.1, TINY_SCHEDULE) is kept
-    legacy = config.model_copy(update={"futile_backoff": 0})
-    assert _matches(path, legacy, 0.1, TINY_SCHEDULE)  # asking for the old behaviour keeps every record
+    if isinstance(config, ResetterConfig):
+        legacy = config.model_copy(update={"futile_backoff": 0})
+        assert _matches(path, legacy, 0.1, TINY_SCHEDULE)  # asking for the old behaviour keeps every record
 
 
 def test_cli_rejects_bad_methods_and_schedules(tmp_path: Path) -> None:
@@ -213,11 +215,13 @@ def test_recovery_against_a_given_level_counts_a_stuck_run_as_never() -> None:
 def test_records_match_on_the_check_cadence_they_ran_with(
     tmp_path: Path, method: str, recorded: int | None, kept: bool
 ) -> None:
-    """Records hold the cadence as a number (older ones) or None (the method's own): compared as it ran."""
-    config = PlasticityConfig(method=method)
-    assert config.check_every_updates == (5 if method == "resin" else 10)
-    old = {**config.model_dump(), "every_updates": recorded}
+    """Records hold the cadence as a number (older ones) or None (the method's own): compared as it ran.
+    A method that never checks (none) ignores the field, whatever an old flat record holds there."""
+    config = parse_plasticity({"method": method})
+    old = {**FLAT_DEFAULTS, "method": method, "every_updates": recorded}
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"plasticity": old, "scale": 0.1, "schedule": TINY_SCHEDULE.model_dump()}))
     assert _matches(path, config, 0.1, TINY_SCHEDULE) is kept
-    assert _matches(path, config.model_copy(update={"every_updates": recorded}), 0.1, TINY_SCHEDULE)
+    if isinstance(config, ResetterConfig):
+        assert config.check_every_updates == (5 if method == "resin" else 10)
+        assert _matches(path, config.model_copy(update={"every_updates": recorded}), 0.1, TINY_SCHEDULE)

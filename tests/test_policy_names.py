@@ -38,6 +38,6 @@ def test_the_learned_policy_loads_on_demand() -> None:
 
 
 def test_every_plasticity_method_name_has_an_implementation() -> None:
-    from plasticity.methods import PlasticityConfig, make_method
+    from plasticity.methods import make_method, parse_plasticity
 
-    assert {make_method(PlasticityConfig(method=name)).name for name in METHODS} == set(METHODS)
+    assert {make_method(parse_plasticity({"method": name})).name for name in METHODS} == set(METHODS)

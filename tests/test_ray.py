@@ -71,10 +71,9 @@ def test_abr_eval_with_ray_writes_the_same_results(local_ray: None, tmp_path: Pa
 @pytest.mark.slow
 def test_plasticity_bench_through_ray_gives_the_same_records(local_ray: None, tmp_path: Path) -> None:
     from plasticity.bench import BenchConfig, run_bench
-    from plasticity.methods import PlasticityConfig
     from tests.test_plasticity_bench import TINY_PPO, TINY_SCHEDULE
 
-    shared = PlasticityConfig(every_updates=1, diagnose_every_updates=1, batch_size=64)
+    shared = {"every_updates": 1, "diagnose_every_updates": 1, "batch_size": 64}
     config = BenchConfig(methods=["none", "resin"], seeds=1, workers=1, ppo=TINY_PPO, plasticity=shared)
     local = run_bench(TINY_SCHEDULE, config, VIDEO, tmp_path / "local")
     seen: list[str] = []

@@ -13,7 +13,7 @@ import torch
 from abr_server.registry import ModelRegistry
 from abr_server.retrain import loop
 from abr_server.retrain.loop import RetrainConfig, retrain_once
-from plasticity.methods import PlasticityConfig
+from plasticity.config import ResinConfig
 from policy.learned import DEFAULT_MODEL_DIR
 from policy.learning.config import PPOConfig
 from simulator.video import Video
@@ -44,7 +44,7 @@ def config(**changes: object) -> RetrainConfig:
 
 def test_a_round_publishes_a_version_with_its_lineage(setup: tuple[Path, Path, Path]) -> None:
     db, models, work = setup
-    resin = PlasticityConfig(method="resin", every_updates=1)
+    resin = ResinConfig(every_updates=1)
     result = retrain_once(db, models, work, VIDEO, config(margin=-100.0, plasticity=resin), now_s=NOW_S)
     assert result.status == "published"
     assert result.version == "v0002"

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from abr_common.files import write_atomic
 from abr_server.registry import ModelRegistry
 from abr_server.retrain.rebuild import RebuildConfig, rebuild_traces, weighted_sample
-from plasticity.methods import Plasticity, PlasticityConfig
+from plasticity.methods import Plasticity, PlasticityConfig, ResinConfig
 from policy.base import make_policy
 from policy.evaluation.loop import run_policy
 from policy.learned import ModelPolicy
@@ -90,7 +90,7 @@ class RetrainConfig(BaseModel):
             num_envs=32, num_steps=64, learning_rate=2e-4, anneal_lr=False, ent_coef_start=0.01, ent_coef_end=0.01
         )
     )
-    plasticity: PlasticityConfig = Field(default_factory=lambda: PlasticityConfig(method="resin"))
+    plasticity: PlasticityConfig = Field(default_factory=ResinConfig)
     rebuild: RebuildConfig = Field(default_factory=RebuildConfig)
 
 
