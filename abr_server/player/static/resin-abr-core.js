@@ -155,9 +155,10 @@
       const source = mode === "native" ? native : pick ? pick.source : "untracked";
       const decision = state.decisions[index];
       state.counts[source] = (state.counts[source] || 0) + 1;
+      const stalledMs = rebufferMs + (stallStart === null ? 0 : Date.now() - stallStart);
       const record = {
         index, level, bitrate_kbps: ladder[level], bytes, request_start_ms: startMs, first_byte_ms: firstByteMs,
-        end_ms: endMs, buffer_s: segment.bufferS, rebuffer_ms: rebufferMs + (stallStart === null ? 0 : Date.now() - stallStart),
+        end_ms: endMs, buffer_s: segment.bufferS, rebuffer_ms: stalledMs,
         source, decided_level: decision ? decision.quality : null,
         policy: decision ? decision.policy : mode === "native" ? native : null,
       };
