@@ -159,6 +159,24 @@ def test_emulate_refuses_a_bad_player_before_starting_anything(tmp_path: Path) -
     assert not (tmp_path / "out").exists()
 
 
+def test_abr_emulate_names_the_playlist_a_player_needs_and_writes_nothing(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from abr_cli.main import app
+
+    (tmp_path / MANIFEST).write_text("<MPD/>")  # a DASH-only asset
+    trace = save(Trace("t", np.array([0.0, 1.0]), np.array([1.0, 1.0])), tmp_path / "t.txt")
+    out = tmp_path / "out"
+    args = ["emulate", "--asset", str(tmp_path), "--trace", str(trace), "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--player", "hlsjs"])
+    assert result.exit_code == 2
+    assert f"no {HLS_MASTER} there for hlsjs" in result.output
+    result = CliRunner().invoke(app, [*args, "--player", "vlc"])
+    assert result.exit_code == 2
+    assert "vlc" in result.output
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------------------------------- real browsers
 
 
