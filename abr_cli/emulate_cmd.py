@@ -1,4 +1,4 @@
-"""``abr emulate``: real dash.js players in headless Chromium over trace-shaped links, per policy."""
+"""``abr emulate``: real web players (dash.js, hls.js, Shaka) in headless Chromium over shaped links, per policy."""
 
 from __future__ import annotations
 
@@ -22,6 +22,14 @@ if TYPE_CHECKING:
 DEFAULT_POLICIES = ["learned", "robustmpc", "bba", "dashjs"]
 
 
+class Player(StrEnum):
+    """The web player that streams the asset."""
+
+    dashjs = "dashjs"
+    hlsjs = "hlsjs"
+    shaka = "shaka"
+
+
 class Shaping(StrEnum):
     """How the link follows the trace."""
 
@@ -34,7 +42,10 @@ def emulate(
     trace: Annotated[list[Path], typer.Option(help="Throughput trace file (repeat for several).")],
     policy: Annotated[
         list[str] | None,
-        typer.Option(help="learned, a classic spec (bba, robustmpc, ...) or dashjs (repeat) [default: all four]."),
+        typer.Option(
+            help="learned, a classic spec (bba, robustmpc, ...) or dashjs (repeat) "
+            "[default: learned, robustmpc, bba, and dashjs with --player dashjs]."
+        ),
     ] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/emulate"),
     delay_ms: Annotated[float, typer.Option(min=0, help="Delay added to every segment request.")] = 80.0,
@@ -42,9 +53,12 @@ def emulate(
     shaping: Annotated[
         Shaping, typer.Option(help="app: the segment server paces responses; kernel: tc tbf in a network namespace.")
     ] = Shaping.app,
+    player: Annotated[
+        Player, typer.Option(help="dashjs, hlsjs (the asset's HLS playlists) or shaka; each asks the server.")
+    ] = Player.dashjs,
 ) -> None:
     """Play the asset in Chromium with each policy over each trace; player QoE vs the server's log vs the simulator."""
-    from abr_server.lab.emulate import EmulationError
+    from abr_server.lab.emulate import DASHJS, PLAYER_MANIFESTS, EmulationError
     from abr_server.lab.emulate import emulate as run_emulation
     from abr_server.lab.netns import private_netns
 
@@ -55,17 +69,18 @@ def emulate(
         args = ["unshare", "-n", "--", sys.executable, "-m", "abr_cli.main", *sys.argv[1:]]
         raise typer.Exit(subprocess.call(args))
 
-    policies = policy or DEFAULT_POLICIES
+    policies = policy or [p for p in DEFAULT_POLICIES if player is Player.dashjs or p != DASHJS]
     with user_errors():
-        output_dir(out, "--out")
         for path in trace:
             if not path.is_file():
                 raise ValueError(f"--trace {path}: no such file")
-        if not (asset / "manifest.mpd").is_file():
-            raise ValueError(f"--asset {asset}: no manifest.mpd there (make one with `abr media make`)")
+        manifest = PLAYER_MANIFESTS[player.value]
+        if not (asset / manifest).is_file():
+            raise ValueError(f"--asset {asset}: no {manifest} there for {player.value} (see `abr media make`)")
+        output_dir(out, "--out")
         try:
             results = run_emulation(asset, trace, policies, out, delay_ms=delay_ms, chromium=chromium,
-                                    shaping=shaping.value, on_result=_print_one)  # fmt: skip
+                                    shaping=shaping.value, player=player.value, on_result=_print_one)  # fmt: skip
         except EmulationError as err:
             raise ValueError(str(err)) from None
     (out / "results.json").write_text(json.dumps([r.to_json() for r in results], indent=1) + "\n")

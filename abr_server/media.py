@@ -1,4 +1,4 @@
-"""The segment server: a DASH asset folder over HTTP, optionally paced by a throughput trace.
+"""The segment server: a DASH/HLS asset folder over HTTP, optionally paced by a throughput trace.
 
 Mounted at ``/media`` on the decision server (one origin for page, player, decisions and segments, so
 the browser's resource timing is complete), or run alone by ``abr media serve``. GET and HEAD only;
@@ -20,6 +20,7 @@ from abr_server.shaping import SLICE_BYTES, ShapedLink
 
 CONTENT_TYPES = {
     ".mpd": "application/dash+xml",
+    ".m3u8": "application/vnd.apple.mpegurl",
     ".m4s": "video/iso.segment",
     ".mp4": "video/mp4",
     ".m4a": "audio/mp4",

@@ -1,8 +1,10 @@
-"""Real-player emulation: dash.js in headless Chromium, over a trace-shaped link, deciding with abr_server.
+"""Real-player emulation: dash.js, hls.js or Shaka Player in headless Chromium, over a trace-shaped link,
+deciding with abr_server.
 
 For every (trace, policy) pair `emulate` starts a fresh decision server (``abr serve``) that also serves
-the asset at ``/media`` through the trace, opens ``/player`` in Chromium (Playwright, the system
-browser, never a downloaded one), plays the whole asset, and then compares three views of the session:
+the asset at ``/media`` through the trace, opens ``/player?player=NAME`` in Chromium (Playwright, the
+system browser, never a downloaded one), plays the whole asset (dash.js and Shaka from its DASH
+manifest, hls.js from its HLS playlists), and then compares three views of the session:
 
 - the player's own record (`PlayerOutcome`): level, timing and buffer per segment, stalls measured on
   the video element, the source of every decision;
@@ -29,6 +31,7 @@ import numpy as np
 
 from abr_common.files import write_atomic
 from abr_common.units import MS_PER_S
+from abr_server.lab.asset import HLS_MASTER, MANIFEST
 from abr_server.lab.launcher import ServerStartError, local_server
 from abr_server.lab.netns import KernelShaper, private_netns
 from abr_server.telemetry import ingest_pending
@@ -44,6 +47,10 @@ from traces.io import load_file
 DASHJS = "dashjs"
 #: The server's learned policy; in the simulator the same model is the ``default`` policy.
 LEARNED = "learned"
+#: The web players the /player page drives (its ``player`` parameter), each with the manifest of an
+#: `abr media make` asset it plays.
+PLAYER_MANIFESTS: dict[str, str] = {"dashjs": MANIFEST, "hlsjs": HLS_MASTER, "shaka": MANIFEST}
+DEFAULT_PLAYER = "dashjs"
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = (
     "--autoplay-policy=no-user-gesture-required",
@@ -182,6 +189,7 @@ class EmulationResult:
     server: ServerView | None
     simulated: SimulatedView | None
     counts: dict[str, int] = field(default_factory=dict)
+    player_name: str = DEFAULT_PLAYER  # the web player that played it (a key of PLAYER_MANIFESTS)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
@@ -270,15 +278,24 @@ def emulate(
     delay_ms: float = LinkConfig().rtt_ms,
     chromium: str = DEFAULT_CHROMIUM,
     shaping: Literal["app", "kernel"] = "app",
+    player: str = DEFAULT_PLAYER,
     on_result: Callable[[EmulationResult], None] | None = None,
 ) -> list[EmulationResult]:
     """Play every trace with every policy; per-session JSON under ``out_dir``; the results in order.
 
     ``shaping``: ``app`` paces responses in the segment server (`abr_server.shaping`); ``kernel`` shapes
     the loopback with ``tc tbf`` (`abr_server.lab.netns`; the process must be in a private network namespace).
+    ``player``: the web player (``dashjs``, ``hlsjs`` or ``shaka``); the ``dashjs`` policy needs dash.js.
     """
     if shaping == "kernel" and not private_netns():
         raise EmulationError("kernel shaping needs a private network namespace: run under `unshare -n`")
+    manifest = PLAYER_MANIFESTS.get(player)
+    if manifest is None:
+        raise EmulationError(f"unknown player {player!r}: one of {', '.join(PLAYER_MANIFESTS)}")
+    if not (asset / manifest).is_file():
+        raise EmulationError(f"{asset}: no {manifest} for {player} (make the asset with `abr media make`)")
+    if DASHJS in policies and player != DASHJS:
+        raise EmulationError(f"the {DASHJS} policy is dash.js's own ABR: it plays only with player {DASHJS}")
     video = load_video(str(asset))
     timeout_s = video.duration_s * 4 + 120
     results: list[EmulationResult] = []
@@ -286,7 +303,8 @@ def emulate(
         make_policy("default" if policy in (LEARNED, DASHJS) else policy)  # a bad spec fails before playing
     for trace in traces:
         for policy in policies:
-            run_dir = out_dir / "sessions" / f"{trace.name}.{policy.replace(':', '_')}"
+            played_by = "" if player == DEFAULT_PLAYER else f"{player}."
+            run_dir = out_dir / "sessions" / f"{trace.name}.{played_by}{policy.replace(':', '_')}"
             run_dir.mkdir(parents=True, exist_ok=True)
             session_id = f"emu-{len(results)}-{int(time.time())}"
             db = run_dir / "telemetry.sqlite"
@@ -302,20 +320,20 @@ def emulate(
             try:
                 with running_server(asset, None if shaper else trace, policy, delay_ms=delay_ms, telemetry_db=db,
                                     log_path=run_dir / "server.log") as url:  # fmt: skip
-                    mode = DASHJS if policy == DASHJS else "server"
-                    state = play(f"{url}/player?mpd=/media/manifest.mpd&abr={mode}&sid={session_id}",
-                                 timeout_s=timeout_s, chromium=chromium,
+                    mode = "native" if policy == DASHJS else "server"
+                    page = f"{url}/player?player={player}&src=/media/{manifest}&abr={mode}&sid={session_id}"
+                    state = play(page, timeout_s=timeout_s, chromium=chromium,
                                  on_start=shaper.start if shaper else None)  # fmt: skip
             finally:
                 if shaper is not None:
                     shaper.stop()
             wall_s = time.monotonic() - started
-            player = PlayerOutcome.from_state(state, video)
-            server = server_view(db, session_id, player, state) if policy != DASHJS else None
+            outcome = PlayerOutcome.from_state(state, video)
+            server = server_view(db, session_id, outcome, state) if policy != DASHJS else None
             result = EmulationResult(
-                trace=trace.name, policy=policy, session_id=session_id, wall_s=round(wall_s, 1), player=player,
+                trace=trace.name, policy=policy, session_id=session_id, wall_s=round(wall_s, 1), player=outcome,
                 server=server, simulated=simulate_session(policy, trace, video, delay_ms),
-                counts={k: int(v) for k, v in state.get("counts", {}).items() if v},
+                counts={k: int(v) for k, v in state.get("counts", {}).items() if v}, player_name=player,
             )  # fmt: skip
             write_atomic(run_dir / "player.json", json.dumps(state, indent=1).encode())
             write_atomic(run_dir / "result.json", json.dumps(result.to_json(), indent=1).encode())

@@ -1,8 +1,14 @@
-"""The browser side: the /player demo page, the dash.js rule (`resin-abr.js`) and the libraries it needs.
+"""The browser side: the /player demo page, the rules that play the server's decisions, their libraries.
 
-dash.js and Chart.js come from npm (``abr_server/player/package.json``, installed by ``make install``)
-and are served from that ``node_modules`` (or ``ABR_PLAYER_VENDOR_DIR``); nothing third-party is kept
-in the repository. Without them ``/player/vendor/*`` answers 503 naming the command that installs them.
+``resin-abr-core.js`` is what every player shares (reports, decisions, the fallback rule, stall
+tracking); ``resin-abr.js`` plugs it into dash.js (a custom ABR rule), ``resin-abr-hls.js`` into hls.js
+(an ``abrController`` class) and ``resin-abr-shaka.js`` into Shaka Player (an AbrManager given as
+``abrFactory``).
+
+dash.js, hls.js, Shaka Player and Chart.js come from npm (``abr_server/player/package.json``, installed
+by ``make install``) and are served from that ``node_modules`` (or ``ABR_PLAYER_VENDOR_DIR``); nothing
+third-party is kept in the repository. Without them ``/player/vendor/*`` answers 503 naming the
+command that installs them.
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ STATIC_DIR = PLAYER_DIR / "static"
 #: The browser libraries the page loads, by the name it loads them under, as paths inside node_modules.
 VENDOR_FILES = {
     "dash.all.min.js": "dashjs/dist/modern/umd/dash.all.min.js",
+    "hls.min.js": "hls.js/dist/hls.min.js",
+    "shaka-player.compiled.js": "shaka-player/dist/shaka-player.compiled.js",
     "chart.umd.min.js": "chart.js/dist/chart.umd.min.js",
 }
-INSTALL_HINT = "run `make install` (or `npm ci --prefix abr_server/player`) to install dash.js and Chart.js"
+INSTALL_HINT = "run `make install` (or `npm ci --prefix abr_server/player`) to install the player libraries"
 
 router = APIRouter(prefix="/player", tags=["player"])
 
@@ -50,7 +58,7 @@ def vendor_dir(configured: Path | None) -> Path:
 
 @router.get("", include_in_schema=False)
 async def page() -> FileResponse:
-    """The demo page (``?mpd=URL&abr=server|dashjs&sid=ID``)."""
+    """The demo page (``?player=dashjs|hlsjs|shaka&src=MANIFEST&abr=server|native&sid=ID``)."""
     return FileResponse(STATIC_DIR / "player.html", headers={"cache-control": "no-store"})
 
 
@@ -76,7 +84,7 @@ async def static(name: str) -> FileResponse:
 
 @router.get("/vendor/{name}", include_in_schema=False)
 async def vendor(name: str, settings: SettingsDep) -> FileResponse:
-    """dash.js and Chart.js from npm."""
+    """The player libraries and Chart.js from npm."""
     inside = VENDOR_FILES.get(name)
     if inside is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no vendor file {name!r}")

@@ -1,17 +1,41 @@
-// The /player demo page: plays an MPD with dash.js, decisions from abr_server (or dash.js's own rules),
-// and draws bitrate, buffer and throughput per segment with the source of every decision.
+// The /player demo page: plays a manifest with dash.js, hls.js or Shaka Player (?player=dashjs|hlsjs|shaka),
+// decisions from abr_server (or the player's own ABR: ?abr=native), and draws bitrate, buffer and
+// throughput per segment with the source of every decision.
+// Parameters: player, src (manifest URL; default per player, `mpd` also accepted), abr (server | native),
+// sid (session id), autoplay (0 to wait for the play button).
 // The page exposes its tracker as window.resinSession (read by `abr emulate`).
 (async function () {
   "use strict";
   const params = new URLSearchParams(window.location.search);
-  const mpd = params.get("mpd") || "/media/manifest.mpd";
-  const mode = params.get("abr") === "dashjs" ? "dashjs" : "server";
+  const playerName = params.get("player") || "dashjs";
+  const option = document.querySelector('#player option[value="' + CSS.escape(playerName) + '"]');
+  if (!option) {
+    const known = [...document.querySelectorAll("#player option")].map((o) => o.value).join(", ");
+    throw new Error("unknown player " + JSON.stringify(playerName) + " (one of " + known + ")");
+  }
+  const src = params.get("src") || params.get("mpd") || option.dataset.src;
+  const abr = params.get("abr");
+  const mode = abr === "native" || abr === "dashjs" ? "native" : "server"; // dashjs: the older name of native
   const sessionId = params.get("sid") || "web-" + Math.random().toString(36).slice(2, 12);
-  document.getElementById("mpd").value = mpd;
+  const autoplay = params.get("autoplay") !== "0";
+  document.getElementById("player").value = playerName;
+  document.getElementById("src").value = src;
   document.getElementById("abr").value = mode;
+
+  function loadScript(url) {
+    return new Promise((resolve, reject) => {
+      const script = document.createElement("script");
+      script.src = url;
+      script.onload = resolve;
+      script.onerror = () => reject(new Error("could not load " + url + " (is `make install` done?)"));
+      document.head.appendChild(script);
+    });
+  }
+  for (const url of option.dataset.scripts.split(/\s+/)) await loadScript(url);
 
   const SOURCE_COLOURS = {
     initial: "#888888", server: "#1f77b4", "server-sync": "#17becf", fallback: "#d62728", dashjs: "#ff7f0e",
+    hlsjs: "#ff7f0e", shaka: "#ff7f0e",
   };
   const status = document.getElementById("status");
   const config = await (await fetch("/player/config.json")).json();
@@ -31,8 +55,33 @@
   };
 
   const video = document.getElementById("video");
-  const player = dashjs.MediaPlayer().create();
-  const session = ResinAbr.attach(player, video, { config, mode, sessionId });
+  const options = { config, mode, sessionId };
+  const players = {
+    dashjs() {
+      const player = dashjs.MediaPlayer().create();
+      const session = ResinAbr.attach(player, video, options);
+      return { session, start: async () => player.initialize(video, src, autoplay) };
+    },
+    hlsjs() {
+      const session = ResinAbrHls.attach(Hls, video, options);
+      return { session, start: async () => {
+        video.autoplay = autoplay;
+        session.hls.loadSource(src);
+        session.hls.attachMedia(video);
+      } };
+    },
+    shaka() {
+      shaka.polyfill.installAll();
+      const player = new shaka.Player();
+      const session = ResinAbrShaka.attach(player, video, options);
+      return { session, start: async () => {
+        video.autoplay = autoplay;
+        await player.attach(video);
+        await player.load(src);
+      } };
+    },
+  };
+  const { session, start } = players[playerName]();
   window.resinSession = session.state;
 
   function render(record, state) {
@@ -57,13 +106,18 @@
       return row;
     }));
     const stallS = state.stalls.reduce((s, x) => s + (x.end_ms - x.start_ms), 0) / 1000;
-    status.textContent = "session " + state.sessionId + " · " + mode + " · " + state.segments.length +
-      " segments · stalls " + state.stalls.length + " (" + stallS.toFixed(1) + " s)" + (state.ended ? " · ended" : "");
+    status.textContent = "session " + state.sessionId + " · " + playerName + " · " + mode + " · " +
+      state.segments.length + " segments · stalls " + state.stalls.length + " (" + stallS.toFixed(1) + " s)" +
+      (state.ended ? " · ended" : "") + (state.error ? " · error: " + state.error : "");
   }
   session.onSegment(render);
-  player.initialize(video, mpd, params.get("autoplay") !== "0");
   render(null, session.state);
+  try {
+    await start();
+  } catch (err) {
+    session.fail(err && err.code ? { code: err.code, category: err.category, data: err.data } : String(err));
+  }
 })().catch((err) => {
-  document.getElementById("status").textContent = "error: " + err;
-  window.resinSession = { error: String(err), ended: false, segments: [] };
+  document.getElementById("status").textContent = "error: " + err.message;
+  window.resinSession = { error: String(err.message || err), ended: false, segments: [] };
 });
