@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml Makefile $(PLAYER_DIR)/package-lock.json
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e '.[dev]'
-	@# dash.js and Chart.js for /player (from npm, never committed); without npm /player answers 503.
+	@# dash.js, hls.js, Shaka Player and Chart.js for /player (from npm, never committed); without npm /player answers 503.
 	@if command -v npm >/dev/null 2>&1; then \
 		npm ci --prefix $(PLAYER_DIR) --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: /player will lack dash.js (install Node.js and npm, then make install)"; fi
