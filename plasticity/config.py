@@ -159,6 +159,12 @@ class ResinConfig(ResetterConfig):
     )  # fmt: skip
 
 
+class RegramaConfig(ResetterConfig):
+    """ReGraMa (Liu et al. 2025): reset neurons whose normalised gradient magnitude is <= ``tau_backward``."""
+
+    method: Literal["regrama"] = "regrama"
+
+
 #: Every method's config class, by name.
 CONFIG_CLASSES: dict[str, type[MethodConfig]] = {
     "none": NoneConfig,
@@ -167,6 +173,7 @@ CONFIG_CLASSES: dict[str, type[MethodConfig]] = {
     "shrink-perturb": ShrinkPerturbConfig,
     "cbp": CbpConfig,
     "resin": ResinConfig,
+    "regrama": RegramaConfig,
     "fresh": FreshConfig,
 }
 
@@ -224,7 +231,9 @@ def _upgrade(value: Any) -> Any:
 
 #: The settings of one plasticity method: which one runs (``method``) and its knobs (recorded with every run).
 PlasticityConfig = Annotated[
-    Union[NoneConfig, ResetConfig, RedoConfig, ShrinkPerturbConfig, CbpConfig, ResinConfig, FreshConfig],  # noqa: UP007
+    Union[  # noqa: UP007
+        NoneConfig, ResetConfig, RedoConfig, ShrinkPerturbConfig, CbpConfig, ResinConfig, RegramaConfig, FreshConfig
+    ],
     Field(discriminator="method"),
     BeforeValidator(_upgrade),
 ]

@@ -1,10 +1,12 @@
-"""Plasticity methods behind one interface, and the hook the PPO trainer calls after every update.
+"""Plasticity methods behind one interface, and the hook the PPO trainer calls around its updates.
 
-Every method implements ``after_update(model, optimizer, update, batch, loss_fn) -> stats`` and
-``begin_phase(model, optimizer, phase)``; `Plasticity` adds the periodic diagnostics and is what
-`policy.learning.ppo.train` receives, so the trainer never knows which method runs.
+Every method implements ``after_update(model, optimizer, update, batch, loss_fn) -> stats`` and may
+implement ``begin_phase(model, optimizer, phase)``, ``loss_term(model, rollout, minibatch)`` (a
+regulariser added to every minibatch's loss) and ``after_step(model, optimizer)`` (after every optimizer
+step); `Plasticity` adds the periodic diagnostics and is what `policy.learning.ppo.train` receives, so the
+trainer never knows which method runs.
 
-Neuron resets (ReDo, CBP, ReSiN) share `reset_neurons`: incoming weights re-drawn from the layer's
+Neuron resets (ReDo, CBP, ReSiN, ReGraMa) share `reset_neurons`: incoming weights re-drawn from the layer's
 initial distribution (orthogonal rows, gain sqrt 2, bias 0), outgoing weights zeroed so that the
 network computes exactly the same function right after the reset, and the optimizer moments and step
 counts of exactly those entries zeroed through ``optimizer.state[param]``.
@@ -31,6 +33,7 @@ from plasticity.config import (
     MethodConfig,
     NoneConfig,
     RedoConfig,
+    RegramaConfig,
     ResetConfig,
     ResetterConfig,
     ResinConfig,
@@ -148,6 +151,13 @@ class PlasticityMethod(ABC, Generic[ConfigT]):
     def begin_phase(self, model: ActorCritic, optimizer: torch.optim.Optimizer, phase: int) -> dict[str, float]:
         """Called when the training distribution changes (a new schedule phase); most methods ignore it."""
         return {}
+
+    def loss_term(self, model: ActorCritic, rollout: Rollout, minibatch: torch.Tensor) -> torch.Tensor | None:
+        """A regulariser added to the loss of ``rollout.take(minibatch)`` (None: the PPO loss alone)."""
+        return None
+
+    def after_step(self, model: ActorCritic, optimizer: torch.optim.Optimizer) -> None:
+        """Called after every optimizer step; most methods act only between updates."""
 
     @abstractmethod
     def after_update(
@@ -325,6 +335,19 @@ class ReDo(_NeuronResetter[RedoConfig]):
     rule = "forward"
 
 
+class ReGraMa(_NeuronResetter[RegramaConfig]):
+    """ReGraMa (Liu et al. 2025): reset neurons whose gradient magnitude (GraMa) is <= ``tau_backward``.
+
+    GraMa is the mean |gradient| of the training loss over a neuron's incoming weights (and bias),
+    divided by its layer's mean: the backward score of `plasticity.diagnostics.layer_scores`. A dead ReLU
+    unit gets no gradient through its activation, and a unit whose outgoing weights vanished gets none
+    from its consumers, so both are reset; activity alone does not protect a unit that cannot learn.
+    """
+
+    name = "regrama"
+    rule = "backward"
+
+
 class ReSiN(_NeuronResetter[ResinConfig]):
     """ReSiN: reset neurons silent forward and/or backward (``rule``), each direction with its threshold."""
 
@@ -460,6 +483,7 @@ _REGISTRY: dict[str, Callable[[Any], PlasticityMethod[Any]]] = {
     "shrink-perturb": ShrinkPerturb,
     "cbp": ContinualBackprop,
     "resin": ReSiN,
+    "regrama": ReGraMa,
     "fresh": FreshAtShift,
 }
 
@@ -482,6 +506,14 @@ class Plasticity:
     def begin_phase(self, model: ActorCritic, optimizer: torch.optim.Optimizer, phase: int) -> dict[str, float]:
         """Tell the method the training distribution changed."""
         return self.method.begin_phase(model, optimizer, phase)
+
+    def loss_term(self, model: ActorCritic, rollout: Rollout, minibatch: torch.Tensor) -> torch.Tensor | None:
+        """The method's regulariser for the minibatch ``rollout.take(minibatch)``, if it has one."""
+        return self.method.loss_term(model, rollout, minibatch)
+
+    def after_step(self, model: ActorCritic, optimizer: torch.optim.Optimizer) -> None:
+        """Let the method act after an optimizer step."""
+        self.method.after_step(model, optimizer)
 
     def state_dict(self) -> dict[str, Any]:
         """The method's state (JSON-ready), to resume a run or carry it into the next round."""

@@ -8,7 +8,15 @@ import math
 import pytest
 import torch
 
-from plasticity.config import CbpConfig, RedoConfig, ResinConfig, ShrinkPerturbConfig, method_fields, parse_plasticity
+from plasticity.config import (
+    CbpConfig,
+    RedoConfig,
+    RegramaConfig,
+    ResinConfig,
+    ShrinkPerturbConfig,
+    method_fields,
+    parse_plasticity,
+)
 from plasticity.diagnostics import churn, effective_rank, layer_scores, silent_mask, summarise
 from plasticity.methods import METHODS, Plasticity, fresh_like, make_method, reset_neurons
 from policy.learning.config import NetworkConfig, PPOConfig
@@ -426,3 +434,36 @@ def test_resin_resets_a_collapsed_top_layer_whole_even_within_grace() -> None:
     method.after_update(model, optimizer, 2, batch, loss_fn(model))
     assert torch.all(model.actor_head.weight == 0)
     assert torch.all(model.actor_head.bias == 0)
+
+
+def test_regrama_resets_the_neurons_that_get_no_gradient_and_keeps_the_function() -> None:
+    model = planted()  # DEAD gets no gradient through its ReLU, MUTE none from its (zeroed) consumers
+    batch = batch_for(model)
+    with torch.no_grad():
+        logits, values = model.logits(batch.obs), model.get_value(batch.obs)
+        rows = model.actor_trunk.hidden.weight[[DEAD, MUTE]].clone()
+    method = make_method(RegramaConfig(every_updates=1, tau_backward=0.0))
+    stats = method.after_update(model, EntryAdam(model.parameters()), 1, batch, loss_fn(model))
+    assert stats["plasticity/neurons_reset"] == 2.0
+    assert int(method.last_reset["actor.hidden"][DEAD]) == int(method.last_reset["actor.hidden"][MUTE]) == 1  # type: ignore[attr-defined]
+    with torch.no_grad():
+        assert not torch.equal(model.actor_trunk.hidden.weight[[DEAD, MUTE]], rows)
+        torch.testing.assert_close(model.logits(batch.obs), logits, rtol=0, atol=1e-6)
+        torch.testing.assert_close(model.get_value(batch.obs), values, rtol=0, atol=1e-6)
+
+
+def test_regrama_resets_a_firing_neuron_with_a_vanishing_gradient_which_redo_keeps() -> None:
+    model = tiny_model()
+    weak = 4
+    with torch.no_grad():
+        model.actor_head.weight[:, weak] *= 1e-4  # it fires as before, but its gradient is ~1e-4 of its layer's
+    batch = batch_for(model)
+    grama = next(s for s in layer_scores(model, batch, loss_fn(model)) if s.layer.name == "actor.hidden").backward
+    assert float(grama[weak]) < 1e-3
+    assert int((grama <= 0.025).sum()) == 1
+    for config, reset in ((RedoConfig, []), (RegramaConfig, [weak])):
+        copy = tiny_model()
+        copy.load_state_dict(model.state_dict())
+        method = make_method(config(every_updates=1, tau_forward=0.025, tau_backward=0.025))
+        method.after_update(copy, EntryAdam(copy.parameters()), 1, batch, loss_fn(copy))
+        assert method.last_reset["actor.hidden"].eq(1).nonzero().flatten().tolist() == reset  # type: ignore[attr-defined]

@@ -143,7 +143,19 @@ def ppo_loss(
 
 
 class PlasticityHook(Protocol):
-    """What the trainer calls after every update; the trainer never knows which method runs behind it."""
+    """What the trainer calls around its updates; the trainer never knows which method runs behind it.
+
+    ``loss_term`` may add a regulariser to every minibatch's loss and ``after_step`` acts after every
+    optimizer step (both return nothing for methods that act only between updates).
+    """
+
+    def loss_term(self, model: ActorCritic, rollout: Rollout, minibatch: torch.Tensor) -> torch.Tensor | None:
+        """A term added to the loss of the minibatch ``rollout.take(minibatch)`` (None: nothing added)."""
+        ...
+
+    def after_step(self, model: ActorCritic, optimizer: torch.optim.Optimizer) -> None:
+        """Called after every optimizer step."""
+        ...
 
     def after_update(
         self,
@@ -227,8 +239,9 @@ def run_updates(
     while state.update < last_update:
         started = time.perf_counter()
         progress = state.update / config.num_updates
-        if config.anneal_lr:
-            optimizer.param_groups[0]["lr"] = config.learning_rate * (1.0 - progress)
+        if config.anneal_lr:  # every group: a plasticity method may have added parameters in a group of their own
+            for group in optimizer.param_groups:
+                group["lr"] = config.learning_rate * (1.0 - progress)
         imitation_coef = expert_coef(config, progress)
         batch = source.collect(model, state.update, expert=imitation_coef > 0)
         state.global_step += batch.count
@@ -236,7 +249,8 @@ def run_updates(
                               batch.values, batch.next_value, batch.next_done,
                               expert_actions=batch.expert_actions)  # fmt: skip
         ent_coef = entropy_coef(config, progress)
-        parts, clip_fracs = ppo_update(model, optimizer, rollout, config, ent_coef, shuffle, imitation_coef)
+        parts, clip_fracs = ppo_update(model, optimizer, rollout, config, ent_coef, shuffle, imitation_coef,
+                                       plasticity=plasticity)  # fmt: skip
         state.update += 1
         count = max(batch.count, 1)
         metrics = update_metrics(state, optimizer, rollout, parts, clip_fracs, ent_coef, qoe=batch.qoe_sum / count,
@@ -288,9 +302,12 @@ def gae_rollout(
 
 def ppo_update(
     model: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Rollout, config: PPOConfig, ent_coef: float,
-    shuffle: np.random.Generator, imitation_coef: float = 0.0,
+    shuffle: np.random.Generator, imitation_coef: float = 0.0, *, plasticity: PlasticityHook | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[float]]:  # fmt: skip
-    """The clipped PPO epochs over ``rollout``; the last minibatch's loss parts and every clip fraction."""
+    """The clipped PPO epochs over ``rollout``; the last minibatch's loss parts and every clip fraction.
+
+    ``plasticity`` may add a term to each minibatch's loss and act after each optimizer step.
+    """
     device = rollout.actions.device
     size = len(rollout)
     minibatch = size // config.num_minibatches
@@ -302,10 +319,15 @@ def ppo_update(
             mb = torch.as_tensor(order[start : start + minibatch], device=device)
             loss, parts = ppo_loss(model, rollout.take(mb), config, ent_coef, imitation_coef)
             clip_fracs.append(float(parts["clip_fraction"]))
+            extra = plasticity.loss_term(model, rollout, mb) if plasticity is not None else None
+            if extra is not None:
+                loss = loss + extra
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
+            if plasticity is not None:
+                plasticity.after_step(model, optimizer)
     return parts, clip_fracs
 
 
