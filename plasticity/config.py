@@ -165,6 +165,13 @@ class RegramaConfig(ResetterConfig):
     method: Literal["regrama"] = "regrama"
 
 
+class L2InitConfig(MethodConfig):
+    """L2 Init (Kumar et al. 2023): every minibatch's loss gains ``coef * sum((theta - theta_0) ** 2)``."""
+
+    method: Literal["l2-init"] = "l2-init"
+    coef: float = Field(1e-4, ge=0, description="Weight of the squared distance to the initial parameters.")
+
+
 #: Every method's config class, by name.
 CONFIG_CLASSES: dict[str, type[MethodConfig]] = {
     "none": NoneConfig,
@@ -174,6 +181,7 @@ CONFIG_CLASSES: dict[str, type[MethodConfig]] = {
     "cbp": CbpConfig,
     "resin": ResinConfig,
     "regrama": RegramaConfig,
+    "l2-init": L2InitConfig,
     "fresh": FreshConfig,
 }
 
@@ -232,7 +240,15 @@ def _upgrade(value: Any) -> Any:
 #: The settings of one plasticity method: which one runs (``method``) and its knobs (recorded with every run).
 PlasticityConfig = Annotated[
     Union[  # noqa: UP007
-        NoneConfig, ResetConfig, RedoConfig, ShrinkPerturbConfig, CbpConfig, ResinConfig, RegramaConfig, FreshConfig
+        NoneConfig,
+        ResetConfig,
+        RedoConfig,
+        ShrinkPerturbConfig,
+        CbpConfig,
+        ResinConfig,
+        RegramaConfig,
+        L2InitConfig,
+        FreshConfig,
     ],
     Field(discriminator="method"),
     BeforeValidator(_upgrade),

@@ -30,6 +30,7 @@ from plasticity.config import DEFAULT_CHECK_EVERY_UPDATES as DEFAULT_CHECK_EVERY
 from plasticity.config import (
     CbpConfig,
     FreshConfig,
+    L2InitConfig,
     MethodConfig,
     NoneConfig,
     RedoConfig,
@@ -476,6 +477,40 @@ class ContinualBackprop(PlasticityMethod[CbpConfig]):
         return {"plasticity/neurons_reset": float(reset)} if reset else {}
 
 
+class L2Init(PlasticityMethod[L2InitConfig]):
+    """L2 Init (Kumar et al. 2023): regularise the parameters towards their initial values.
+
+    Every minibatch's loss gains ``coef * sum_i (theta_i - theta0_i) ** 2`` over all parameters. The
+    initial values are the network `fresh_like` builds from the method's seed: the run's own
+    initialisation when it trained from scratch with that seed (`new_state` builds the network the same
+    way), and a fresh draw from the same initial distribution when the run started from a trained
+    network (a fine-tune, a retraining round). Either way nothing needs saving to resume.
+    """
+
+    name = "l2-init"
+
+    def __init__(self, config: L2InitConfig) -> None:
+        super().__init__(config)
+        self.initial: dict[str, torch.Tensor] = {}
+        self.distance = 0.0  # sum of squares at the last minibatch
+
+    def _initial(self, model: ActorCritic) -> dict[str, torch.Tensor]:
+        if not self.initial:
+            self.initial = {n: p.detach() for n, p in fresh_like(model, self.config.seed).named_parameters()}
+        return self.initial
+
+    def loss_term(self, model: ActorCritic, rollout: Rollout, minibatch: torch.Tensor) -> torch.Tensor | None:
+        initial = self._initial(model)
+        distance = torch.stack([(p - initial[n]).pow(2).sum() for n, p in model.named_parameters()]).sum()
+        self.distance = float(distance.detach())
+        return self.config.coef * distance
+
+    def after_update(
+        self, model: ActorCritic, optimizer: torch.optim.Optimizer, update: int, batch: Rollout, loss_fn: LossFn
+    ) -> dict[str, float]:
+        return {"plasticity/l2_init_distance": self.distance}
+
+
 _REGISTRY: dict[str, Callable[[Any], PlasticityMethod[Any]]] = {
     "none": NoMethod,
     "reset": PeriodicReset,
@@ -484,6 +519,7 @@ _REGISTRY: dict[str, Callable[[Any], PlasticityMethod[Any]]] = {
     "cbp": ContinualBackprop,
     "resin": ReSiN,
     "regrama": ReGraMa,
+    "l2-init": L2Init,
     "fresh": FreshAtShift,
 }
 

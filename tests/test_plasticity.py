@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from plasticity.config import (
     CbpConfig,
+    L2InitConfig,
     RedoConfig,
     RegramaConfig,
     ResinConfig,
@@ -22,7 +24,9 @@ from plasticity.methods import METHODS, Plasticity, fresh_like, make_method, res
 from policy.learning.config import NetworkConfig, PPOConfig
 from policy.learning.network import ActorCritic
 from policy.learning.optim import EntryAdam
-from policy.learning.ppo import Rollout, ppo_loss
+from policy.learning.ppo import Rollout, new_state, ppo_loss, ppo_update
+from simulator.observation import ObservationSpec
+from simulator.video import Video
 
 WIDTH, LEVELS = 8, 6
 DEAD, MUTE = 2, 5  # planted in actor.hidden: zero incoming weights / zero outgoing weights
@@ -290,11 +294,14 @@ def test_every_method_runs_behind_the_trainer_hook(method: str) -> None:
     optimizer = EntryAdam(model.parameters())
     batch = batch_for(model)
     hook.begin_phase(model, optimizer, 1)
-    for update in (1, 2):
+    shuffle = np.random.default_rng(0)
+    for update in (1, 2):  # the PPO epochs call the hook's loss term and after-step too
+        ppo_update(model, optimizer, batch, PPOConfig(update_epochs=1), 0.01, shuffle, plasticity=hook)
         metrics = hook.after_update(model, optimizer, update, batch, loss_fn(model))
         assert all(math.isfinite(v) for v in metrics.values())
     assert "plasticity/churn" in metrics
     assert "plasticity/effective_rank" in metrics
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def test_resin_treats_a_collapse_of_a_layers_gradient_as_silence() -> None:
@@ -467,3 +474,33 @@ def test_regrama_resets_a_firing_neuron_with_a_vanishing_gradient_which_redo_kee
         method = make_method(config(every_updates=1, tau_forward=0.025, tau_backward=0.025))
         method.after_update(copy, EntryAdam(copy.parameters()), 1, batch, loss_fn(copy))
         assert method.last_reset["actor.hidden"].eq(1).nonzero().flatten().tolist() == reset  # type: ignore[attr-defined]
+
+
+def _no_rollout() -> Rollout:
+    """A placeholder for methods whose loss term does not read the rollout."""
+    empty = torch.zeros(1)
+    return Rollout(empty, empty.long(), empty, empty, empty, empty)
+
+
+def test_l2_init_penalises_the_squared_distance_to_the_runs_own_initialisation() -> None:
+    ppo = PPOConfig(seed=5, network=NetworkConfig(hidden=8, filters=4, kernel=3))
+    model = new_state(ppo, Video.builtin(), ObservationSpec(), torch.device("cpu")).model
+    method = make_method(L2InitConfig(seed=5, coef=0.5))
+    everything = torch.arange(1)
+    start = method.loss_term(model, _no_rollout(), everything)
+    assert start is not None
+    assert float(start.detach()) == 0.0  # the anchor is the run's own initialisation
+    hidden = model.actor_trunk.hidden
+    with torch.no_grad():
+        hidden.weight[0, 0] += 0.5
+        hidden.bias[1] -= 0.25
+    term = method.loss_term(model, _no_rollout(), everything)
+    assert term is not None
+    torch.testing.assert_close(term, torch.tensor(0.5 * (0.5**2 + 0.25**2)))
+    term.backward()
+    assert float(hidden.weight.grad[0, 0]) == pytest.approx(2 * 0.5 * 0.5)
+    assert float(hidden.bias.grad[1]) == pytest.approx(2 * 0.5 * -0.25)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert sum(int(g.count_nonzero()) for g in grads) == 2
+    stats = method.after_update(model, EntryAdam(model.parameters()), 1, _no_rollout(), loss_fn(model))
+    assert stats["plasticity/l2_init_distance"] == pytest.approx(0.5**2 + 0.25**2)
