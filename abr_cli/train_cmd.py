@@ -18,6 +18,7 @@ from abr_common.errors import problems
 from abr_common.paths import DEFAULT_TRACE_ROOT
 from plasticity.names import METHODS
 from policy.learning.config import NETWORK_PRESETS
+from simulator.observation import HistoryPadding, ObservationSpec
 
 if TYPE_CHECKING:
     from policy.learning.ppo import TrainState
@@ -45,6 +46,13 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Seed (runs on the CPU are reproducible).")] = 1,
     config: Annotated[Path | None, typer.Option(help="JSON file with PPOConfig fields (overrides the above).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its last checkpoint.")] = False,
+    history_padding: Annotated[
+        HistoryPadding | None,
+        typer.Option(
+            help="Observation columns before a session's first chunk: zeros (Pensieve's, the default) or oldest "
+            "(copies of the first chunk seen); recorded in the checkpoint."
+        ),
+    ] = None,
     init: Annotated[
         str | None,
         typer.Option(
@@ -79,6 +87,7 @@ def train_command(
     with user_errors():
         from pydantic import ValidationError
 
+        from plasticity.config import network_for
         from plasticity.methods import Plasticity, parse_plasticity
         from policy.learning.ppo import resolve_device
         from policy.learning.run import BEST_DIR, LAST_DIR, TrainingRun, load_init, merged_config
@@ -112,6 +121,8 @@ def train_command(
         except ValueError as err:  # the fine-tune's network shape
             raise ValueError(f"--init {init}: {err}") from None
         plasticity_config = parse_plasticity({"method": plasticity, "seed": seed})
+        if start is None:  # a run that builds its network builds the one its method needs (ln-wd: LayerNorm)
+            ppo = ppo.model_copy(update={"network": network_for(plasticity_config, ppo.network)})
         dev = resolve_device(device)
         if ray is not None:
             from policy.cluster import connect
@@ -129,6 +140,10 @@ def train_command(
         train_set = [t for s in sources for t in resolve(s)]
         eval_sets = {label(s): resolve(s) for s in (eval_traces or [])}
         options: dict[str, Any] = {"device": dev, "plasticity": Plasticity(plasticity_config), "ray_workers": workers}
+        if history_padding is not None:
+            if resume:
+                raise ValueError("--history-padding: a resumed run keeps the observations of its checkpoint")
+            options["spec"] = ObservationSpec(history_padding=history_padding)
         try:
             run = TrainingRun.open(out, ppo, the_video, resume=resume, init=start, **options)
         except FileExistsError:

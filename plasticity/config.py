@@ -19,6 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
 
 from abr_common.errors import problems
 from plasticity.names import METHODS
+from policy.learning.config import NetworkConfig
 
 SilentRule = Literal["both", "either", "forward", "backward"]
 
@@ -172,6 +173,28 @@ class L2InitConfig(MethodConfig):
     coef: float = Field(1e-4, ge=0, description="Weight of the squared distance to the initial parameters.")
 
 
+class LnWdConfig(MethodConfig):
+    """LayerNorm and weight decay (Lyle et al. 2024), or Normalize-and-Project with ``project``."""
+
+    method: Literal["ln-wd"] = "ln-wd"
+    weight_decay: float = Field(
+        0.01, ge=0,
+        description="Decoupled weight decay after every optimizer step: w <- w - lr * weight_decay * w, on every "
+        "linear layer's weights (biases and LayerNorm's gains and offsets are kept).",
+    )  # fmt: skip
+    layer_norm: bool = Field(
+        True,
+        description="Train a network with LayerNorm before every hidden ReLU (NetworkConfig.layer_norm) wherever "
+        "the run builds its network (schedules, the benchmark, `abr train` from scratch); a fine-tune keeps its "
+        "checkpoint's network.",
+    )
+    project: bool = Field(
+        False,
+        description="Normalize-and-Project instead of decay: after every step each hidden layer's weight matrix "
+        "is rescaled to the norm it had at the start of the run.",
+    )
+
+
 #: Every method's config class, by name.
 CONFIG_CLASSES: dict[str, type[MethodConfig]] = {
     "none": NoneConfig,
@@ -182,6 +205,7 @@ CONFIG_CLASSES: dict[str, type[MethodConfig]] = {
     "resin": ResinConfig,
     "regrama": RegramaConfig,
     "l2-init": L2InitConfig,
+    "ln-wd": LnWdConfig,
     "fresh": FreshConfig,
 }
 
@@ -248,6 +272,7 @@ PlasticityConfig = Annotated[
         ResinConfig,
         RegramaConfig,
         L2InitConfig,
+        LnWdConfig,
         FreshConfig,
     ],
     Field(discriminator="method"),
@@ -262,6 +287,13 @@ def parse_plasticity(fields: Mapping[str, Any] | MethodConfig) -> PlasticityConf
         return _ADAPTER.validate_python(fields)
     except ValidationError as err:
         raise ValueError(f"plasticity settings: {problems(err).removeprefix(': ')}") from None
+
+
+def network_for(plasticity: MethodConfig, network: NetworkConfig) -> NetworkConfig:
+    """The network a run that builds its own trains with ``plasticity``: LayerNorm on for ln-wd."""
+    if isinstance(plasticity, LnWdConfig) and plasticity.layer_norm and not network.layer_norm:
+        return network.model_copy(update={"layer_norm": True})
+    return network
 
 
 def with_updates(config: MethodConfig, **changes: Any) -> PlasticityConfig:

@@ -20,6 +20,7 @@ import torch
 
 from abr_common.files import write_atomic
 from abr_common.paths import DEFAULT_TRACE_ROOT
+from plasticity.config import network_for
 from plasticity.methods import Plasticity, PlasticityConfig
 from plasticity.schedules import Schedule, expand
 from policy.learning.config import PPOConfig
@@ -85,6 +86,7 @@ def train_schedule(
     """
     updates = phase_updates(schedule, config, scale)
     ppo = continual_config(config, sum(updates))
+    ppo = ppo.model_copy(update={"network": network_for(plasticity, ppo.network)})
     train_sets = [[t for s in expand(p.train, trace_root) for t in resolve(s)] for p in schedule.phases]
     test_sets = {f: [t for s in schedule.test_sources(f, trace_root) for t in resolve(s)] for f in schedule.families()}
     hook = Plasticity(plasticity.model_copy(update={"seed": plasticity.seed or config.seed}))

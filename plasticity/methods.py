@@ -31,6 +31,7 @@ from plasticity.config import (
     CbpConfig,
     FreshConfig,
     L2InitConfig,
+    LnWdConfig,
     MethodConfig,
     NoneConfig,
     RedoConfig,
@@ -511,6 +512,46 @@ class L2Init(PlasticityMethod[L2InitConfig]):
         return {"plasticity/l2_init_distance": self.distance}
 
 
+class LayerNormWeightDecay(PlasticityMethod[LnWdConfig]):
+    """LayerNorm and weight decay (Lyle et al. 2024); Normalize-and-Project with ``project``.
+
+    LayerNorm is part of the network (`NetworkConfig.layer_norm`, switched on by `network_for` where the
+    run builds its network). After every optimizer step every linear layer's weight matrix decays,
+    ``w <- w - lr * weight_decay * w`` (decoupled from Adam's moments, as AdamW does), or with
+    ``project`` each hidden layer's weight matrix is rescaled to the norm it had at the start of the run.
+    Biases and LayerNorm's own parameters are left alone.
+    """
+
+    name = "ln-wd"
+
+    def __init__(self, config: LnWdConfig) -> None:
+        super().__init__(config)
+        self.norms: dict[str, float] = {}  # hidden layer -> its weight matrix's norm before the run's first step
+
+    def loss_term(self, model: ActorCritic, rollout: Rollout, minibatch: torch.Tensor) -> torch.Tensor | None:
+        if self.config.project and not self.norms:  # called before every step: the first sees the start
+            self.norms = {layer.name: float(layer.incoming.weight.detach().norm()) for layer in model.neuron_layers()}
+        return None
+
+    @torch.no_grad()
+    def after_step(self, model: ActorCritic, optimizer: torch.optim.Optimizer) -> None:
+        if self.config.project:
+            for layer in model.neuron_layers():
+                weight = layer.incoming.weight
+                target = self.norms.setdefault(layer.name, float(weight.norm()))
+                weight.mul_(target / float(weight.norm().clamp_min(SCORE_EPS)))
+            return
+        lr = float(optimizer.param_groups[0]["lr"])
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and module.weight.requires_grad:
+                module.weight.mul_(1.0 - lr * self.config.weight_decay)
+
+    def after_update(
+        self, model: ActorCritic, optimizer: torch.optim.Optimizer, update: int, batch: Rollout, loss_fn: LossFn
+    ) -> dict[str, float]:
+        return {}
+
+
 _REGISTRY: dict[str, Callable[[Any], PlasticityMethod[Any]]] = {
     "none": NoMethod,
     "reset": PeriodicReset,
@@ -520,6 +561,7 @@ _REGISTRY: dict[str, Callable[[Any], PlasticityMethod[Any]]] = {
     "resin": ReSiN,
     "regrama": ReGraMa,
     "l2-init": L2Init,
+    "ln-wd": LayerNormWeightDecay,
     "fresh": FreshAtShift,
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,16 +13,20 @@ import torch
 from plasticity.config import (
     CbpConfig,
     L2InitConfig,
+    LnWdConfig,
     RedoConfig,
     RegramaConfig,
     ResinConfig,
     ShrinkPerturbConfig,
     method_fields,
+    network_for,
     parse_plasticity,
 )
 from plasticity.diagnostics import churn, effective_rank, layer_scores, silent_mask, summarise
 from plasticity.methods import METHODS, Plasticity, fresh_like, make_method, reset_neurons
+from policy.learning.checkpoint import load_checkpoint, save_checkpoint
 from policy.learning.config import NetworkConfig, PPOConfig
+from policy.learning.dense import DenseActor
 from policy.learning.network import ActorCritic
 from policy.learning.optim import EntryAdam
 from policy.learning.ppo import Rollout, new_state, ppo_loss, ppo_update
@@ -504,3 +509,65 @@ def test_l2_init_penalises_the_squared_distance_to_the_runs_own_initialisation()
     assert sum(int(g.count_nonzero()) for g in grads) == 2
     stats = method.after_update(model, EntryAdam(model.parameters()), 1, _no_rollout(), loss_fn(model))
     assert stats["plasticity/l2_init_distance"] == pytest.approx(0.5**2 + 0.25**2)
+
+
+LN = NetworkConfig(hidden=8, filters=4, kernel=3, layer_norm=True)
+
+
+def test_ln_wd_trains_a_layer_normed_network_where_the_run_builds_one() -> None:
+    plain = NetworkConfig(hidden=8)
+    assert network_for(LnWdConfig(), plain) == plain.model_copy(update={"layer_norm": True})
+    assert network_for(LnWdConfig(layer_norm=False), plain) == plain
+    assert network_for(ResinConfig(), plain) == plain
+    assert not any("norm" in name for name in tiny_model().state_dict())  # the plain network is unchanged
+    torch.manual_seed(0)
+    model = ActorCritic(WIDTH, LEVELS, LN)
+    seen: dict[str, torch.Tensor] = {}
+    model.actor_trunk.acts["hidden"].register_forward_hook(lambda _m, inputs, _o: seen.update(pre=inputs[0]))
+    model.logits(batch_for(model).obs)
+    pre = seen["pre"]  # the merged layer's normalised pre-activations (gain 1, offset 0 at initialisation)
+    torch.testing.assert_close(pre.mean(dim=1), torch.zeros(len(pre)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(pre.var(dim=1, unbiased=False), torch.ones(len(pre)), atol=1e-3, rtol=0)
+
+
+def test_ln_wd_decays_every_linear_weight_after_each_step_and_nothing_else() -> None:
+    torch.manual_seed(0)
+    model = ActorCritic(WIDTH, LEVELS, LN)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = EntryAdam(model.parameters(), lr=0.1)
+    make_method(LnWdConfig(weight_decay=0.5)).after_step(model, optimizer)
+    for name, param in model.named_parameters():
+        decayed = name.endswith(".weight") and "norm" not in name  # linear weights; LayerNorm's are "norm"
+        expected = before[name] * (1 - 0.1 * 0.5) if decayed else before[name]
+        torch.testing.assert_close(param.detach(), expected, rtol=0, atol=0, msg=name)
+
+
+def test_ln_wd_project_holds_each_hidden_layers_weight_norm_at_its_start() -> None:
+    torch.manual_seed(0)
+    model = ActorCritic(WIDTH, LEVELS, LN)
+    method = make_method(LnWdConfig(project=True))
+    assert method.loss_term(model, _no_rollout(), torch.arange(1)) is None  # records the norms before a step
+    start = {layer.name: float(layer.incoming.weight.detach().norm()) for layer in model.neuron_layers()}
+    head = model.actor_head.weight.detach().clone()
+    with torch.no_grad():
+        model.actor_trunk.hidden.weight.mul_(3.0)  # a step that grew the weights
+        model.critic_trunk.buffer.weight.mul_(0.5)
+        model.actor_head.weight.mul_(2.0)
+    method.after_step(model, EntryAdam(model.parameters(), lr=0.1))
+    for layer in model.neuron_layers():
+        assert float(layer.incoming.weight.detach().norm()) == pytest.approx(start[layer.name], rel=1e-6)
+    torch.testing.assert_close(model.actor_head.weight.detach(), 2.0 * head)  # the heads are not projected
+
+
+def test_a_layer_normed_checkpoint_round_trips(tmp_path: Path) -> None:
+    video, spec = Video.builtin(), ObservationSpec()
+    ppo = PPOConfig(network=LN)
+    model = new_state(ppo, video, spec, torch.device("cpu")).model
+    save_checkpoint(tmp_path / "ck", model, video, spec, qoe_kind="lin", train_config={}, progress={})
+    loaded = load_checkpoint(tmp_path / "ck", video)
+    assert loaded.network.layer_norm
+    assert loaded.model.state_dict().keys() == model.state_dict().keys()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.model.state_dict()[name]), name
+    with pytest.raises(ValueError, match="LayerNorm, which cannot be folded"):  # so the server refuses it
+        DenseActor(loaded.model)

@@ -22,6 +22,11 @@ class NetworkConfig(BaseModel):
     critic_future: bool = Field(
         False, description="The critic also reads the network's future throughput (training only; separate trunks)."
     )
+    layer_norm: bool = Field(
+        False,
+        description="LayerNorm on every hidden layer's pre-activations, before its ReLU (a convolution's per "
+        "position, over its filters). Off in the shipped model.",
+    )
 
     @model_validator(mode="after")
     def _future_needs_own_critic(self) -> NetworkConfig:

@@ -11,6 +11,8 @@ in three matrix products instead of some thirty small operations. At serving bat
 most of the eager forward pass dispatching those small operations, and a GPU launches one kernel per
 operation, so the folded actor is several times faster at batch 1 and the same function (up to float
 rounding) at every batch size. It is built from a trained model's weights and never trained itself.
+A network with LayerNorm (`NetworkConfig.layer_norm`, a training option) is not an affine map before
+its ReLUs and cannot be folded: `DenseActor` refuses it, naming why.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class DenseActor(nn.Module):
 
     def __init__(self, model: ActorCritic) -> None:
         super().__init__()
+        if model.config.layer_norm:
+            raise ValueError("the network has LayerNorm, which cannot be folded into dense layers for serving")
         matrix, bias = _branch_map(model.actor_trunk, model.width)
         dtype = model.actor_head.weight.dtype
         device = model.actor_head.weight.device

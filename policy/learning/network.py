@@ -10,7 +10,9 @@ Each of actor and critic has its own trunk (``shared_trunk=False``, the default)
   (actor) or to the value (critic).
 
 The published Pensieve code feeds row 4 into the branch meant for row 5 (chunks remaining); here each
-branch reads its own row. All layers are initialised orthogonally through `layer_init`.
+branch reads its own row. All layers are initialised orthogonally through `layer_init`. With
+``layer_norm`` every hidden layer normalises its pre-activations (LayerNorm, before the ReLU); the
+default network has none, so its weights and checkpoints are those of the network without the option.
 
 With ``critic_future`` the critic (never the actor) also reads one more row, ``ROW_FUTURE``: the mean
 throughput the network will offer over the next W chunk durations, which only training in the
@@ -89,8 +91,12 @@ class HistoryConv(nn.Module):
         self.kernel = kernel
         self.linear = layer_init(nn.Linear(kernel, filters))
 
+    def windows(self, row: torch.Tensor) -> torch.Tensor:
+        """Each filter's pre-activation at each position, ``[B, W-k+1, f]``."""
+        return self.linear(row.unfold(1, self.kernel, 1))
+
     def forward(self, row: torch.Tensor) -> torch.Tensor:
-        return self.linear(row.unfold(1, self.kernel, 1)).flatten(1)
+        return self.windows(row).flatten(1)
 
 
 class Trunk(nn.Module):
@@ -112,22 +118,42 @@ class Trunk(nn.Module):
         self.hidden = layer_init(nn.Linear(merged, h))
         # One activation module per layer of neurons, so hooks (plasticity diagnostics) can tell them apart.
         self.acts = nn.ModuleDict({name: nn.ReLU() for name in (*BRANCHES, "hidden")})
+        units = {"bitrate": h, "buffer": h, "remaining": h, "throughput": f, "delay": f, "sizes": f, "hidden": h}
+        # Empty without layer_norm: the state dict is then exactly the plain network's.
+        self.norms = nn.ModuleDict({name: nn.LayerNorm(n) for name, n in units.items()} if config.layer_norm else {})
         self.positions = {
             "bitrate": 1, "buffer": 1, "remaining": 1,
             "throughput": width - k + 1, "delay": width - k + 1, "sizes": n_levels - k + 1,
         }  # fmt: skip
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        acts = self.acts
+    def _dense(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        pre = getattr(self, name)(x)
+        return self.acts[name](self.norms[name](pre) if name in self.norms else pre)
+
+    def _conv(self, name: str, row: torch.Tensor) -> torch.Tensor:
+        conv: HistoryConv = getattr(self, name)
+        if name in self.norms:
+            return self.acts[name](self.norms[name](conv.windows(row)).flatten(1))
+        return self.acts[name](conv(row))
+
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        """The branches' outputs, concatenated: what the merged hidden layer reads, ``[B, merged]``."""
         parts = [
-            acts["bitrate"](self.bitrate(obs[:, ROW_BITRATE, -1:])),
-            acts["buffer"](self.buffer(obs[:, ROW_BUFFER, -1:])),
-            acts["remaining"](self.remaining(obs[:, ROW_REMAINING, -1:])),
-            acts["throughput"](self.throughput(obs[:, ROW_THROUGHPUT, :])),
-            acts["delay"](self.delay(obs[:, ROW_DELAY, :])),
-            acts["sizes"](self.sizes(obs[:, ROW_SIZES, : self.n_levels])),
+            self._dense("bitrate", obs[:, ROW_BITRATE, -1:]),
+            self._dense("buffer", obs[:, ROW_BUFFER, -1:]),
+            self._dense("remaining", obs[:, ROW_REMAINING, -1:]),
+            self._conv("throughput", obs[:, ROW_THROUGHPUT, :]),
+            self._conv("delay", obs[:, ROW_DELAY, :]),
+            self._conv("sizes", obs[:, ROW_SIZES, : self.n_levels]),
         ]
-        return acts["hidden"](self.hidden(torch.cat(parts, dim=1)))
+        return torch.cat(parts, dim=1)
+
+    def top(self, encoded: torch.Tensor) -> torch.Tensor:
+        """The merged hidden layer on `encode`'s output: the trunk's features ``[B, hidden]``."""
+        return self._dense("hidden", encoded)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.top(self.encode(obs))
 
     def neuron_layers(self, heads: list[nn.Linear]) -> list[NeuronLayer]:
         """The trunk's layers of ReLU neurons, each with its incoming and outgoing weights.
@@ -163,6 +189,8 @@ class ActorCritic(nn.Module):
         self.actor_head = layer_init(nn.Linear(h, n_levels), gain=0.01)
         self.critic_future = layer_init(nn.Linear(width, h)) if self.config.critic_future else None
         self.critic_future_act = nn.ReLU()
+        with_norm = self.config.layer_norm and self.config.critic_future
+        self.critic_future_norm = nn.LayerNorm(h) if with_norm else None
         self.critic_head = layer_init(nn.Linear(2 * h if self.config.critic_future else h, 1), gain=1.0)
 
     def _critic_features(self, obs: torch.Tensor, actor_features: torch.Tensor | None = None) -> torch.Tensor:
@@ -172,7 +200,8 @@ class ActorCritic(nn.Module):
             return self.critic_trunk(obs)
         if obs.shape[1] <= ROW_FUTURE:
             raise ValueError(f"this critic reads the future (row {ROW_FUTURE}); got {obs.shape[1]}-row observations")
-        future = self.critic_future_act(self.critic_future(obs[:, ROW_FUTURE, :]))
+        pre = self.critic_future(obs[:, ROW_FUTURE, :])
+        future = self.critic_future_act(self.critic_future_norm(pre) if self.critic_future_norm is not None else pre)
         return torch.cat([self.critic_trunk(obs), future], dim=1)
 
     def get_value(self, obs: torch.Tensor) -> torch.Tensor:
