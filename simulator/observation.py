@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,13 @@ IntArray = npt.NDArray[np.int64]
 N_STATE_ROWS = 6
 
 
+class HistoryPadding(StrEnum):
+    """What the state holds in the columns before a session's first chunk."""
+
+    zeros = "zeros"  # Pensieve's
+    oldest = "oldest"  # copies of the oldest chunk seen
+
+
 class ObservationSpec(BaseModel):
     """Shape and normalisation of observations (the defaults are Pensieve's)."""
 
@@ -46,6 +54,11 @@ class ObservationSpec(BaseModel):
     history_len: int = Field(8, ge=1, le=64, description="Number of past chunks kept (columns of the state).")
     buffer_norm_s: float = Field(10.0, gt=0, description="Buffer and delay are divided by this (seconds).")
     remaining_cap_chunks: int = Field(48, ge=1, description="Chunks remaining are capped at this, then scaled.")
+    history_padding: HistoryPadding = Field(
+        HistoryPadding.zeros,
+        description="Columns older than the session's first chunk: zeros (Pensieve's), or copies of the oldest "
+        "chunk seen, so a session's first measurements are not read as a history of zero throughput.",
+    )
 
     def width(self, video: Video) -> int:
         """Number of state columns for ``video``."""
@@ -99,17 +112,26 @@ class Observation:
         state = np.zeros((b, N_STATE_ROWS, width), dtype=np.float32)
         cols = slice(width - h, width)
         valid = np.arange(h)[None, :] >= (h - self.n_history)[:, None]
+        quality_h, buffer_h, bytes_h = self.quality_history, self.buffer_s_history, self.chunk_bytes_history
+        delay_h, remaining_h = self.delay_ms_history, self.remaining_history
+        if spec.history_padding is HistoryPadding.oldest:
+            # every column before the first valid one repeats it (rows with no history stay all-invalid)
+            oldest = np.minimum(np.maximum(np.arange(h)[None, :], (h - self.n_history)[:, None]), h - 1)
+            quality_h, buffer_h, bytes_h, delay_h, remaining_h = (
+                np.take_along_axis(x, oldest, axis=1) for x in (quality_h, buffer_h, bytes_h, delay_h, remaining_h)
+            )
+            valid = (self.n_history > 0)[:, None] & np.ones((1, h), dtype=bool)
         top_kbps = float(video.bitrates_kbps[-1])
         ladder = np.asarray(video.bitrates_kbps, dtype=np.float64)
-        state[:, 0, cols] = np.where(valid, ladder[self.quality_history] / top_kbps, 0.0)
-        state[:, 1, cols] = self.buffer_s_history / spec.buffer_norm_s
+        state[:, 0, cols] = np.where(valid, ladder[quality_h] / top_kbps, 0.0)
+        state[:, 1, cols] = np.where(valid, buffer_h / spec.buffer_norm_s, 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            kb_per_ms = np.where(valid, self.chunk_bytes_history / self.delay_ms_history / BYTES_PER_KB, 0.0)
+            kb_per_ms = np.where(valid, bytes_h / delay_h / BYTES_PER_KB, 0.0)
         state[:, 2, cols] = kb_per_ms
-        state[:, 3, cols] = self.delay_ms_history / MS_PER_S / spec.buffer_norm_s
+        state[:, 3, cols] = np.where(valid, delay_h / MS_PER_S / spec.buffer_norm_s, 0.0)
         state[:, 4, : video.n_levels] = self.next_chunk_bytes / BYTES_PER_MB
         cap = float(spec.remaining_cap_chunks)
-        state[:, 5, cols] = np.where(valid, np.minimum(self.remaining_history, cap) / cap, 0.0)
+        state[:, 5, cols] = np.where(valid, np.minimum(remaining_h, cap) / cap, 0.0)
         return state
 
 

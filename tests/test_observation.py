@@ -7,7 +7,7 @@ import pytest
 
 from simulator.batch import BatchSimulator
 from simulator.link import LinkConfig
-from simulator.observation import ObservationBuilder, ObservationSpec
+from simulator.observation import HistoryPadding, ObservationBuilder, ObservationSpec
 from simulator.video import Video
 from tests.helpers import make_trace, make_video
 
@@ -33,7 +33,8 @@ def test_spec_width() -> None:
     assert spec.width(Video.builtin()) == 8
     assert spec.width(video3()) == 8
     assert ObservationSpec(history_len=4).width(video3()) == 4
-    assert spec.to_metadata() == {"rows": 6, "history_len": 8, "buffer_norm_s": 10.0, "remaining_cap_chunks": 48}
+    assert spec.to_metadata() == {"rows": 6, "history_len": 8, "buffer_norm_s": 10.0, "remaining_cap_chunks": 48,
+                                  "history_padding": "zeros"}  # fmt: skip
 
 
 def test_state_before_any_history_is_zero_except_next_sizes() -> None:
@@ -83,6 +84,31 @@ def test_one_pushed_chunk_every_row() -> None:
     tput = obs.throughput_mbps_history()
     np.testing.assert_allclose(tput[:, 7], [4.0, 2.0])
     np.testing.assert_array_equal(tput[:, :7], 0.0)
+
+
+def test_oldest_padding_repeats_the_first_chunk_and_leaves_empty_rows_empty() -> None:
+    spec = ObservationSpec(history_len=4, history_padding=HistoryPadding.oldest)
+    builder = ObservationBuilder(3, video3(), spec)
+    chunk = {"next_chunk_bytes": [[1_000, 2_000, 3_000]] * 2, "chunks_remaining": [4, 3]}
+    builder.push(np.array([True, True, False]), quality=[2, 0], buffer_s=[4.0, 3.5], chunk_bytes=[1_000_000, 250_000],
+                 delay_ms=[2000.0, 1000.0], chunk_index=[0, 0], **chunk)  # fmt: skip
+    builder.push(np.array([False, True, False]), quality=[1], buffer_s=[5.0], chunk_bytes=[500_000], delay_ms=[500.0],
+                 chunk_index=[1], next_chunk_bytes=[[1_000, 2_000, 3_000]], chunks_remaining=[2])  # fmt: skip
+    state = builder.state()
+    first = [900 / 900, 4.0 / 10, 1_000_000 / 2000 / 1000, 2000 / 1000 / 10, 0, 4 / 48]
+    # session 0: one chunk, repeated in all four columns (row 4 holds the next chunk's sizes)
+    for col in range(4):
+        np.testing.assert_allclose(state[0, [0, 1, 2, 3, 5], col], [first[i] for i in (0, 1, 2, 3, 5)], rtol=1e-6)
+    # session 1: two chunks; the older one fills the three columns before the newest
+    older = [300 / 900, 3.5 / 10, 250_000 / 1000 / 1000, 1000 / 1000 / 10, 3 / 48]
+    newest = [600 / 900, 5.0 / 10, 500_000 / 500 / 1000, 500 / 1000 / 10, 2 / 48]
+    for col in range(3):
+        np.testing.assert_allclose(state[1, [0, 1, 2, 3, 5], col], older, rtol=1e-6)
+    np.testing.assert_allclose(state[1, [0, 1, 2, 3, 5], 3], newest, rtol=1e-6)
+    # session 2: no chunk yet: as with zero padding
+    np.testing.assert_array_equal(state[2, [0, 1, 2, 3, 5]], 0.0)
+    zeros = ObservationBuilder(3, video3(), ObservationSpec(history_len=4))
+    np.testing.assert_array_equal(zeros.state()[2], state[2])
 
 
 def test_history_is_right_aligned_and_rolls_after_eight_chunks() -> None:
