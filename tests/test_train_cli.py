@@ -12,6 +12,9 @@ from abr_cli.main import app
 
 runner = CliRunner()
 TINY = {"network": {"hidden": 8, "filters": 4}, "num_steps": 8, "num_minibatches": 2, "update_epochs": 1}
+#: The network a checkpoint of TINY records (every field, defaults included).
+TINY_NETWORK = {"hidden": 8, "filters": 4, "kernel": 4, "shared_trunk": False, "critic_future": False,
+                "layer_norm": False}  # fmt: skip
 
 
 def _run(tmp_path: Path, *extra: str) -> object:
@@ -33,8 +36,7 @@ def test_train_writes_metrics_and_checkpoints(tmp_path: Path) -> None:
     for sub in ("best", "last"):
         meta = json.loads((run / sub / "meta.json").read_text())
         assert meta["train_config"]["num_envs"] == 8
-        network = {"hidden": 8, "filters": 4, "kernel": 4, "shared_trunk": False, "critic_future": False}
-        assert meta["network"] == network
+        assert meta["network"] == TINY_NETWORK
     assert json.loads((run / "last" / "meta.json").read_text())["progress"]["global_step"] == 256
     # The checkpoint serves as a policy.
     result = runner.invoke(app, ["simulate", "-t", "markov:n=2,seed=5", "-p", f"checkpoint:{run / 'best'}"])
@@ -92,7 +94,7 @@ def test_train_init_fine_tunes_from_a_checkpoint(tmp_path: Path) -> None:
         assert (tensor - before[name]).abs().max() < 1e-6, name
     meta = json.loads((tmp_path / "tuned" / "best" / "meta.json").read_text())
     assert meta["data"]["init"] == str(start)
-    assert meta["network"] == {"hidden": 8, "filters": 4, "kernel": 4, "shared_trunk": False, "critic_future": False}
+    assert meta["network"] == TINY_NETWORK
     # Without --config the network shape comes from the checkpoint; a --config with another shape is refused.
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "shape"), "--init", str(start)])
     assert result.exit_code == 0, result.output
