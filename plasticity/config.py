@@ -195,6 +195,21 @@ class LnWdConfig(MethodConfig):
     )
 
 
+class CChainConfig(MethodConfig):
+    """C-CHAIN (Tang et al. 2025): penalise the change of the outputs on a reference batch off the minibatch."""
+
+    method: Literal["c-chain"] = "c-chain"
+    policy_coef: float = Field(
+        1.0, ge=0, description="Weight of the policy's churn, KL(pi_previous || pi), on the reference batch."
+    )
+    value_coef: float = Field(
+        0.5, ge=0, description="Weight of the value's churn, (V - V_previous)^2, on the reference batch."
+    )
+    reference_size: int = Field(
+        256, ge=1, description="Transitions in each step's reference batch, drawn from the rollout off the minibatch."
+    )
+
+
 #: Every method's config class, by name.
 CONFIG_CLASSES: dict[str, type[MethodConfig]] = {
     "none": NoneConfig,
@@ -206,6 +221,7 @@ CONFIG_CLASSES: dict[str, type[MethodConfig]] = {
     "regrama": RegramaConfig,
     "l2-init": L2InitConfig,
     "ln-wd": LnWdConfig,
+    "c-chain": CChainConfig,
     "fresh": FreshConfig,
 }
 
@@ -273,6 +289,7 @@ PlasticityConfig = Annotated[
         RegramaConfig,
         L2InitConfig,
         LnWdConfig,
+        CChainConfig,
         FreshConfig,
     ],
     Field(discriminator="method"),

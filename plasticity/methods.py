@@ -14,6 +14,7 @@ counts of exactly those entries zeroed through ``optimizer.state[param]``.
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from plasticity.config import CHECK_EVERY_UPDATES as CHECK_EVERY_UPDATES
 from plasticity.config import DEFAULT_CHECK_EVERY_UPDATES as DEFAULT_CHECK_EVERY_UPDATES
 from plasticity.config import (
     CbpConfig,
+    CChainConfig,
     FreshConfig,
     L2InitConfig,
     LnWdConfig,
@@ -552,6 +554,65 @@ class LayerNormWeightDecay(PlasticityMethod[LnWdConfig]):
         return {}
 
 
+class ChurnReduction(PlasticityMethod[CChainConfig]):
+    """C-CHAIN (Tang et al. 2025): reduce churn, the change of the outputs on data outside the minibatch.
+
+    Every step's loss gains ``policy_coef * KL(pi_previous || pi) + value_coef * (V - V_previous)^2``,
+    averaged over a reference batch of ``reference_size`` transitions drawn from the update's rollout
+    outside the step's minibatch; ``previous`` is the network as it was one optimizer step earlier (the
+    churn the last step caused on data it did not train on is what the term pulls back). The first step
+    of a run has no earlier network, so its term is zero.
+    """
+
+    name = "c-chain"
+
+    def __init__(self, config: CChainConfig) -> None:
+        super().__init__(config)
+        self.sampler = torch.Generator().manual_seed(stream_seed(seeding.METHOD_SAMPLER, config.seed, 29))
+        self.previous: ActorCritic | None = None
+        self.policy_churn = 0.0
+        self.value_churn = 0.0
+
+    def _remember(self, model: ActorCritic) -> None:
+        """``previous`` <- the network as it is now (before the coming step)."""
+        if self.previous is None or self.previous.config != model.config:
+            self.previous = copy.deepcopy(model).requires_grad_(False)
+            return
+        with torch.no_grad():
+            for kept, now in zip(self.previous.parameters(), model.parameters(), strict=True):
+                kept.copy_(now)
+
+    def reference(self, rollout: Rollout, minibatch: torch.Tensor) -> torch.Tensor:
+        """Indices of the reference batch: up to ``reference_size`` transitions of ``rollout`` off ``minibatch``."""
+        outside = torch.ones(len(rollout), dtype=torch.bool)
+        outside[minibatch.cpu()] = False
+        candidates = outside.nonzero().flatten()
+        pick = torch.randperm(len(candidates), generator=self.sampler)[: self.config.reference_size]
+        return candidates[pick].to(rollout.actions.device)
+
+    def loss_term(self, model: ActorCritic, rollout: Rollout, minibatch: torch.Tensor) -> torch.Tensor | None:
+        previous = self.previous
+        index = self.reference(rollout, minibatch)
+        term: torch.Tensor | None = None
+        if previous is not None and previous.config == model.config and index.numel():
+            obs = rollout.obs[index]
+            with torch.no_grad():
+                old_log_probs = torch.log_softmax(previous.logits(obs), dim=-1)
+                old_values = previous.get_value(obs)
+            log_probs = torch.log_softmax(model.logits(obs), dim=-1)
+            kl = (old_log_probs.exp() * (old_log_probs - log_probs)).sum(dim=-1).mean()
+            value = (model.get_value(obs) - old_values).pow(2).mean()
+            self.policy_churn, self.value_churn = float(kl.detach()), float(value.detach())
+            term = self.config.policy_coef * kl + self.config.value_coef * value
+        self._remember(model)
+        return term
+
+    def after_update(
+        self, model: ActorCritic, optimizer: torch.optim.Optimizer, update: int, batch: Rollout, loss_fn: LossFn
+    ) -> dict[str, float]:
+        return {"plasticity/policy_churn_kl": self.policy_churn, "plasticity/value_churn": self.value_churn}
+
+
 _REGISTRY: dict[str, Callable[[Any], PlasticityMethod[Any]]] = {
     "none": NoMethod,
     "reset": PeriodicReset,
@@ -562,6 +623,7 @@ _REGISTRY: dict[str, Callable[[Any], PlasticityMethod[Any]]] = {
     "regrama": ReGraMa,
     "l2-init": L2Init,
     "ln-wd": LayerNormWeightDecay,
+    "c-chain": ChurnReduction,
     "fresh": FreshAtShift,
 }
 

@@ -12,6 +12,7 @@ import torch
 
 from plasticity.config import (
     CbpConfig,
+    CChainConfig,
     L2InitConfig,
     LnWdConfig,
     RedoConfig,
@@ -571,3 +572,31 @@ def test_a_layer_normed_checkpoint_round_trips(tmp_path: Path) -> None:
         assert torch.equal(tensor, loaded.model.state_dict()[name]), name
     with pytest.raises(ValueError, match="LayerNorm, which cannot be folded"):  # so the server refuses it
         DenseActor(loaded.model)
+
+
+def test_c_chain_penalises_the_last_steps_change_of_the_outputs_off_the_minibatch() -> None:
+    model = tiny_model()
+    batch = batch_for(model, n=16)
+    minibatch = torch.arange(4)
+    with torch.no_grad():
+        batch.obs[minibatch] = float("nan")  # any transition of the minibatch in the reference batch shows
+    method = make_method(CChainConfig(policy_coef=1.0, value_coef=0.5, reference_size=64))
+    assert method.loss_term(model, batch, minibatch) is None  # no earlier network yet: it is remembered
+    outside = batch.obs[4:]
+    with torch.no_grad():
+        before = torch.log_softmax(model.logits(outside), dim=-1)
+        model.actor_head.bias += torch.linspace(-1.0, 1.0, LEVELS)  # what an optimizer step did
+        model.critic_head.bias += 0.3
+        after = torch.log_softmax(model.logits(outside), dim=-1)
+    kl = float((before.exp() * (before - after)).sum(dim=-1).mean())
+    term = method.loss_term(model, batch, minibatch)
+    assert term is not None
+    assert float(term.detach()) == pytest.approx(kl + 0.5 * 0.3**2, rel=1e-5)
+    term.backward()
+    assert model.actor_head.bias.grad is not None
+    assert float(model.critic_head.bias.grad) == pytest.approx(0.5 * 2 * 0.3, rel=1e-5)  # d/db of 0.5 (V - V')^2
+    unchanged = method.loss_term(model, batch, minibatch)  # the network it is compared with moved along
+    assert unchanged is not None
+    assert float(unchanged.detach()) == 0.0
+    stats = method.after_update(model, EntryAdam(model.parameters()), 1, batch, loss_fn(model))
+    assert stats == {"plasticity/policy_churn_kl": 0.0, "plasticity/value_churn": 0.0}
