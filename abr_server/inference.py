@@ -31,6 +31,7 @@ from torch import nn
 from abr_server.cuda_graphs import GraphedActor
 from policy.learning.dense import DenseActor
 from policy.learning.network import ActorCritic
+from simulator.observation import ObservationSpec
 
 log = logging.getLogger("abr_server")
 
@@ -88,13 +89,15 @@ class LoadedModel:
     """A model ready to serve, with the version it was loaded as.
 
     ``actor`` is the model's actor folded into three dense layers (`policy.learning.dense.DenseActor`): the
-    same function, several times faster at serving batch sizes. Decisions come from it.
+    same function, several times faster at serving batch sizes. Decisions come from it. ``spec``: the
+    observations the model was trained on; the server builds its states with it.
     """
 
     model: ActorCritic
     version: str
     device: torch.device
     cuda_graphs: bool = True
+    spec: ObservationSpec = field(default_factory=ObservationSpec)
     actor: DenseActor = field(init=False, repr=False, compare=False)
     graphs: GraphedActor | None = field(init=False, repr=False, compare=False)
 

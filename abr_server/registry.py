@@ -64,8 +64,9 @@ class ModelRegistry:
     ) -> None:
         """``max_batch`` > 0: `LoadedModel.prepare` every loaded version for batches up to it (graph capture).
 
-        ``spec`` is the observation spec the server builds states with (default: `ObservationSpec()`, as
-        `abr_server.service.DecisionService` does); a version trained with another one is refused.
+        ``spec`` is the observation spec the server keeps session histories with (default: `ObservationSpec()`,
+        as `abr_server.service.DecisionService` does); a version trained on another history length is refused.
+        A version's states are built with its own spec (its normalisation and padding of the same history).
         """
         self.root, self.video, self.device = root, video, device
         self.max_batch, self.cuda_graphs = max_batch, cuda_graphs
@@ -111,15 +112,15 @@ class ModelRegistry:
             raise UnknownVersion(f"model version {version!r} not found in {self.root}")
         try:
             ckpt = load_checkpoint(folder, self.video, self.device)
-            if ckpt.spec != self.spec:
+            if ckpt.spec.history_len != self.spec.history_len:
                 raise CheckpointError(
-                    f"{folder}: trained on observations {ckpt.spec.model_dump()}, the server builds "
-                    f"{self.spec.model_dump()}"
+                    f"{folder}: trained on a history of {ckpt.spec.history_len} chunks, the server keeps "
+                    f"{self.spec.history_len}"
                 )
-            loaded = LoadedModel(ckpt.model.eval(), version, self.device, cuda_graphs=self.cuda_graphs)
+            loaded = LoadedModel(ckpt.model.eval(), version, self.device, cuda_graphs=self.cuda_graphs, spec=ckpt.spec)
             if self.max_batch > 0:
                 loaded.prepare(self.max_batch)
-            problem = check_served(loaded, probe_states(self.video, self.spec))
+            problem = check_served(loaded, probe_states(self.video, ckpt.spec))
             if problem is not None:
                 raise CheckpointError(f"{folder}: {problem}")
         except CheckpointError as err:

@@ -184,7 +184,10 @@ class DecisionService:
             if session.classic is None:
                 session.classic = self._classic(rule, session.video)
             return self._decision(session, int(session.classic.select(obs)[0]), next_index, named, None)
-        state = obs.to_state(session.video, self.spec)[0]
+        served = self.slot.current
+        # States in the served model's own terms (a swap between here and the batch pairs a few early-session
+        # states built for the previous version with the new one: both specs keep the same history).
+        state = obs.to_state(session.video, served.spec if isinstance(served, LoadedModel) else self.spec)[0]
         reason = None
         try:
             # A future, not a coroutine: wait_for then needs no task per decision.

@@ -117,9 +117,8 @@ class Observation:
         if spec.history_padding is HistoryPadding.oldest:
             # every column before the first valid one repeats it (rows with no history stay all-invalid)
             oldest = np.minimum(np.maximum(np.arange(h)[None, :], (h - self.n_history)[:, None]), h - 1)
-            quality_h, buffer_h, bytes_h, delay_h, remaining_h = (
-                np.take_along_axis(x, oldest, axis=1) for x in (quality_h, buffer_h, bytes_h, delay_h, remaining_h)
-            )
+            quality_h, remaining_h = (np.take_along_axis(x, oldest, axis=1) for x in (quality_h, remaining_h))
+            buffer_h, bytes_h, delay_h = (np.take_along_axis(x, oldest, axis=1) for x in (buffer_h, bytes_h, delay_h))
             valid = (self.n_history > 0)[:, None] & np.ones((1, h), dtype=bool)
         top_kbps = float(video.bitrates_kbps[-1])
         ladder = np.asarray(video.bitrates_kbps, dtype=np.float64)

@@ -41,7 +41,7 @@ from abr_server.service import DecisionService
 from abr_server.settings import Settings
 from policy.learned import DEFAULT_MODEL_DIR
 from policy.learning.checkpoint import MODEL_FILE, CheckpointError, load_checkpoint, probe_states
-from simulator.observation import ObservationSpec
+from simulator.observation import HistoryPadding, ObservationBuilder, ObservationSpec
 from simulator.video import Video
 
 VIDEO = Video.builtin()
@@ -133,10 +133,32 @@ def test_the_shipped_model_passes_and_the_probes_are_finite_states() -> None:
     assert load_checkpoint(DEFAULT_MODEL_DIR, VIDEO).model.n_levels == VIDEO.n_levels
 
 
-def test_a_version_trained_on_another_observation_spec_is_refused(tmp_path: Path) -> None:
-    publish(tmp_path, "v1", {"observation": {"spec": {**ObservationSpec().model_dump(), "buffer_norm_s": 20.0}}})
-    with pytest.raises(RefusedVersion, match="the server builds"):
+def test_a_version_trained_on_another_history_length_is_refused(tmp_path: Path) -> None:
+    publish(tmp_path, "v1", {"observation": {"spec": {**ObservationSpec().model_dump(), "history_len": 4}}})
+    with pytest.raises(RefusedVersion, match=r"observation.shape \[6, 8\] does not match the spec \(6 x 6\)"):
         ModelRegistry(tmp_path, VIDEO, torch.device("cpu")).load("v1")
+
+
+def test_a_version_is_served_states_in_its_own_observation_spec(tmp_path: Path) -> None:
+    spec = ObservationSpec(history_padding=HistoryPadding.oldest, buffer_norm_s=20.0)
+    publish(tmp_path, "v1", {"observation": {"spec": spec.model_dump(mode="json")}})
+    settings = Settings(telemetry_db=None, models_dir=tmp_path)  # type: ignore[arg-type]
+    with TestClient(create_app(settings)) as client:
+        service: DecisionService = client.app.state.service  # type: ignore[attr-defined]
+        assert isinstance(service.slot.current, LoadedModel)
+        assert service.slot.current.spec == spec
+        submitted: list[np.ndarray] = []
+        submit = service.batcher.submit
+        service.batcher.submit = lambda state: (submitted.append(state), submit(state))[1]  # type: ignore[method-assign]
+        assert client.post("/v1/sessions/a/decision", json=report()).json()["model_version"] == "v1"
+    builder = ObservationBuilder(1, VIDEO, spec)
+    builder.push(slice(None), quality=[1], buffer_s=[4.0], chunk_bytes=[int(VIDEO.chunk_bytes[1, 0])],
+                 delay_ms=[800.0], chunk_index=[0], chunks_remaining=[VIDEO.n_chunks - 1],
+                 next_chunk_bytes=[VIDEO.chunk_bytes[:, 1]])  # fmt: skip
+    [state] = submitted
+    np.testing.assert_allclose(state, builder.state()[0], rtol=1e-6)
+    assert np.all(state[2] == state[2, -1])  # one chunk seen, repeated in every history column
+    assert state[1, -1] == pytest.approx(4.0 / 20.0)  # the version's own buffer normalisation
 
 
 def test_admin_activation_of_a_bad_version_answers_409_with_the_line(tmp_path: Path) -> None:
