@@ -210,6 +210,31 @@ class CChainConfig(MethodConfig):
     )
 
 
+class InjectionConfig(MethodConfig):
+    """Plasticity injection (Nikishin et al. 2023): fresh heads on the encoders, the function unchanged."""
+
+    method: Literal["injection"] = "injection"
+    at_update: int = Field(100, ge=1, description="Inject after this update.")
+    every_updates: int | None = Field(
+        None, ge=1, description="Then inject again every this many updates (None: once, at at_update)."
+    )
+    max_injections: int = Field(
+        1, ge=1, le=64,
+        description="At most this many injected heads in the network (a fine-tuned network counts those it came "
+        "with, so retraining rounds do not grow it without bound).",
+    )  # fmt: skip
+
+    def due(self, update: int) -> bool:
+        """Whether the schedule injects after update ``update``."""
+        if update == self.at_update:
+            return True
+        return (
+            self.every_updates is not None
+            and update > self.at_update
+            and ((update - self.at_update) % self.every_updates == 0)
+        )
+
+
 #: Every method's config class, by name.
 CONFIG_CLASSES: dict[str, type[MethodConfig]] = {
     "none": NoneConfig,
@@ -221,6 +246,7 @@ CONFIG_CLASSES: dict[str, type[MethodConfig]] = {
     "regrama": RegramaConfig,
     "l2-init": L2InitConfig,
     "ln-wd": LnWdConfig,
+    "injection": InjectionConfig,
     "c-chain": CChainConfig,
     "fresh": FreshConfig,
 }
@@ -289,6 +315,7 @@ PlasticityConfig = Annotated[
         RegramaConfig,
         L2InitConfig,
         LnWdConfig,
+        InjectionConfig,
         CChainConfig,
         FreshConfig,
     ],

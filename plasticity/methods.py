@@ -32,6 +32,7 @@ from plasticity.config import (
     CbpConfig,
     CChainConfig,
     FreshConfig,
+    InjectionConfig,
     L2InitConfig,
     LnWdConfig,
     MethodConfig,
@@ -554,6 +555,29 @@ class LayerNormWeightDecay(PlasticityMethod[LnWdConfig]):
         return {}
 
 
+class PlasticityInjection(PlasticityMethod[InjectionConfig]):
+    """Plasticity injection (Nikishin et al. 2023): freeze the heads, learn a change to them from scratch.
+
+    At ``at_update`` (and every ``every_updates`` after, up to ``max_injections`` heads in the network)
+    `ActorCritic.inject` freezes the merged hidden layers and output layers, adds freshly initialised ones
+    and a frozen twin of them, and outputs old + new - twin: the same function at that moment, with fresh
+    units to learn the change. The encoders (the trunks' branches) keep learning. The new parameters join
+    the optimizer in a group of their own, starting as fresh Adam entries.
+    """
+
+    name = "injection"
+
+    def after_update(
+        self, model: ActorCritic, optimizer: torch.optim.Optimizer, update: int, batch: Rollout, loss_fn: LossFn
+    ) -> dict[str, float]:
+        if not self.config.due(update) or model.config.injected_heads >= self.config.max_injections:
+            return {}
+        self.resets += 1
+        seed = stream_seed(seeding.FRESH_WEIGHTS, self.config.seed, 1_000 + model.config.injected_heads)
+        optimizer.add_param_group({"params": model.inject(seed)})
+        return {"plasticity/injected": 1.0}
+
+
 class ChurnReduction(PlasticityMethod[CChainConfig]):
     """C-CHAIN (Tang et al. 2025): reduce churn, the change of the outputs on data outside the minibatch.
 
@@ -623,6 +647,7 @@ _REGISTRY: dict[str, Callable[[Any], PlasticityMethod[Any]]] = {
     "regrama": ReGraMa,
     "l2-init": L2Init,
     "ln-wd": LayerNormWeightDecay,
+    "injection": PlasticityInjection,
     "c-chain": ChurnReduction,
     "fresh": FreshAtShift,
 }

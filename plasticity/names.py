@@ -9,7 +9,18 @@ from typing import Literal, get_args
 
 #: A method's name (the ``method`` of its config in `plasticity.config`).
 MethodName = Literal[
-    "none", "reset", "redo", "shrink-perturb", "cbp", "resin", "regrama", "l2-init", "ln-wd", "c-chain", "fresh"
+    "none",
+    "reset",
+    "redo",
+    "shrink-perturb",
+    "cbp",
+    "resin",
+    "regrama",
+    "l2-init",
+    "ln-wd",
+    "injection",
+    "c-chain",
+    "fresh",
 ]
 #: The methods, in the order tables and reports list them.
 METHODS: tuple[str, ...] = get_args(MethodName)

@@ -13,6 +13,7 @@ import torch
 from plasticity.config import (
     CbpConfig,
     CChainConfig,
+    InjectionConfig,
     L2InitConfig,
     LnWdConfig,
     RedoConfig,
@@ -25,12 +26,13 @@ from plasticity.config import (
 )
 from plasticity.diagnostics import churn, effective_rank, layer_scores, silent_mask, summarise
 from plasticity.methods import METHODS, Plasticity, fresh_like, make_method, reset_neurons
-from policy.learning.checkpoint import load_checkpoint, save_checkpoint
+from policy.learning.checkpoint import load_checkpoint, probe_states, save_checkpoint
 from policy.learning.config import NetworkConfig, PPOConfig
 from policy.learning.dense import DenseActor
 from policy.learning.network import ActorCritic
 from policy.learning.optim import EntryAdam
 from policy.learning.ppo import Rollout, new_state, ppo_loss, ppo_update
+from policy.learning.run import TrainingRun
 from simulator.observation import ObservationSpec
 from simulator.video import Video
 
@@ -600,3 +602,77 @@ def test_c_chain_penalises_the_last_steps_change_of_the_outputs_off_the_minibatc
     assert float(unchanged.detach()) == 0.0
     stats = method.after_update(model, EntryAdam(model.parameters()), 1, batch, loss_fn(model))
     assert stats == {"plasticity/policy_churn_kl": 0.0, "plasticity/value_churn": 0.0}
+
+
+@pytest.mark.parametrize(
+    "network",
+    [NetworkConfig(hidden=8, filters=4, kernel=3), NetworkConfig(hidden=8, filters=4, kernel=3, shared_trunk=True),
+     NetworkConfig(hidden=8, filters=4, kernel=3, critic_future=True)],
+    ids=["separate", "shared", "critic-future"],
+)  # fmt: skip
+def test_injection_keeps_the_function_and_trains_only_the_new_head_and_the_encoders(network: NetworkConfig) -> None:
+    torch.manual_seed(0)
+    model = ActorCritic(WIDTH, LEVELS, network)
+    obs = torch.randn(64, 7, WIDTH)  # the 7th row is what a future-seeing critic reads
+    with torch.no_grad():
+        actions, logprobs, _, values = model.get_action_and_value(obs)
+    batch = Rollout(obs, actions, logprobs, torch.randn(64), torch.randn(64), values)
+    optimizer = EntryAdam(model.parameters(), lr=1e-2)
+    method = make_method(InjectionConfig(at_update=3))
+    with torch.no_grad():
+        logits, values = model.logits(obs), model.get_value(obs)
+    assert method.after_update(model, optimizer, 2, batch, loss_fn(model)) == {}
+    assert method.after_update(model, optimizer, 3, batch, loss_fn(model)) == {"plasticity/injected": 1.0}
+    assert model.config.injected_heads == 1
+    with torch.no_grad():  # old + new - twin, with new == twin: exactly the same outputs
+        assert torch.equal(model.logits(obs), logits)
+        assert torch.equal(model.get_value(obs), values)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ppo_update(model, optimizer, batch, PPOConfig(update_epochs=2), 0.01, np.random.default_rng(0))
+    moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    heads = {n for n in before if "head" in n or ".hidden." in n or ".norms.hidden." in n}
+    assert {n for n in moved if n.startswith("injections.0.trained.")}  # the new head learns
+    assert not moved & {n for n in heads if not n.startswith("injections.")}  # the old heads are frozen
+    assert not {n for n in moved if n.startswith("injections.0.twin.")}  # and so is the twin
+    assert {n for n in moved if n.startswith("actor_trunk.throughput")}  # the encoders keep learning
+    names = [layer.name for layer in model.neuron_layers()]
+    assert names[-1] == ("shared.injected0" if network.shared_trunk else "critic.injected0")
+    assert method.after_update(model, optimizer, 4, batch, loss_fn(model)) == {}  # once, by default
+
+
+def test_injection_repeats_up_to_its_cap_counting_the_heads_the_network_came_with() -> None:
+    model = tiny_model()
+    optimizer = EntryAdam(model.parameters())
+    config = InjectionConfig(at_update=2, every_updates=3, max_injections=2)
+    assert [u for u in range(1, 12) if config.due(u)] == [2, 5, 8, 11]
+    method = make_method(config)
+    injected = [u for u in range(1, 12) if method.after_update(model, optimizer, u, batch_for(model), loss_fn(model))]
+    assert injected == [2, 5]
+    assert model.config.injected_heads == 2
+    assert len(optimizer.param_groups) == 3
+
+
+def test_an_injected_network_checkpoints_folds_and_resumes(tmp_path: Path) -> None:
+    video = Video.builtin()
+    ppo = PPOConfig(num_envs=4, num_steps=8, total_steps=64, network=NetworkConfig(hidden=8, filters=4))
+    run = TrainingRun.create(ppo, video)
+    model = run.state.model
+    make_method(InjectionConfig(at_update=1)).after_update(model, run.state.optimizer, 1, _no_rollout(), loss_fn(model))
+    with torch.no_grad():  # as if trained: the injected head now differs from its twin
+        for param in model.injected()[0].trained.parameters():
+            param.add_(0.1)
+    run.save(tmp_path / "ck")
+    obs = torch.from_numpy(probe_states(video, ObservationSpec()))
+    loaded = load_checkpoint(tmp_path / "ck", video)
+    assert loaded.network.injected_heads == 1
+    with torch.no_grad():
+        logits = model.logits(obs)
+        assert torch.equal(loaded.model.logits(obs), logits)
+        torch.testing.assert_close(DenseActor(loaded.model)(obs), logits, rtol=1e-5, atol=1e-5)  # served folded
+    resumed = TrainingRun.resume(tmp_path / "ck", ppo, video)
+    assert resumed.state.model.config.injected_heads == 1
+    assert len(resumed.state.optimizer.param_groups) == 2
+    with torch.no_grad():
+        assert torch.equal(resumed.state.model.logits(obs), logits)
+    trainable = {n for n, p in resumed.state.model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, p in model.named_parameters() if p.requires_grad}

@@ -14,7 +14,7 @@ runner = CliRunner()
 TINY = {"network": {"hidden": 8, "filters": 4}, "num_steps": 8, "num_minibatches": 2, "update_epochs": 1}
 #: The network a checkpoint of TINY records (every field, defaults included).
 TINY_NETWORK = {"hidden": 8, "filters": 4, "kernel": 4, "shared_trunk": False, "critic_future": False,
-                "layer_norm": False}  # fmt: skip
+                "layer_norm": False, "injected_heads": 0}  # fmt: skip
 
 
 def _run(tmp_path: Path, *extra: str) -> object:

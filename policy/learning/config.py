@@ -27,6 +27,11 @@ class NetworkConfig(BaseModel):
         description="LayerNorm on every hidden layer's pre-activations, before its ReLU (a convolution's per "
         "position, over its filters). Off in the shipped model.",
     )
+    injected_heads: int = Field(
+        0, ge=0, le=64,
+        description="Plasticity injection: heads added on top of the trunks' encoders, each a trained copy and a "
+        "frozen twin (`ActorCritic.inject`); recorded so a checkpoint rebuilds the same network.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _future_needs_own_critic(self) -> NetworkConfig:

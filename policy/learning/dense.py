@@ -11,8 +11,10 @@ in three matrix products instead of some thirty small operations. At serving bat
 most of the eager forward pass dispatching those small operations, and a GPU launches one kernel per
 operation, so the folded actor is several times faster at batch 1 and the same function (up to float
 rounding) at every batch size. It is built from a trained model's weights and never trained itself.
-A network with LayerNorm (`NetworkConfig.layer_norm`, a training option) is not an affine map before
-its ReLUs and cannot be folded: `DenseActor` refuses it, naming why.
+Injected heads (`ActorCritic.inject`) read the same encoding, so they fold too: their merged layers
+widen the middle layer, and their output layers (the twins' negated) stack under the head's. A network
+with LayerNorm (`NetworkConfig.layer_norm`, a training option) is not an affine map before its ReLUs
+and cannot be folded: `DenseActor` refuses it, naming why.
 """
 
 from __future__ import annotations
@@ -63,13 +65,22 @@ class DenseActor(nn.Module):
         matrix, bias = _branch_map(model.actor_trunk, model.width)
         dtype = model.actor_head.weight.dtype
         device = model.actor_head.weight.device
-        hidden, head = model.actor_trunk.hidden, model.actor_head
+        # (merged layer, output layer, sign) of the head and of every injection's trained copy and twin.
+        paths: list[tuple[nn.Linear, nn.Linear, float]] = [(model.actor_trunk.hidden, model.actor_head, 1.0)]
+        for injection in model.injected():
+            paths.append((injection.trained.actor_hidden, injection.trained.actor_head, 1.0))
+            paths.append((injection.twin.actor_hidden, injection.twin.actor_head, -1.0))
+        with torch.no_grad():
+            b_weight = torch.cat([hidden.weight.t() for hidden, _, _ in paths], dim=1)
+            b_bias = torch.cat([hidden.bias for hidden, _, _ in paths])
+            c_weight = torch.cat([sign * head.weight.t() for _, head, sign in paths], dim=0)
+            c_bias = torch.stack([sign * head.bias for _, head, sign in paths]).sum(dim=0)
         self.register_buffer("a_weight", matrix.to(dtype).to(device).contiguous())
         self.register_buffer("a_bias", bias.to(dtype).to(device))
-        self.register_buffer("b_weight", hidden.weight.detach().t().contiguous().clone())
-        self.register_buffer("b_bias", hidden.bias.detach().clone())
-        self.register_buffer("c_weight", head.weight.detach().t().contiguous().clone())
-        self.register_buffer("c_bias", head.bias.detach().clone())
+        self.register_buffer("b_weight", b_weight.contiguous().clone())
+        self.register_buffer("b_bias", b_bias.clone())
+        self.register_buffer("c_weight", c_weight.contiguous().clone())
+        self.register_buffer("c_bias", c_bias.clone())
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, n_levels]`` of observations ``[B, 6, W]``."""

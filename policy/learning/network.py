@@ -14,6 +14,12 @@ branch reads its own row. All layers are initialised orthogonally through `layer
 ``layer_norm`` every hidden layer normalises its pre-activations (LayerNorm, before the ReLU); the
 default network has none, so its weights and checkpoints are those of the network without the option.
 
+Plasticity injection (`ActorCritic.inject`, Nikishin et al. 2023) adds heads on top of the trunks'
+encoders (everything below the merged hidden layers): each is a freshly initialised merged layer and
+output layers (`HeadPaths`), trained, plus a frozen twin of it. Every output is then the original head's
+plus, for each injection, trained minus twin: unchanged at the moment of injection. Only the newest
+injection's trained copy and the encoders learn; ``injected_heads`` records how many there are.
+
 With ``critic_future`` the critic (never the actor) also reads one more row, ``ROW_FUTURE``: the mean
 throughput the network will offer over the next W chunk durations, which only training in the
 simulator knows. The value then explains the part of the return that the network alone decides, an
@@ -115,6 +121,7 @@ class Trunk(nn.Module):
         self.delay = HistoryConv(k, f)
         self.sizes = HistoryConv(k, f)
         merged = 3 * h + 2 * f * (width - k + 1) + f * (n_levels - k + 1)
+        self.merged = merged
         self.hidden = layer_init(nn.Linear(merged, h))
         # One activation module per layer of neurons, so hooks (plasticity diagnostics) can tell them apart.
         self.acts = nn.ModuleDict({name: nn.ReLU() for name in (*BRANCHES, "hidden")})
@@ -176,6 +183,67 @@ class Trunk(nn.Module):
         return layers
 
 
+class HeadPaths(nn.Module):
+    """The layers above the encoders: merged hidden layer(s) and output layers (what an injection adds).
+
+    ``actor_hidden`` reads the actor's encoding; with separate trunks ``critic_hidden`` reads the critic's
+    (next to the future features, with ``critic_future``); with a shared trunk both heads read
+    ``actor_hidden``'s features, as in `ActorCritic`.
+    """
+
+    def __init__(self, merged: int, n_levels: int, config: NetworkConfig) -> None:
+        super().__init__()
+        h = config.hidden
+        self.actor_hidden = layer_init(nn.Linear(merged, h))
+        self.actor_norm = nn.LayerNorm(h) if config.layer_norm else None
+        self.actor_act = nn.ReLU()
+        self.actor_head = layer_init(nn.Linear(h, n_levels), gain=0.01)
+        separate = not config.shared_trunk
+        self.critic_hidden = layer_init(nn.Linear(merged, h)) if separate else None
+        self.critic_norm = nn.LayerNorm(h) if separate and config.layer_norm else None
+        self.critic_act = nn.ReLU()
+        self.critic_head = layer_init(nn.Linear(2 * h if config.critic_future else h, 1), gain=1.0)
+
+    def actor_features(self, encoded: torch.Tensor) -> torch.Tensor:
+        """The merged layer's activations ``[B, hidden]`` on the actor's encoding."""
+        pre = self.actor_hidden(encoded)
+        return self.actor_act(self.actor_norm(pre) if self.actor_norm is not None else pre)
+
+    def logits(self, encoded: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, n_levels]`` from the actor's encoding."""
+        return self.actor_head(self.actor_features(encoded))
+
+    def value(self, encoded: torch.Tensor, future: torch.Tensor | None) -> torch.Tensor:
+        """Values ``[B, 1]`` from the critic's encoding (the shared one with a shared trunk) and future features."""
+        if self.critic_hidden is None:
+            features = self.actor_features(encoded)
+        else:
+            pre = self.critic_hidden(encoded)
+            features = self.critic_act(self.critic_norm(pre) if self.critic_norm is not None else pre)
+        if future is not None:
+            features = torch.cat([features, future], dim=1)
+        return self.critic_head(features)
+
+
+class Injection(nn.Module):
+    """One plasticity injection: fresh `HeadPaths` that learn, and a frozen twin subtracted from them."""
+
+    def __init__(self, merged: int, n_levels: int, config: NetworkConfig) -> None:
+        super().__init__()
+        self.trained = HeadPaths(merged, n_levels, config)
+        self.twin = HeadPaths(merged, n_levels, config)
+        self.twin.load_state_dict(self.trained.state_dict())
+        self.twin.requires_grad_(False)
+
+    def logits(self, encoded: torch.Tensor) -> torch.Tensor:
+        """What it adds to the logits: trained minus twin (exactly zero while they are equal)."""
+        return self.trained.logits(encoded) - self.twin.logits(encoded)
+
+    def value(self, encoded: torch.Tensor, future: torch.Tensor | None) -> torch.Tensor:
+        """What it adds to the values ``[B, 1]``."""
+        return self.trained.value(encoded, future) - self.twin.value(encoded, future)
+
+
 class ActorCritic(nn.Module):
     """Softmax policy over ladder levels and a state-value estimate."""
 
@@ -192,36 +260,99 @@ class ActorCritic(nn.Module):
         with_norm = self.config.layer_norm and self.config.critic_future
         self.critic_future_norm = nn.LayerNorm(h) if with_norm else None
         self.critic_head = layer_init(nn.Linear(2 * h if self.config.critic_future else h, 1), gain=1.0)
+        merged, count = self.actor_trunk.merged, self.config.injected_heads
+        self.injections = nn.ModuleList(Injection(merged, n_levels, self.config) for _ in range(count))
+        self._freeze_injected_heads()
 
-    def _critic_features(self, obs: torch.Tensor, actor_features: torch.Tensor | None = None) -> torch.Tensor:
+    def _value(
+        self, obs: torch.Tensor, actor_encoded: torch.Tensor | None = None, actor_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        future = None
         if self.critic_trunk is None:
-            return actor_features if actor_features is not None else self.actor_trunk(obs)
-        if self.critic_future is None:
-            return self.critic_trunk(obs)
-        if obs.shape[1] <= ROW_FUTURE:
-            raise ValueError(f"this critic reads the future (row {ROW_FUTURE}); got {obs.shape[1]}-row observations")
-        pre = self.critic_future(obs[:, ROW_FUTURE, :])
-        future = self.critic_future_act(self.critic_future_norm(pre) if self.critic_future_norm is not None else pre)
-        return torch.cat([self.critic_trunk(obs), future], dim=1)
+            encoded = actor_encoded if actor_encoded is not None else self.actor_trunk.encode(obs)
+            features = actor_features if actor_features is not None else self.actor_trunk.top(encoded)
+        else:
+            encoded = self.critic_trunk.encode(obs)
+            features = self.critic_trunk.top(encoded)
+            if self.critic_future is not None:
+                if obs.shape[1] <= ROW_FUTURE:
+                    raise ValueError(
+                        f"this critic reads the future (row {ROW_FUTURE}); got {obs.shape[1]}-row observations"
+                    )
+                pre = self.critic_future(obs[:, ROW_FUTURE, :])
+                norm = self.critic_future_norm
+                future = self.critic_future_act(norm(pre) if norm is not None else pre)
+                features = torch.cat([features, future], dim=1)
+        value = self.critic_head(features)
+        for injection in self.injected():
+            value = value + injection.value(encoded, future)
+        return value.squeeze(-1)
+
+    def _logits(self, encoded: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        logits = self.actor_head(features)
+        for injection in self.injected():
+            logits = logits + injection.logits(encoded)
+        return logits
 
     def get_value(self, obs: torch.Tensor) -> torch.Tensor:
         """State values ``[B]``."""
-        return self.critic_head(self._critic_features(obs)).squeeze(-1)
+        return self._value(obs)
 
     def logits(self, obs: torch.Tensor) -> torch.Tensor:
         """Unnormalised action log-probabilities ``[B, n_levels]``."""
-        return self.actor_head(self.actor_trunk(obs))
+        encoded = self.actor_trunk.encode(obs)
+        return self._logits(encoded, self.actor_trunk.top(encoded))
 
     def get_action_and_value(
         self, obs: torch.Tensor, action: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample (or score) actions: returns ``(action, log_prob, entropy, value)``, each ``[B]``."""
-        features = self.actor_trunk(obs)
-        dist = Categorical(logits=self.actor_head(features))
+        encoded = self.actor_trunk.encode(obs)
+        features = self.actor_trunk.top(encoded)
+        dist = Categorical(logits=self._logits(encoded, features))
         if action is None:
             action = dist.sample()
-        value = self.critic_head(self._critic_features(obs, features)).squeeze(-1)
+        value = self._value(obs, encoded, features)
         return action, dist.log_prob(action), dist.entropy(), value
+
+    def _head_modules(self) -> list[nn.Module]:
+        """The original heads: the merged hidden layers (with their LayerNorms) and the output layers."""
+        modules: list[nn.Module] = [self.actor_head, self.critic_head]
+        for trunk in (self.actor_trunk, self.critic_trunk):
+            if trunk is not None:
+                modules.append(trunk.hidden)
+                if "hidden" in trunk.norms:
+                    modules.append(trunk.norms["hidden"])
+        return modules
+
+    def injected(self) -> list[Injection]:
+        """The injections (`inject`), oldest first."""
+        return [module for module in self.injections if isinstance(module, Injection)]
+
+    def _freeze_injected_heads(self) -> None:
+        """With injections, only the encoders and the newest injection's trained copy learn."""
+        if not len(self.injections):
+            return
+        for module in self._head_modules():
+            module.requires_grad_(False)
+        for index, injection in enumerate(self.injected()):
+            injection.twin.requires_grad_(False)
+            injection.trained.requires_grad_(index == len(self.injections) - 1)
+
+    def inject(self, seed: int) -> list[nn.Parameter]:
+        """Plasticity injection: freeze the heads, add fresh ones (seeded) and a frozen twin; the function is kept.
+
+        Returns the new trainable parameters (for the optimizer); ``config.injected_heads`` counts the
+        injections. The global RNG is left untouched.
+        """
+        device = self.actor_head.weight.device
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            injection = Injection(self.actor_trunk.merged, self.n_levels, self.config).to(device)
+        self.injections.append(injection)
+        self.config = self.config.model_copy(update={"injected_heads": len(self.injections)})
+        self._freeze_injected_heads()
+        return list(injection.trained.parameters())
 
     def neuron_layers(self) -> list[NeuronLayer]:
         """Every layer of ReLU neurons, named ``actor.*`` / ``critic.*``, found by walking the trunks."""
@@ -234,11 +365,22 @@ class ActorCritic(nn.Module):
             for layer in trunk.neuron_layers(heads):
                 layers.append(NeuronLayer(f"{prefix}.{layer.name}", layer.incoming, layer.activation,
                                           layer.positions, layer.outgoing))  # fmt: skip
+        h = self.config.hidden
         if self.critic_future is not None:
-            h = self.config.hidden
             cols = (h + torch.arange(h)).unsqueeze(1)  # the head reads these after the trunk's features
             layers.append(NeuronLayer("critic.future", self.critic_future, self.critic_future_act, 1,
                                       [(self.critic_head, cols)]))  # fmt: skip
+        first = torch.arange(h).unsqueeze(1)
+        for index, injection in enumerate(self.injected()):  # the trained copies (the twins never learn)
+            paths = injection.trained
+            if paths.critic_hidden is None:
+                layers.append(NeuronLayer(f"shared.injected{index}", paths.actor_hidden, paths.actor_act, 1,
+                                          [(paths.actor_head, first), (paths.critic_head, first)]))  # fmt: skip
+                continue
+            layers.append(NeuronLayer(f"actor.injected{index}", paths.actor_hidden, paths.actor_act, 1,
+                                      [(paths.actor_head, first)]))  # fmt: skip
+            layers.append(NeuronLayer(f"critic.injected{index}", paths.critic_hidden, paths.critic_act, 1,
+                                      [(paths.critic_head, first)]))  # fmt: skip
         return layers
 
     def act_greedy(self, obs: torch.Tensor) -> torch.Tensor:

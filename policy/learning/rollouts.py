@@ -200,14 +200,23 @@ class RolloutWorker:
 
         torch.set_num_threads(1)
         network = NetworkConfig.model_validate_json(network_json)
+        self.network_json, self.spec, self.video = network_json, spec, video
         self.seed = seed
         self.sessions = SessionRollouts(num_envs, num_steps, traces, video, sessions_seed=seed,
                                         reward_scale=reward_scale, qoe=qoe, critic_future=network.critic_future,
                                         link=link, spec=spec, expert=expert)  # fmt: skip
         self.model = ActorCritic(spec.width(video), video.n_levels, network)
 
-    def collect(self, weights: dict[str, Any], update: int, expert: bool = False) -> RolloutBatch:
-        """One rollout with ``weights``."""
+    def collect(
+        self, weights: dict[str, Any], update: int, expert: bool = False, network_json: str | None = None
+    ) -> RolloutBatch:
+        """One rollout with ``weights`` (of the network ``network_json``, if it changed: an injected head)."""
+        if network_json is not None and network_json != self.network_json:
+            from policy.learning.config import NetworkConfig
+
+            network = NetworkConfig.model_validate_json(network_json)
+            self.model = ActorCritic(self.spec.width(self.video), self.video.n_levels, network)
+            self.network_json = network_json
         self.model.load_state_dict(weights)
         torch.manual_seed(stream_seed(seeding.ACTIONS, self.seed, update))
         return self.sessions.collect(self.model, update, expert=expert)
@@ -248,7 +257,8 @@ class RayRollouts:
     def collect(self, model: ActorCritic, update: int, *, expert: bool = False) -> RolloutBatch:
         """One rollout from every worker with ``model``'s current weights, joined along the session axis."""
         weights = self.ray.put({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        parts = self.ray.get([w.collect.remote(weights, update, expert) for w in self.pool])
+        network = model.config.model_dump_json()
+        parts = self.ray.get([w.collect.remote(weights, update, expert, network) for w in self.pool])
         return RolloutBatch.concat(parts, self.device)
 
     def close(self) -> None:

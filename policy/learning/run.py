@@ -135,6 +135,9 @@ class TrainingRun:
         ckpt = load_checkpoint(checkpoint_dir, video, run.device)
         if PPOConfig.model_validate(ckpt.meta["train_config"]) != config:  # fields added since default alike
             raise ValueError(f"the options differ from the run in {checkpoint_dir} (see {checkpoint_dir / META_FILE})")
+        # Heads injected during the run (plasticity injection) are rebuilt, then take the checkpoint's weights.
+        for _ in range(ckpt.network.injected_heads - run.state.model.config.injected_heads):
+            run.state.optimizer.add_param_group({"params": run.state.model.inject(seed=0)})
         run.state.model.load_state_dict(ckpt.model.state_dict())
         run.state.model.train()
         load_optimizer_state(checkpoint_dir, run.state.model, run.state.optimizer)
