@@ -70,3 +70,10 @@ def test_the_bench_gives_each_method_the_shared_fields_it_has() -> None:
         BenchConfig(plasticity={"every_update": 2})
     with pytest.raises(ValueError, match=r"field shrink=0\.5 does not apply to method 'cbp'"):
         BenchConfig(method_overrides={"cbp": {"shrink": 0.5}}).method_config("cbp", 1)
+
+
+def test_the_bench_runs_every_method_with_shared_settings() -> None:
+    bench = BenchConfig(methods=list(METHODS), plasticity={"every_updates": 1, "diagnose_every_updates": 1})
+    for method in METHODS:
+        config = bench.method_config(method, 2)
+        assert (config.method, config.seed, config.diagnose_every_updates) == (method, 2, 1)
