@@ -160,3 +160,21 @@ def test_continual_training_through_a_schedule_on_ray(local_ray: None, tmp_path:
     assert record["total_steps"] == 6 * TINY_PPO.num_envs * TINY_PPO.num_steps
     assert [(e["phase"], e["update"]) for e in record["evals"]] == [(0, 2), (0, 4), (1, 5), (1, 6)]
     assert set(record["evals"][-1]["scores"]) == {"low", "high"}
+
+
+@pytest.mark.slow
+def test_ray_rollout_workers_follow_an_injected_head(local_ray: None) -> None:
+    from policy.learning.config import NetworkConfig
+    from policy.learning.network import ActorCritic
+    from policy.learning.rollouts import RayRollouts
+    from simulator.observation import ObservationSpec
+
+    model = ActorCritic(ObservationSpec().width(VIDEO), VIDEO.n_levels, NetworkConfig(hidden=8, filters=4))
+    source = RayRollouts(4, 8, generate_from_spec("markov:n=4,seed=3"), VIDEO, workers=2, sessions_seed=1,
+                         reward_scale=0.1, qoe="lin", network_json=model.config.model_dump_json())  # fmt: skip
+    try:
+        assert source.collect(model, 0).count == 32
+        model.inject(seed=1)  # the learner's network grew: the workers rebuild theirs from its config
+        assert source.collect(model, 1).count == 32
+    finally:
+        source.close()
