@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from pydantic import ValidationError
@@ -59,6 +60,19 @@ def output_path(path: Path | None, option: str) -> Path | None:
         raise ValueError(f"{option} {path}: is a folder, expected a file path")
     _check_parents(path, option)
     return path
+
+
+def read_json_object(path: Path | None, option: str) -> dict[str, Any]:
+    """The JSON object in the file ``path`` given to ``option`` (None: an empty one); a one-line error otherwise."""
+    if path is None:
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{option} {path}: {err}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{option} {path}: expected a JSON object")
+    return value
 
 
 def output_dir(path: Path, option: str) -> Path:

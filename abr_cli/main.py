@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from abr_cli import bench_cmd, eval_cmd, media_cmd, retrain_cmd, traces_cmd
+from abr_cli import adapt_cmd, bench_cmd, eval_cmd, media_cmd, retrain_cmd, traces_cmd
 from abr_cli.emulate_cmd import emulate
 from abr_cli.fleet_cmd import fleet
 from abr_cli.plasticity_cmd import plasticity_bench
@@ -30,6 +30,7 @@ app.add_typer(traces_cmd.app, name="traces")
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(media_cmd.app, name="media")
 app.add_typer(retrain_cmd.app, name="retrain")
+app.command("adapt")(adapt_cmd.adapt)
 
 
 if __name__ == "__main__":

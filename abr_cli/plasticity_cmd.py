@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from abr_cli.common import console, output_dir, progress, user_errors
+from abr_cli.common import console, output_dir, progress, read_json_object, user_errors
 from abr_common.paths import DEFAULT_TRACE_ROOT
 from plasticity.names import METHODS
 from plasticity.schedules import available_schedules
@@ -19,18 +18,6 @@ from policy.learning.config import NETWORK_PRESETS
 #: PPO settings of the benchmark unless --ppo-config overrides them: a smaller batch per update than
 #: offline training (more updates per environment step, as an online learner makes).
 BENCH_PPO: dict[str, Any] = {"num_envs": 64, "num_steps": 48, "ent_coef_start": 0.01}
-
-
-def _read_json(path: Path | None, option: str) -> dict[str, Any]:
-    if path is None:
-        return {}
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{option} {path}: {err}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{option} {path}: expected a JSON object")
-    return value
 
 
 def plasticity_bench(
@@ -86,8 +73,8 @@ def plasticity_bench(
         if network not in NETWORK_PRESETS:
             raise ValueError(f"--network must be one of {', '.join(NETWORK_PRESETS)}, got {network!r}")
         output_dir(out, "--out")
-        ppo_fields = {**BENCH_PPO, "network": NETWORK_PRESETS[network], **_read_json(ppo_config, "--ppo-config")}
-        plast = _read_json(plasticity_config, "--plasticity-config")
+        ppo_fields = {**BENCH_PPO, "network": NETWORK_PRESETS[network], **read_json_object(ppo_config, "--ppo-config")}
+        plast = read_json_object(plasticity_config, "--plasticity-config")
         overrides = plast.pop("overrides", {})
         config = BenchConfig(
             methods=chosen, seeds=seeds, scale=scale, workers=workers, trace_root=str(trace_root),

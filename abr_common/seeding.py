@@ -28,6 +28,11 @@ FRESH_WEIGHTS: Final = 7_919
 METHOD_SAMPLER: Final = 104_729
 #: A benchmark schedule's phase-length jitter: ``numpy.random.default_rng([seed, PHASE_JITTER])``.
 PHASE_JITTER: Final = 7_919
+#: A deployment timeline's sessions of one epoch (`abr_server.lab.adapt`):
+#: ``numpy.random.default_rng([seed, TIMELINE_SESSIONS, epoch])``.
+TIMELINE_SESSIONS: Final = 1_000_003
+#: A deployment timeline's retraining round after an epoch (its PPO seed), offset by the epoch.
+TIMELINE_ROUND: Final = 1_009
 
 
 def stream_seed(multiplier: int, seed: int, offset: int = 0) -> int:

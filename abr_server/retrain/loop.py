@@ -53,6 +53,12 @@ STATE_DIR = "trainer"
 ROUND_FILE = "round.json"
 #: The plasticity method's state, kept with the trainer (resume) and with each published version (next round).
 PLASTICITY_FILE = "plasticity.json"
+#: Prefix of the trainer's plasticity metrics; an update whose metrics hold DIAGNOSED_KEY ran the silent-neuron
+#: diagnostics (`plasticity.diagnostics.summarise`), and a round's result keeps the last such update's.
+DIAGNOSTICS_PREFIX = "plasticity/"
+DIAGNOSED_KEY = "plasticity/silent_ratio"
+#: Neurons a method re-initialised in an update (ReSiN, ReDo, ...), summed over the round.
+NEURONS_RESET_KEY = "plasticity/neurons_reset"
 #: The replay / reference source that means "older sessions from the telemetry store itself".
 TELEMETRY = "telemetry"
 
@@ -107,6 +113,13 @@ class RoundResult(BaseModel):
     resumed_from_update: int = 0
     trainer: str = "local"
     wall_s: float = 0.0
+    diagnostics: dict[str, float] = Field(
+        default_factory=dict,
+        description="The plasticity/* metrics of the round's last diagnosed update (those the method's "
+        "diagnose_every_updates divides: the candidate's own when it divides ``updates``).",
+    )
+    diagnosed_update: int | None = None
+    neurons_reset: float = Field(0.0, description="Neurons the plasticity method re-initialised in the round.")
 
 
 def retrain_once(
@@ -157,8 +170,17 @@ def retrain_once(
     # A resumed round continues its own plasticity state; a new round starts from what the parent's
     # training learned about the network (ReSiN's running gradient and activity levels).
     _restore_plasticity(hook, work_dir / STATE_DIR if resumed else models / parent, same_run=bool(resumed))
+    diagnosed: dict[str, Any] = {"reset": 0.0}
+
+    def keep_diagnostics(state: TrainState, metrics: dict[str, float]) -> None:
+        diagnosed["reset"] += float(metrics.get(NEURONS_RESET_KEY, 0.0))
+        if DIAGNOSED_KEY in metrics:
+            found = {k: float(v) for k, v in metrics.items() if k.startswith(DIAGNOSTICS_PREFIX)}
+            diagnosed.update(metrics=found, update=state.update)
+
     while run.state.update < config.updates:
-        run.train(training, updates=min(config.checkpoint_every, config.updates - run.state.update))
+        run.train(training, updates=min(config.checkpoint_every, config.updates - run.state.update),
+                  on_update=keep_diagnostics)  # fmt: skip
         _save_trainer(work_dir, run, data_key, parent, hook)
     state = run.state
 
@@ -176,7 +198,9 @@ def retrain_once(
     gain = scores["holdout"]["candidate"] - scores["holdout"]["deployed"]
     result = RoundResult(status="rejected", reason="", parent=parent, traces=counts, skipped=dict(pool.skipped),
                          scores=scores, resumed_from_update=resumed,
-                         trainer=f"ray x{ray_workers}" if on_ray else "local")  # fmt: skip
+                         trainer=f"ray x{ray_workers}" if on_ray else "local",
+                         diagnostics=diagnosed.get("metrics", {}), diagnosed_update=diagnosed.get("update"),
+                         neurons_reset=diagnosed["reset"])  # fmt: skip
     if gain < config.margin:
         result.reason = f"holdout gain {gain:+.3f} < margin {config.margin}"
     elif "reference" in scores and (
