@@ -61,7 +61,11 @@ def adapt(
     model: Annotated[str, typer.Option(help="Starting model: 'default' (shipped) or a checkpoint folder.")] = "default",
     ppo_config: Annotated[Path | None, typer.Option(help="JSON with PPOConfig fields for every round.")] = None,
     recover_tolerance: Annotated[
-        float, typer.Option(min=0, help="After a return: recovered within this QoE_lin of the previous visit's level.")
+        float,
+        typer.Option(
+            min=0,
+            help="After a return: recovered within this QoE_lin of the previous visit's level (minus robustMPC's).",
+        ),
     ] = 0.1,
 ) -> None:
     """Serve fresh sessions epoch by epoch as the network changes, retraining after each; compare with robustMPC."""
@@ -114,4 +118,4 @@ def adapt(
             records = run_adapt(config, out, on_done=done)
         command = "abr " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         _summary, report = write_outputs(records, config, out, command)
-    console.print(report.read_text(), markup=False, highlight=False)
+    console.print(report.read_text(), markup=False, highlight=False, soft_wrap=True)

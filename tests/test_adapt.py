@@ -108,9 +108,16 @@ def test_time_to_adapt_and_recovery_by_hand() -> None:
     assert (to_b["epoch"], to_b["adapted"], to_b["rounds"]["mean"], to_b["wall_s"]["mean"]) == (2, 1, 2.0, 20.0)
     assert (back_to_a["adapted"], back_to_a["rounds"]["mean"]) == (1, 2.0)  # 0.2, 0.9 <= 1.0; 1.3 > 1.0
     (recovery,) = arms["none"]["recovery"]
-    # The last half of the previous visit to a: epoch 1 (1.2); back within 0.1 of it at epoch 7 (1.3).
-    assert recovery["target"]["mean"] == pytest.approx(1.1)
+    # Against robustMPC: +0.2 in the last half of the previous visit to a (epoch 1); back within 0.1 of it at
+    # epoch 7 (+0.3; epochs 5 and 6 at -0.8 and -0.1).
+    assert recovery["relative_to"] == "robustmpc"
+    assert recovery["target"]["mean"] == pytest.approx(0.1)
     assert (recovery["recovered"], recovery["rounds"]["mean"]) == (1, 2.0)
+    # Without robustMPC, QoE itself: 1.2 then; 0.2, 0.9 and 1.3 now, so again at epoch 7.
+    (alone,) = summarise([loop], config)["arms"]["none"]["recovery"]
+    assert alone["relative_to"] is None
+    assert alone["target"]["mean"] == pytest.approx(1.1)
+    assert (alone["recovered"], alone["rounds"]["mean"]) == (1, 2.0)
     assert arms["none"]["worst_epoch_qoe"] == 0.2
     assert arms["robustmpc"]["time_to_adapt"] == []
     assert arms["robustmpc"]["recovery"] == []

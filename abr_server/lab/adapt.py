@@ -19,7 +19,8 @@ publishes before the next epoch starts. Each round's candidate's ``plasticity/*`
 versions published and gate refusals, the time to adapt after each shift (rounds and wall time until
 the served policy beats robustMPC on the new network, on the same sessions) and the rounds to recover
 after a return to an earlier network (back within a tolerance of what the arm had at the end of its
-previous visit). `write_outputs` writes ``results.json``, ``report.md`` and the plots.
+previous visit, both measured against robustMPC on the same sessions where it ran). `write_outputs`
+writes ``results.json``, ``report.md`` and the plots.
 
 Every (arm, seed) run writes its record to ``OUT/runs/ARM-seedS.json`` atomically; a rerun keeps the
 records whose settings match and runs only the rest.
@@ -107,7 +108,9 @@ class AdaptConfig(BaseModel):
     video: str = "builtin"
     model: str = Field(DEFAULT_MODEL, description="The starting model: 'default' (shipped) or a checkpoint folder.")
     retrain: RetrainConfig = Field(default_factory=default_retrain)
-    recover_tolerance: float = Field(0.1, ge=0, description="QoE_lin below the previous visit's level still recovered.")
+    recover_tolerance: float = Field(
+        0.1, ge=0, description="QoE_lin (minus robustMPC's) below the previous visit's level still recovered."
+    )
 
     @field_validator("arms")
     @classmethod
@@ -454,17 +457,19 @@ def summarise(records: list[dict[str, Any]], config: AdaptConfig) -> dict[str, A
             earlier = _phase_range(phases, before)
             tail = earlier[len(earlier) // 2 :]
             recovered, targets = [], []
+            relative = all(s in yardstick for s in seeds)
             for s in seeds:
-                rows = by_seed[s]
-                target = float(np.mean([rows[k]["qoe"] for k in tail])) - config.recover_tolerance
+                # Against robustMPC on the same sessions when it ran: the sessions' own difficulty cancels out.
+                level = [r["qoe"] - (yardstick[s][k]["qoe"] if relative else 0.0) for k, r in enumerate(by_seed[s])]
+                target = float(np.mean([level[k] for k in tail])) - config.recover_tolerance
                 targets.append(target)
-                back = _first_above(rows, [target] * len(rows), span, strict=False)
+                back = _first_above([{"qoe": v} for v in level], [target] * len(level), span, strict=False)
                 if back is not None:
                     recovered.append(float(back - span.start))
             summary["recovery"].append({
                 "phase": index, "name": phases[index].name, "epoch": span.start, "previous_phase": before,
-                "target": _stats(targets), "seeds": len(seeds), "recovered": len(recovered),
-                "rounds": _stats(recovered),
+                "relative_to": ROBUSTMPC if relative else None, "target": _stats(targets), "seeds": len(seeds),
+                "recovered": len(recovered), "rounds": _stats(recovered),
             })  # fmt: skip
         out["arms"][arm] = summary
     return out
@@ -608,6 +613,9 @@ def _report(summary: dict[str, Any], config: AdaptConfig, command: str) -> str:
             "",
             f"## Recovery after a return: rounds until QoE is back within {config.recover_tolerance:g} of the mean "
             "over the last half of the previous visit",
+            "",
+            "QoE minus robustMPC's on the same sessions where robustMPC ran at every seed, else QoE itself; "
+            "(k/n): seeds that got there within the phase (mean over those).",
             "",
             "| return (epoch) | " + " | ".join(returns) + " |",
             "|---|" + "---|" * len(returns),
