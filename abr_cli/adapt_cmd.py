@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from abr_cli.common import console, output_dir, progress, read_json_object, user_errors
+from abr_cli.common import console, output_dir, read_json_object, runs_progress, user_errors
 from abr_common.paths import DEFAULT_TRACE_ROOT
 from abr_server.lab.timeline import DEFAULT_ARMS, DEFAULT_PHASES, PHASE_FORMAT, parse_arms, parse_phase, parse_seeds
 
@@ -109,12 +109,7 @@ def adapt(
             f"{len(config.phases)} phases, {len(timeline)} epochs of {config.sessions_per_epoch} sessions; "
             f"{len(chosen)} arms x {len(seed_list)} seeds = {total} runs, {min(workers, total)} in parallel"
         )
-        with progress() as bar:
-            task = bar.add_task("runs", total=total)
-
-            def done(name: str) -> None:
-                bar.update(task, advance=1, description=name)
-
+        with runs_progress(total) as done:
             records = run_adapt(config, out, on_done=done)
         command = "abr " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         _summary, report = write_outputs(records, config, out, command)

@@ -106,6 +106,14 @@ def progress() -> Progress:
 
 
 @contextmanager
+def runs_progress(total: int) -> Iterator[Callable[[str], None]]:
+    """A progress bar over ``total`` runs; the callback marks one run done and shows its name."""
+    with progress() as bar:
+        task = bar.add_task("runs", total=total)
+        yield lambda name: bar.update(task, advance=1, description=name)
+
+
+@contextmanager
 def planning_progress(bar: Progress, policy: Policy, n_traces: int) -> Iterator[Callable[[int], None] | None]:
     """A row of ``bar`` for an offline policy's planning (minutes for `optimal`), as `run_policy`'s ``on_planned``.
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from abr_cli.common import console, output_dir, progress, read_json_object, user_errors
+from abr_cli.common import console, output_dir, read_json_object, runs_progress, user_errors
 from abr_common.paths import DEFAULT_TRACE_ROOT
 from plasticity.names import METHODS
 from plasticity.schedules import available_schedules
@@ -89,12 +89,7 @@ def plasticity_bench(
             f"{the_schedule.name}: {len(the_schedule.phases)} phases, {len(chosen)} methods x {seeds} seeds "
             f"= {total} runs at scale {scale}, {min(workers, total)} in parallel"
         )
-        with progress() as bar:
-            task = bar.add_task("runs", total=total)
-
-            def done(name: str) -> None:
-                bar.update(task, advance=1, description=name)
-
+        with runs_progress(total) as done:
             records = run_bench(the_schedule, config, the_video, out, on_done=done, ray=ray)
         command = "abr " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         report = write_report(aggregate(records), config, the_schedule, out, command)

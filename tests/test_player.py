@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from abr_server.api.routes.player import PLAYER_DIR, VENDOR_FILES
+from abr_server.api.routes.player import VENDOR_FILES
 from abr_server.lab.asset import AssetSpec, ffmpeg_command, make_asset
-from abr_server.lab.emulate import DEFAULT_CHROMIUM, PlayerOutcome, emulate, server_view
+from abr_server.lab.emulate import PlayerOutcome, emulate, server_view
 from abr_server.lab.netns import MIN_RATE_KBIT, KernelShaper, KernelShapingError, private_netns, rate_schedule
 from abr_server.main import create_app
 from abr_server.settings import Settings
@@ -29,6 +29,7 @@ from abr_server.telemetry import COLUMNS, SCHEMA
 from simulator.capacity import TraceCapacity
 from simulator.qoe import QoEConfig
 from simulator.video import Video
+from tests.browsers import browser_missing
 from traces.io import save
 from traces.trace import Trace
 
@@ -332,23 +333,9 @@ def test_make_asset_writes_dash_and_exact_chunk_sizes(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------- real browser
 
 
-def _browser_missing() -> str | None:
-    if shutil.which("ffmpeg") is None:
-        return "ffmpeg not installed (apt-get install ffmpeg)"
-    if not Path(DEFAULT_CHROMIUM).exists():
-        return "Chromium not installed (apt-get install chromium)"
-    if not all((PLAYER_DIR / "node_modules" / inside).is_file() for inside in VENDOR_FILES.values()):
-        return "dash.js / Chart.js not installed (npm ci --prefix abr_server/player)"
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        return "playwright not installed"
-    return None
-
-
 @pytest.fixture(scope="module")
 def tiny_asset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    reason = _browser_missing()
+    reason = browser_missing()
     if reason:
         pytest.skip(reason)
     out = tmp_path_factory.mktemp("player") / "asset"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from abr_server.api.routes.player import PLAYER_DIR, VENDOR_FILES
+from abr_server.api.routes.player import VENDOR_FILES
 from abr_server.lab.asset import (
     AAC_FRAME_SAMPLES,
     AUDIO_SAMPLE_RATE_HZ,
@@ -25,9 +25,10 @@ from abr_server.lab.asset import (
     ffmpeg_command,
     make_asset,
 )
-from abr_server.lab.emulate import DEFAULT_CHROMIUM, PLAYER_MANIFESTS, EmulationError, emulate
+from abr_server.lab.emulate import PLAYER_MANIFESTS, EmulationError, emulate
 from abr_server.main import create_app
 from abr_server.settings import Settings
+from tests.browsers import browser_missing
 from traces.io import save
 from traces.trace import Trace
 
@@ -180,21 +181,7 @@ def test_abr_emulate_names_the_playlist_a_player_needs_and_writes_nothing(tmp_pa
 # ---------------------------------------------------------------------------------------- real browsers
 
 
-def _browser_missing() -> str | None:
-    if shutil.which("ffmpeg") is None:
-        return "ffmpeg not installed (apt-get install ffmpeg)"
-    if not Path(DEFAULT_CHROMIUM).exists():
-        return "Chromium not installed (apt-get install chromium)"
-    if not all((PLAYER_DIR / "node_modules" / inside).is_file() for inside in VENDOR_FILES.values()):
-        return "hls.js / Shaka Player not installed (npm ci --prefix abr_server/player)"
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        return "playwright not installed"
-    return None
-
-
-BROWSER_MISSING = _browser_missing()
+BROWSER_MISSING = browser_missing()
 
 
 @pytest.mark.browser
