@@ -483,6 +483,19 @@ def _count(rows: list[dict[str, Any]], status: str) -> float:
 # --------------------------------------------------------------------------- outputs
 
 
+def _events_table(
+    title: str, note: str, kind: str, arms: list[str], events: list[dict[str, Any]], cell: Callable[[str, int], str]
+) -> list[str]:
+    """A report section with one row per event (a shift or a return) and one column per arm."""
+    if not events:
+        return []
+    lines = ["", f"## {title}", "", note, "", f"| {kind} (epoch) | " + " | ".join(arms) + " |",
+             "|---|" + "---|" * len(arms)]  # fmt: skip
+    for k, event in enumerate(events):
+        lines.append(f"| to {event['name']} ({event['epoch']}) | " + " | ".join(cell(arm, k) for arm in arms) + " |")
+    return lines
+
+
 def _cell(stats: dict[str, Any], digits: int = 3) -> str:
     mean, half = stats["mean"], stats["ci95"]
     if not np.isfinite(mean):
@@ -587,46 +600,33 @@ def _report(summary: dict[str, Any], config: AdaptConfig, command: str) -> str:
                      f"| {_cell(s['published'], 1)} | {_cell(s['refused'], 1)} |")  # fmt: skip
     learned = [a for a in arms if a != ROBUSTMPC]
     if ROBUSTMPC in summary["arms"] and learned:
-        shifts = summary["arms"][learned[0]]["time_to_adapt"]
-        if shifts:
-            lines += [
-                "",
-                "## Time to adapt: rounds (and wall time) from a shift until the served policy beats robustMPC",
-                "",
-                "On the same sessions; 0: already at the shift's first epoch; (k/n): seeds that got there within the "
-                "phase (mean over those).",
-                "",
-                "| shift (epoch) | " + " | ".join(learned) + " |",
-                "|---|" + "---|" * len(learned),
-            ]
-            for k, shift in enumerate(shifts):
-                cells = []
-                for arm in learned:
-                    t = summary["arms"][arm]["time_to_adapt"][k]
-                    took = f"{_cell(t['rounds'], 1)} rounds, {_cell(t['wall_s'], 0)} s"
-                    cells.append(f"{took} ({t['adapted']}/{t['seeds']})" if t["adapted"]
-                                 else f"not within the phase (0/{t['seeds']})")  # fmt: skip
-                lines.append(f"| to {shift['name']} ({shift['epoch']}) | " + " | ".join(cells) + " |")
+
+        def adapted(arm: str, k: int) -> str:
+            t = summary["arms"][arm]["time_to_adapt"][k]
+            took = f"{_cell(t['rounds'], 1)} rounds, {_cell(t['wall_s'], 0)} s"
+            return f"{took} ({t['adapted']}/{t['seeds']})" if t["adapted"] else f"not within the phase (0/{t['seeds']})"
+
+        lines += _events_table(
+            "Time to adapt: rounds (and wall time) from a shift until the served policy beats robustMPC",
+            "On the same sessions; 0: already at the shift's first epoch; (k/n): seeds that got there within the "
+            "phase (mean over those).",
+            "shift", learned, summary["arms"][learned[0]]["time_to_adapt"], adapted,
+        )  # fmt: skip
     returns = [a for a in arms if summary["arms"][a]["recovery"]]
     if returns:
-        lines += [
-            "",
-            f"## Recovery after a return: rounds until QoE is back within {config.recover_tolerance:g} of the mean "
+
+        def recovered(arm: str, k: int) -> str:
+            r = summary["arms"][arm]["recovery"][k]
+            return f"{_cell(r['rounds'], 1)} ({r['recovered']}/{r['seeds']})" if r["recovered"] else (
+                f"not within the phase (0/{r['seeds']})")  # fmt: skip
+
+        lines += _events_table(
+            f"Recovery after a return: rounds until QoE is back within {config.recover_tolerance:g} of the mean "
             "over the last half of the previous visit",
-            "",
             "QoE minus robustMPC's on the same sessions where robustMPC ran at every seed, else QoE itself; "
             "(k/n): seeds that got there within the phase (mean over those).",
-            "",
-            "| return (epoch) | " + " | ".join(returns) + " |",
-            "|---|" + "---|" * len(returns),
-        ]
-        for k, back in enumerate(summary["arms"][returns[0]]["recovery"]):
-            cells = []
-            for arm in returns:
-                r = summary["arms"][arm]["recovery"][k]
-                cells.append(f"{_cell(r['rounds'], 1)} ({r['recovered']}/{r['seeds']})" if r["recovered"]
-                             else f"not within the phase (0/{r['seeds']})")  # fmt: skip
-            lines.append(f"| to {back['name']} ({back['epoch']}) | " + " | ".join(cells) + " |")
+            "return", returns, summary["arms"][returns[0]]["recovery"], recovered,
+        )  # fmt: skip
     lines += [
         "",
         "## Served QoE per epoch (mean over seeds ± 95%; * a version was published after it, "
