@@ -57,19 +57,23 @@ class NoneConfig(MethodConfig):
     method: Literal["none"] = "none"
 
 
-class ResetConfig(MethodConfig):
+class PeriodicConfig(MethodConfig):
+    """What the periodic methods (reset, shrink-and-perturb) share: their period."""
+
+    reset_every_updates: int = Field(100, ge=1, description="Period in updates.")
+
+
+class ResetConfig(PeriodicConfig):
     """Periodic re-initialisation of the whole network or of its last layers."""
 
     method: Literal["reset"] = "reset"
-    reset_every_updates: int = Field(100, ge=1, description="Period in updates.")
     reset_scope: Literal["all", "last"] = Field("last", description="The whole network or its last layers.")
 
 
-class ShrinkPerturbConfig(MethodConfig):
+class ShrinkPerturbConfig(PeriodicConfig):
     """Shrink-and-perturb (Ash & Adams 2020) every ``reset_every_updates``."""
 
     method: Literal["shrink-perturb"] = "shrink-perturb"
-    reset_every_updates: int = Field(100, ge=1, description="Period in updates.")
     shrink: float = Field(0.8, ge=0, le=1, description="theta <- shrink * theta + ...")
     perturb: float = Field(0.1, ge=0, description="... + perturb * (a freshly initialised theta).")
 

@@ -123,11 +123,11 @@ class Observation:
         top_kbps = float(video.bitrates_kbps[-1])
         ladder = np.asarray(video.bitrates_kbps, dtype=np.float64)
         state[:, 0, cols] = np.where(valid, ladder[quality_h] / top_kbps, 0.0)
-        state[:, 1, cols] = np.where(valid, buffer_h / spec.buffer_norm_s, 0.0)
+        state[:, 1, cols] = buffer_h / spec.buffer_norm_s  # zero where no chunk was (the histories start at zero)
         with np.errstate(divide="ignore", invalid="ignore"):
             kb_per_ms = np.where(valid, bytes_h / delay_h / BYTES_PER_KB, 0.0)
         state[:, 2, cols] = kb_per_ms
-        state[:, 3, cols] = np.where(valid, delay_h / MS_PER_S / spec.buffer_norm_s, 0.0)
+        state[:, 3, cols] = delay_h / MS_PER_S / spec.buffer_norm_s
         state[:, 4, : video.n_levels] = self.next_chunk_bytes / BYTES_PER_MB
         cap = float(spec.remaining_cap_chunks)
         state[:, 5, cols] = np.where(valid, np.minimum(remaining_h, cap) / cap, 0.0)
