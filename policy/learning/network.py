@@ -128,6 +128,7 @@ class Trunk(nn.Module):
         units = {"bitrate": h, "buffer": h, "remaining": h, "throughput": f, "delay": f, "sizes": f, "hidden": h}
         # Empty without layer_norm: the state dict is then exactly the plain network's.
         self.norms = nn.ModuleDict({name: nn.LayerNorm(n) for name, n in units.items()} if config.layer_norm else {})
+        self.layer_norm = config.layer_norm
         self.positions = {
             "bitrate": 1, "buffer": 1, "remaining": 1,
             "throughput": width - k + 1, "delay": width - k + 1, "sizes": n_levels - k + 1,
@@ -135,11 +136,11 @@ class Trunk(nn.Module):
 
     def _dense(self, name: str, x: torch.Tensor) -> torch.Tensor:
         pre = getattr(self, name)(x)
-        return self.acts[name](self.norms[name](pre) if name in self.norms else pre)
+        return self.acts[name](self.norms[name](pre) if self.layer_norm else pre)
 
     def _conv(self, name: str, row: torch.Tensor) -> torch.Tensor:
         conv: HistoryConv = getattr(self, name)
-        if name in self.norms:
+        if self.layer_norm:
             return self.acts[name](self.norms[name](conv.windows(row)).flatten(1))
         return self.acts[name](conv(row))
 
