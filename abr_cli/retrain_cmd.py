@@ -41,6 +41,13 @@ Ray = Annotated[
     typer.Option(help="Fine-tune with rollouts from Ray actors and gate through Ray tasks: 'local' or a cluster "
                  "address (needs resin-abr[ray]).", rich_help_panel="Scale-out"),
 ]  # fmt: skip
+Continual = Annotated[
+    bool,
+    typer.Option(help="One long-lived trainer across rounds: its model, optimizer and plasticity state are kept in "
+                 "--work (a refused candidate's training goes on) instead of a fresh fine-tune of the active "
+                 "version each round."),
+]  # fmt: skip
+Device = Annotated[str, typer.Option(help="Where fine-tuning learns: auto, cpu or cuda (the gate scores on the CPU).")]
 RayWorkers = Annotated[
     int,
     typer.Option(min=1, help="With --ray: rollout actors (sessions split among them).", rich_help_panel="Scale-out"),
@@ -57,14 +64,16 @@ def _connect(ray: str | None, ray_workers: int) -> int:
     return ray_workers
 
 
-def _config(window_s: float, updates: int, margin: float, method: str, replay: str, reference: str) -> RetrainConfig:
+def _config(
+    window_s: float, updates: int, margin: float, method: str, replay: str, reference: str, continual: bool
+) -> RetrainConfig:
     from abr_server.retrain.loop import RetrainConfig
     from plasticity.config import parse_plasticity
 
     return RetrainConfig(window_s=window_s, updates=updates, margin=margin,
                          replay=None if replay.lower() == OFF else replay,
                          reference=None if reference.lower() == OFF else reference,
-                         plasticity=parse_plasticity({"method": method}))  # fmt: skip
+                         plasticity=parse_plasticity({"method": method}), continual=continual)  # fmt: skip
 
 
 @app.command("once")
@@ -79,18 +88,22 @@ def once(
     method: Method = "resin",
     replay: Replay = "telemetry",
     reference: Reference = "telemetry",
+    continual: Continual = False,
+    device: Device = "cpu",
     ray: Ray = None,
     ray_workers: RayWorkers = 2,
 ) -> None:
     """Run one round: rebuild traces, fine-tune the active version, gate it, publish it if it is better."""
     from abr_server.retrain.loop import retrain_once
+    from policy.learning.ppo import resolve_device
     from simulator.video import load_video
 
     with user_errors():
-        config = _config(window_s, updates, margin, method, replay, reference)
+        config = _config(window_s, updates, margin, method, replay, reference, continual)
+        learn_on = resolve_device(device)
         the_video = load_video(video)
         workers = _connect(ray, ray_workers)
-        result = retrain_once(telemetry, models, work, the_video, config, ray_workers=workers)
+        result = retrain_once(telemetry, models, work, the_video, config, ray_workers=workers, device=learn_on)
     console.print_json(result.model_dump_json())
 
 
@@ -109,22 +122,28 @@ def watch(
     replay: Replay = "telemetry",
     reference: Reference = "telemetry",
     log: Annotated[Path | None, typer.Option(help="Append every round's result here (JSON lines).")] = None,
+    continual: Continual = False,
+    device: Device = "cpu",
     ray: Ray = None,
     ray_workers: RayWorkers = 2,
 ) -> None:
     """Run rounds forever (or ``--rounds``), one every ``--interval-s``; a failed round is logged, not fatal."""
     from abr_server.retrain.loop import retrain_once
+    from policy.learning.ppo import resolve_device
     from simulator.video import load_video
 
     with user_errors():
-        config = _config(window_s, updates, margin, method, replay, reference)
+        config = _config(window_s, updates, margin, method, replay, reference, continual)
+        learn_on = resolve_device(device)
         the_video = load_video(video)
         workers = _connect(ray, ray_workers)
     done = 0
     while rounds == 0 or done < rounds:
         started = time.monotonic()
         try:
-            line = retrain_once(telemetry, models, work, the_video, config, ray_workers=workers).model_dump(mode="json")
+            line = retrain_once(
+                telemetry, models, work, the_video, config, ray_workers=workers, device=learn_on
+            ).model_dump(mode="json")
         except Exception as err:  # the loop must survive a bad round (it is logged)
             line = {"status": "failed", "reason": f"{type(err).__name__}: {err}"}
         line["at"] = time.time()

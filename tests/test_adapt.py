@@ -34,6 +34,7 @@ def test_phases_arms_and_seeds_parse_or_name_the_problem() -> None:
             parse_phase(bad)
     assert parse_arm("resin+replay+reference") == Arm("resin+replay+reference", "resin", True, True)
     assert not parse_arm("robustmpc").learns
+    assert parse_arm("none+continual") == Arm("none+continual", "none", continual=True)
     for bad in ("magic", "resin+extra", "none+replay+replay", "frozen,frozen"):
         with pytest.raises(ValueError, match="--arms"):
             parse_arms(bad)
@@ -92,6 +93,17 @@ def test_a_regressing_candidate_is_not_published() -> None:
     assert round_["status"] == "rejected", round_
     assert round_["scores"]["holdout"]["candidate"] < round_["scores"]["holdout"]["deployed"]
     assert [r["served"] for r in record["epochs"]] == ["v0001", "v0001"]
+
+
+@pytest.mark.slow
+def test_a_continual_arm_keeps_one_trainer_across_rounds() -> None:
+    config = tiny([SLOW, FAST], ["resin+continual"], margin=100.0)  # every candidate refused
+    assert adapt.round_config(config, parse_arm("resin+continual"), 1, 0, 1.0).continual
+    rounds = [e["round"] for e in run_arm(config, "resin+continual", 1)["epochs"] if "round" in e]
+    updates = config.retrain.updates
+    assert [r["status"] for r in rounds] == ["rejected", "rejected"]
+    # The refused first round's training goes on in the second (a fresh fine-tune would restart at 0).
+    assert [(r["trainer_update"], r["resynced"]) for r in rounds] == [(updates, True), (2 * updates, False)]
 
 
 def _record(arm: str, qoe: list[float], seconds_per_epoch: float = 10.0) -> dict[str, Any]:

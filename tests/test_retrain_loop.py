@@ -1,4 +1,4 @@
-"""A retraining round end to end at tiny scale: publish, reject, no data, crash and resume, lineage."""
+"""A retraining round end to end at tiny scale: publish, reject, no data, crash and resume, lineage, continual."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from abr_server.retrain import loop
 from abr_server.retrain.loop import RetrainConfig, retrain_once
 from plasticity.config import ResinConfig
 from policy.learned import DEFAULT_MODEL_DIR
+from policy.learning.checkpoint import load_checkpoint, load_optimizer_state
 from policy.learning.config import PPOConfig
+from policy.learning.optim import EntryAdam
 from simulator.video import Video
 from tests.test_retrain import session_rows, write_rows
 from traces.trace import Trace
@@ -171,3 +173,87 @@ def test_retrain_commands(setup: tuple[Path, Path, Path], tmp_path: Path) -> Non
     bad = CliRunner().invoke(app, ["retrain", "once", *args, "--method", "magic"])
     assert bad.exit_code == 2
     assert "method" in bad.output
+
+
+# --------------------------------------------------------------------------- the continual trainer
+
+
+def continual(**changes: object) -> RetrainConfig:
+    return config(continual=True, **changes)
+
+
+def adam_steps(folder: Path) -> float:
+    """The largest per-entry Adam step count of the trainer saved in ``folder``."""
+    model = load_checkpoint(folder, VIDEO).model
+    optimizer = EntryAdam(model.parameters(), lr=1e-3)
+    load_optimizer_state(folder, model, optimizer)
+    return max(float(s["step"].max()) for s in optimizer.state.values())
+
+
+def test_a_refused_candidates_training_carries_on(setup: tuple[Path, Path, Path]) -> None:
+    db, models, work = setup
+    first = retrain_once(db, models, work, VIDEO, continual(margin=100.0), now_s=NOW_S)
+    assert first.status == "rejected"
+    assert (first.trainer_update, first.resynced) == (2, True)
+    trainer = work / loop.STATE_DIR
+    steps_after_one = adam_steps(trainer)
+    assert steps_after_one == 2  # 2 updates x 1 epoch x 1 minibatch
+    second = retrain_once(db, models, work, VIDEO, continual(margin=100.0), now_s=NOW_S + 1)
+    assert (second.trainer_update, second.resynced, second.resumed_from_update) == (4, False, 0)
+    assert adam_steps(trainer) == 4  # the optimizer's moments went on, not restarted
+    assert json.loads((trainer / loop.ROUND_FILE).read_text())["left_active"] == "v0001"
+
+
+def test_the_trainer_continues_from_what_it_published(setup: tuple[Path, Path, Path]) -> None:
+    db, models, work = setup
+    resin = ResinConfig(every_updates=1)
+    first = retrain_once(db, models, work, VIDEO, continual(margin=-100.0, plasticity=resin), now_s=NOW_S)
+    assert first.version == "v0002"
+    second = retrain_once(db, models, work, VIDEO, continual(margin=-100.0, plasticity=resin), now_s=NOW_S + 1)
+    assert (second.parent, second.version, second.trainer_update, second.resynced) == ("v0002", "v0003", 4, False)
+    # The plasticity state is the trainer's own (same run: ReSiN's per-neuron bookkeeping is kept).
+    carried = json.loads((work / loop.STATE_DIR / loop.PLASTICITY_FILE).read_text())
+    assert carried["method"] == "resin"
+    assert "last_reset" in carried
+
+
+def test_an_operator_activating_another_version_restarts_the_trainer(setup: tuple[Path, Path, Path]) -> None:
+    db, models, work = setup
+    assert retrain_once(db, models, work, VIDEO, continual(margin=-100.0), now_s=NOW_S).version == "v0002"
+    ModelRegistry(models, VIDEO, torch.device("cpu")).mark_active("v0001")  # a rollback
+    after = retrain_once(db, models, work, VIDEO, continual(margin=100.0), now_s=NOW_S + 1)
+    assert (after.parent, after.trainer_update, after.resynced) == ("v0001", 2, True)
+    assert adam_steps(work / loop.STATE_DIR) == 2
+
+
+def test_an_interrupted_continual_round_resumes_where_it_stopped(
+    setup: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, models, work = setup
+    assert retrain_once(db, models, work, VIDEO, continual(margin=100.0), now_s=NOW_S).trainer_update == 2
+    real_save = loop._save_trainer
+
+    def crash(*args: object, **kwargs: object) -> None:
+        real_save(*args, **kwargs)  # type: ignore[arg-type]
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(loop, "_save_trainer", crash)
+    with pytest.raises(KeyboardInterrupt):
+        retrain_once(db, models, work, VIDEO, continual(margin=-100.0), now_s=NOW_S + 1)
+    monkeypatch.setattr(loop, "_save_trainer", real_save)
+    result = retrain_once(db, models, work, VIDEO, continual(margin=-100.0), now_s=NOW_S + 1)
+    assert (result.trainer_update, result.resumed_from_update, result.resynced) == (4, 1, False)
+    assert result.version == "v0002"
+
+
+def test_changed_training_settings_restart_the_trainer(setup: tuple[Path, Path, Path]) -> None:
+    db, models, work = setup
+    retrain_once(db, models, work, VIDEO, continual(margin=100.0), now_s=NOW_S)
+    other = continual(margin=100.0)
+    other = other.model_copy(update={"ppo": other.ppo.model_copy(update={"learning_rate": 5e-4})})
+    assert retrain_once(db, models, work, VIDEO, other, now_s=NOW_S + 1).resynced
+
+
+def test_a_continual_trainer_needs_a_schedule_that_never_ends() -> None:
+    with pytest.raises(ValueError, match="anneal_lr"):
+        RetrainConfig(continual=True, ppo=config().ppo.model_copy(update={"anneal_lr": True}))

@@ -214,7 +214,7 @@ def round_config(config: AdaptConfig, arm: Arm, seed: int, epoch: int, window_s:
     plasticity = parse_plasticity({"method": arm.method, "diagnose_every_updates": base.updates})
     return base.model_copy(update={
         "window_s": window_s, "replay": TELEMETRY if arm.replay else None,
-        "reference": TELEMETRY if arm.reference else None, "plasticity": plasticity,
+        "reference": TELEMETRY if arm.reference else None, "plasticity": plasticity, "continual": arm.continual,
         "ppo": base.ppo.model_copy(update={"seed": seeding.stream_seed(seeding.TIMELINE_ROUND, seed, epoch)}),
     })  # fmt: skip
 
@@ -247,6 +247,7 @@ def _round_row(result: RoundResult) -> dict[str, Any]:
         "gain": hold["candidate"] - hold["deployed"] if hold else None, "scores": result.scores,
         "traces": result.traces, "wall_s": result.wall_s, "diagnostics": result.diagnostics,
         "diagnosed_update": result.diagnosed_update, "neurons_reset": result.neurons_reset,
+        "trainer_update": result.trainer_update, "resynced": result.resynced,
     }  # fmt: skip
 
 

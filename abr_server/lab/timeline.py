@@ -6,9 +6,11 @@ Importable without torch, so the command line can show the defaults in its help 
   ``@fold=``/``@except=``/``@scale=`` suffix, or a generator spec such as ``markov:n=60,seed=11@scale=8``)
   that players meet for EPOCHS epochs. A phase whose source an earlier phase had is a *return*.
 - An *arm* is what serves the players: ``frozen`` (the starting model, never retrained), ``robustmpc``
-  (the classic rule, the yardstick), or the retraining loop ``METHOD[+replay][+reference]`` with a
-  plasticity method (``none``, ``resin``, ...), older telemetry replayed in every round's training
-  pool (``+replay``) and/or checked by the gate (``+reference``).
+  (the classic rule, the yardstick), or the retraining loop ``METHOD[+replay][+reference][+continual]``
+  with a plasticity method (``none``, ``resin``, ...), older telemetry replayed in every round's
+  training pool (``+replay``) and/or checked by the gate (``+reference``), and one long-lived trainer
+  whose model, optimizer and plasticity state carry over from round to round (``+continual``) instead
+  of a fresh fine-tune of the served version each round.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from traces.sources import is_generator_spec
 
 #: Arms that never retrain: the starting model as it is, and the classic rule served the same sessions.
 FROZEN, ROBUSTMPC = "frozen", "robustmpc"
-#: What a loop arm may add to its method: older telemetry replayed, older telemetry as the gate's reference.
-REPLAY, REFERENCE = "replay", "reference"
+#: What a loop arm may add to its method: older telemetry replayed, older telemetry as the gate's reference,
+#: one trainer that carries on across rounds.
+REPLAY, REFERENCE, CONTINUAL = "replay", "reference", "continual"
+EXTRAS = (REPLAY, REFERENCE, CONTINUAL)
 #: The default arms: the frozen model, the loop with and without ReSiN, each with and without replay, robustMPC.
 DEFAULT_ARMS = (FROZEN, "none", "resin", f"none+{REPLAY}", f"resin+{REPLAY}", ROBUSTMPC)
 #: The default timeline: real families of the trace root's test folds, a generated fast family, and a return
@@ -77,6 +81,7 @@ class Arm:
     method: str | None = None
     replay: bool = False
     reference: bool = False
+    continual: bool = False
 
     @property
     def learns(self) -> bool:
@@ -85,19 +90,21 @@ class Arm:
 
 
 def parse_arm(name: str) -> Arm:
-    """``frozen``, ``robustmpc`` or ``METHOD[+replay][+reference]``; a one-line `ValueError` otherwise."""
+    """``frozen``, ``robustmpc`` or ``METHOD[+replay][+reference][+continual]``; a one-line `ValueError` otherwise."""
     if name in (FROZEN, ROBUSTMPC):
         return Arm(name)
     method, *extras = name.split("+")
+    written = "".join(f"[+{e}]" for e in EXTRAS)
     if method not in METHODS:
         raise ValueError(
-            f"--arms: unknown arm {name!r}; use {FROZEN}, {ROBUSTMPC} or METHOD[+{REPLAY}][+{REFERENCE}] with "
+            f"--arms: unknown arm {name!r}; use {FROZEN}, {ROBUSTMPC} or METHOD{written} with "
             f"METHOD one of {', '.join(METHODS)}"
         )
-    unknown = [e for e in extras if e not in (REPLAY, REFERENCE)]
+    unknown = [e for e in extras if e not in EXTRAS]
     if unknown or len(set(extras)) != len(extras):
-        raise ValueError(f"--arms: arm {name!r}: after METHOD only +{REPLAY} and +{REFERENCE} may follow, once each")
-    return Arm(name, method, REPLAY in extras, REFERENCE in extras)
+        raise ValueError(f"--arms: arm {name!r}: after METHOD only {', '.join('+' + e for e in EXTRAS)} may follow, "
+                         "once each")  # fmt: skip
+    return Arm(name, method, REPLAY in extras, REFERENCE in extras, CONTINUAL in extras)
 
 
 def parse_arms(text: str) -> list[str]:

@@ -6,7 +6,12 @@
 2. The deployed version (the registry's active one) is fine-tuned in the simulator with PPO for
    ``updates`` updates, with a plasticity method (ReSiN by default) keeping it able to learn. The
    trainer checkpoints itself in ``work_dir`` every ``checkpoint_every`` updates; a round that was
-   interrupted resumes from there if it is the same round (same parent version and data).
+   interrupted resumes from there if it is the same round (same parent version and data). With
+   ``continual`` the trainer is one long-lived learner instead: its model, optimizer state and
+   plasticity state carry over from round to round in ``work_dir`` (a refused candidate's training is
+   kept, not thrown away), and it starts again from the registry only when the active version is not
+   the one it left active (an operator's rollback or activation, a crash between publishing and
+   recording it).
 3. The gate scores the candidate, the deployed model and robustMPC on the held-out traces: the
    candidate is published only if it beats the deployed model by ``margin`` (QoE_lin) and, when a
    ``reference`` trace set is given, is not worse there than the deployed model by more than
@@ -20,17 +25,19 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from abr_common.files import write_atomic
 from abr_server.registry import ModelRegistry
@@ -61,6 +68,8 @@ DIAGNOSED_KEY = "plasticity/silent_ratio"
 NEURONS_RESET_KEY = "plasticity/neurons_reset"
 #: The replay / reference source that means "older sessions from the telemetry store itself".
 TELEMETRY = "telemetry"
+#: A continual trainer's schedule length in updates: never reached, so its (constant) schedule never ends.
+CONTINUAL_UPDATES = 10**9
 
 
 class RetrainConfig(BaseModel):
@@ -98,6 +107,22 @@ class RetrainConfig(BaseModel):
     )
     plasticity: PlasticityConfig = Field(default_factory=ResinConfig)
     rebuild: RebuildConfig = Field(default_factory=RebuildConfig)
+    continual: bool = Field(
+        False,
+        description="One long-lived trainer across rounds (model, optimizer and plasticity state kept in the "
+        "work folder) instead of a fresh fine-tune of the deployed version each round.",
+    )
+
+    @model_validator(mode="after")
+    def _continual_schedule(self) -> RetrainConfig:
+        if self.continual:
+            ppo = self.ppo
+            if ppo.anneal_lr or ppo.ent_coef_start != ppo.ent_coef_end or ppo.expert is not None:
+                raise ValueError(
+                    "continual retraining never ends its schedule: it needs ppo.anneal_lr false, "
+                    "ppo.ent_coef_start equal to ppo.ent_coef_end and no ppo.expert"
+                )
+        return self
 
 
 class RoundResult(BaseModel):
@@ -120,13 +145,23 @@ class RoundResult(BaseModel):
     )
     diagnosed_update: int | None = None
     neurons_reset: float = Field(0.0, description="Neurons the plasticity method re-initialised in the round.")
+    trainer_update: int = Field(
+        0, description="The trainer's updates in all at the round's end (continual: across rounds; else the round's)."
+    )
+    resynced: bool = Field(
+        False,
+        description="Continual: the trainer started again from the active version (it had none, or the "
+        "registry's active version was not the one it left active).",
+    )
 
 
 def retrain_once(
     telemetry: Path, models: Path, work_dir: Path, video: Video, config: RetrainConfig | None = None,
-    *, now_s: float | None = None, ray_workers: int = 0,
+    *, now_s: float | None = None, ray_workers: int = 0, device: torch.device | None = None,
 ) -> RoundResult:  # fmt: skip
     """Run one round (see the module docstring); never leaves a partial version in ``models``.
+
+    ``device``: where the fine-tuning learns (CPU or CUDA; the gate always scores on the CPU).
 
     With ``ray_workers`` > 0 the fine-tuning collects its rollouts from that many Ray actors
     (`policy.learning.rollouts.RayRollouts`) and the gate's evaluations run as Ray tasks (identical scores);
@@ -166,10 +201,14 @@ def retrain_once(
     data_key = _data_key(parent, training, holdout, config)
 
     hook = Plasticity(config.plasticity.model_copy(update={"seed": config.plasticity.seed or config.ppo.seed}))
-    run, resumed = _trainer_run(work_dir, models / parent, video, config, data_key, hook, ray_workers)
-    # A resumed round continues its own plasticity state; a new round starts from what the parent's
+    opener = _continual_trainer if config.continual else _round_trainer
+    options: dict[str, Any] = {"plasticity": hook, "ray_workers": ray_workers, "device": device}
+    trainer = opener(work_dir, models / parent, parent, video, config, data_key, options)
+    run = trainer.run
+    # The trainer's own plasticity state when it continues; a fresh trainer starts from what the parent's
     # training learned about the network (ReSiN's running gradient and activity levels).
-    _restore_plasticity(hook, work_dir / STATE_DIR if resumed else models / parent, same_run=bool(resumed))
+    _restore_plasticity(hook, work_dir / STATE_DIR if trainer.own_state else models / parent,
+                        same_run=trainer.own_state)  # fmt: skip
     diagnosed: dict[str, Any] = {"reset": 0.0}
 
     def keep_diagnostics(state: TrainState, metrics: dict[str, float]) -> None:
@@ -178,27 +217,31 @@ def retrain_once(
             found = {k: float(v) for k, v in metrics.items() if k.startswith(DIAGNOSTICS_PREFIX)}
             diagnosed.update(metrics=found, update=state.update)
 
-    while run.state.update < config.updates:
-        run.train(training, updates=min(config.checkpoint_every, config.updates - run.state.update),
+    marker = {"data_key": data_key, "parent": parent, "round_start_update": trainer.round_start, "finished": False}
+    end = trainer.round_start + config.updates
+    while run.state.update < end:
+        run.train(training, updates=min(config.checkpoint_every, end - run.state.update),
                   on_update=keep_diagnostics)  # fmt: skip
-        _save_trainer(work_dir, run, data_key, parent, hook)
+        _save_trainer(work_dir, run, marker, hook)
     state = run.state
 
     state.model.eval()
+    candidate = state.model if run.device.type == "cpu" else copy.deepcopy(state.model).cpu()
     parent_ckpt = load_checkpoint(models / parent, video)
     spec, deployed = parent_ckpt.spec, parent_ckpt.model
     on_ray = ray_workers > 0
-    scores = {"holdout": _scores(holdout, video, {"candidate": ModelPolicy(state.model, spec),
+    scores = {"holdout": _scores(holdout, video, {"candidate": ModelPolicy(candidate, spec),
                                                    "deployed": ModelPolicy(deployed, spec),
                                                    "robustmpc": make_policy("robustmpc")}, on_ray)}  # fmt: skip
     reference = _older(config.reference, older_telemetry)
     if reference:
-        scores["reference"] = _scores(reference, video, {"candidate": ModelPolicy(state.model, spec),
+        scores["reference"] = _scores(reference, video, {"candidate": ModelPolicy(candidate, spec),
                                                           "deployed": ModelPolicy(deployed, spec)}, on_ray)  # fmt: skip
     gain = scores["holdout"]["candidate"] - scores["holdout"]["deployed"]
     result = RoundResult(status="rejected", reason="", parent=parent, traces=counts, skipped=dict(pool.skipped),
-                         scores=scores, resumed_from_update=resumed,
+                         scores=scores, resumed_from_update=trainer.resumed_updates,
                          trainer=f"ray x{ray_workers}" if on_ray else "local",
+                         trainer_update=state.update, resynced=trainer.resynced,
                          diagnostics=diagnosed.get("metrics", {}), diagnosed_update=diagnosed.get("update"),
                          neurons_reset=diagnosed["reset"])  # fmt: skip
     if gain < config.margin:
@@ -215,7 +258,11 @@ def retrain_once(
         publish(models, version, state, video, spec, config, lineage, hook)
         result.status, result.version = "published", version
         result.reason = f"holdout gain {gain:+.3f} >= margin {config.margin}"
-    shutil.rmtree(work_dir / STATE_DIR, ignore_errors=True)  # the round is over: next time starts afresh
+    if config.continual:  # the trainer carries on next round if the registry still has what it left active
+        marker |= {"finished": True, "left_active": result.version or parent}
+        write_atomic(work_dir / STATE_DIR / ROUND_FILE, json.dumps(marker).encode())
+    else:  # the round is over: next time starts afresh
+        shutil.rmtree(work_dir / STATE_DIR, ignore_errors=True)
     result.wall_s = time.perf_counter() - started
     return result
 
@@ -268,31 +315,86 @@ def _data_key(parent: str, training: list[Trace], holdout: list[Trace], config: 
     return digest.hexdigest()[:16]
 
 
-def _trainer_run(
-    work_dir: Path, parent_dir: Path, video: Video, config: RetrainConfig, data_key: str, hook: Plasticity,
-    ray_workers: int,
-) -> tuple[TrainingRun, int]:  # fmt: skip
-    """Resume this round's training from ``work_dir`` if it was interrupted, else fine-tune the parent afresh.
+@dataclass(frozen=True)
+class _Trainer:
+    """A round's trainer: the run, the update its round began at, and where it came from."""
 
-    Returns the run and the update it resumed from (0: a new round).
-    """
-    parent = load_checkpoint(parent_dir, video)
+    run: TrainingRun
+    round_start: int
+    #: Updates of this round done before an interruption (0: the round starts now).
+    resumed_updates: int = 0
+    #: Whether the run continues the work folder's trainer (then its plasticity state is the folder's).
+    own_state: bool = False
+    resynced: bool = False
+
+
+def _round_trainer(
+    work_dir: Path, parent_dir: Path, parent: str, video: Video, config: RetrainConfig, data_key: str,
+    run_options: dict[str, Any],
+) -> _Trainer:  # fmt: skip
+    """Resume this round's training from ``work_dir`` if it was interrupted, else fine-tune the parent afresh."""
+    del parent
+    checkpoint = load_checkpoint(parent_dir, video)
     # The round fine-tunes the parent's network, whatever shape ``config.ppo`` names.
     ppo = config.ppo.model_copy(update={"total_steps": config.updates * config.ppo.batch_size,
-                                        "network": parent.network})  # fmt: skip
-    options: dict[str, Any] = {"spec": parent.spec, "plasticity": hook, "ray_workers": ray_workers}
+                                        "network": checkpoint.network})  # fmt: skip
+    options: dict[str, Any] = {"spec": checkpoint.spec, **run_options}
     folder = work_dir / STATE_DIR
-    marker = folder / ROUND_FILE
-    if marker.is_file():
+    marker = _read_marker(folder)
+    if marker is not None and marker.get("data_key") == data_key:
         try:
-            if json.loads(marker.read_text()).get("data_key") == data_key:
-                run = TrainingRun.resume(folder, ppo, video, **options)
-                log.info("resuming round %s at update %d", data_key, run.state.update)
-                return run, run.state.update
+            run = TrainingRun.resume(folder, ppo, video, **options)
+            log.info("resuming round %s at update %d", data_key, run.state.update)
+            return _Trainer(run, 0, resumed_updates=run.state.update, own_state=True)
         except (CheckpointError, OSError, ValueError, KeyError) as err:
             log.warning("trainer state in %s unusable (%s); starting the round afresh", folder, err)
     shutil.rmtree(folder, ignore_errors=True)
-    return TrainingRun.create(ppo, video, init=parent, **options), 0
+    return _Trainer(TrainingRun.create(ppo, video, init=checkpoint, **options), 0)
+
+
+def _continual_trainer(
+    work_dir: Path, parent_dir: Path, parent: str, video: Video, config: RetrainConfig, data_key: str,
+    run_options: dict[str, Any],
+) -> _Trainer:  # fmt: skip
+    """The long-lived trainer in ``work_dir``, continued; or a new one from the active version ``parent``.
+
+    It continues when its last round was interrupted on the same data, or when the version it left (or
+    was training from) is still the active one; otherwise, or when its settings changed, it starts again.
+    """
+    checkpoint = load_checkpoint(parent_dir, video)
+    ppo = config.ppo.model_copy(update={"total_steps": CONTINUAL_UPDATES * config.ppo.batch_size,
+                                        "network": checkpoint.network})  # fmt: skip
+    options: dict[str, Any] = {"spec": checkpoint.spec, **run_options}
+    folder = work_dir / STATE_DIR
+    marker = _read_marker(folder)
+    if marker is not None:
+        interrupted = not marker.get("finished") and marker.get("data_key") == data_key
+        left = marker.get("left_active") if marker.get("finished") else marker.get("parent")
+        if interrupted or left == parent:
+            try:
+                # Each round may seed its sampling differently; the trainer keeps the seed it began with.
+                recorded = PPOConfig.model_validate(load_checkpoint(folder, video).meta["train_config"])
+                if recorded.model_copy(update={"seed": ppo.seed}) != ppo:
+                    raise ValueError("the round's training settings changed")
+                run = TrainingRun.resume(folder, recorded, video, **options)
+                start = int(marker["round_start_update"]) if interrupted else run.state.update
+                log.info("continuing the trainer at update %d", run.state.update)
+                return _Trainer(run, start, resumed_updates=run.state.update - start, own_state=True)
+            except (CheckpointError, OSError, ValueError, KeyError, TypeError) as err:
+                log.warning("trainer state in %s not continued (%s); starting again from %s", folder, err, parent)
+        else:
+            log.info("the active version is %s, not %s which the trainer left: starting again from it", parent, left)
+    shutil.rmtree(folder, ignore_errors=True)
+    return _Trainer(TrainingRun.create(ppo, video, init=checkpoint, **options), 0, resynced=True)
+
+
+def _read_marker(folder: Path) -> dict[str, Any] | None:
+    """The trainer folder's round record (None: none, or unreadable)."""
+    try:
+        marker = json.loads((folder / ROUND_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return marker if isinstance(marker, dict) else None
 
 
 def _restore_plasticity(hook: Plasticity, folder: Path, *, same_run: bool) -> None:
@@ -306,12 +408,15 @@ def _restore_plasticity(hook: Plasticity, folder: Path, *, same_run: bool) -> No
         log.warning("plasticity state %s not used (%s)", path, err)
 
 
-def _save_trainer(work_dir: Path, run: TrainingRun, data_key: str, parent: str, hook: Plasticity) -> None:
-    """The round's training so far (model, optimizer, progress, plasticity state), resumable by `_trainer_run`."""
+def _save_trainer(work_dir: Path, run: TrainingRun, marker: dict[str, Any], hook: Plasticity) -> None:
+    """The training so far (model, optimizer, progress, plasticity state) and the round's record ``marker``.
+
+    The record goes last: a trainer folder whose record names this round holds this round's training.
+    """
     folder = work_dir / STATE_DIR
-    run.save(folder, data={"parent": parent})
+    run.save(folder, data={"parent": marker["parent"]})
     write_atomic(folder / PLASTICITY_FILE, json.dumps(hook.state_dict()).encode())
-    write_atomic(folder / ROUND_FILE, json.dumps({"data_key": data_key, "update": run.state.update,
+    write_atomic(folder / ROUND_FILE, json.dumps({**marker, "update": run.state.update,
                                                   "global_step": run.state.global_step}).encode())  # fmt: skip
 
 
