@@ -58,7 +58,7 @@ def adapt(
     ),
     trace_root: Annotated[Path, typer.Option(help="Where phase folders are found.")] = DEFAULT_TRACE_ROOT,
     video: Annotated[str, typer.Option(help="'builtin' or a folder of video_size_N files.")] = "builtin",
-    model: Annotated[str, typer.Option(help="Starting model: 'default' (shipped) or a checkpoint folder.")] = "default",
+    model: Annotated[str, typer.Option(help="Starting model: a shipped model's name, or a checkpoint.")] = "default",
     ppo_config: Annotated[Path | None, typer.Option(help="JSON with PPOConfig fields for every round.")] = None,
     recover_tolerance: Annotated[
         float,

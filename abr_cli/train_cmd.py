@@ -56,8 +56,8 @@ def train_command(
     init: Annotated[
         str | None,
         typer.Option(
-            help="Fine-tune: start from a trained model's weights ('default' or a checkpoint folder) with a fresh "
-            "optimizer and schedule; the network shape is the checkpoint's."
+            help="Fine-tune: start from a trained model's weights (a shipped model's name such as 'default', or a "
+            "checkpoint folder) with a fresh optimizer and schedule; the network shape is the checkpoint's."
         ),
     ] = None,
     plasticity: Annotated[

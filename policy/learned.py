@@ -1,4 +1,4 @@
-"""Learned policies behind the common `Policy` interface: ``checkpoint:PATH`` and ``default``."""
+"""Learned policies behind the common `Policy` interface: ``checkpoint:PATH``, ``model:NAME`` and ``default``."""
 
 from __future__ import annotations
 
@@ -15,8 +15,21 @@ from policy.learning.network import ActorCritic
 from simulator.observation import Observation, ObservationSpec
 from simulator.video import Video
 
-#: The model shipped in the package (produced by `abr train`, see BENCHMARKS.md).
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
+#: The models shipped in the package, one checkpoint folder each (produced by `abr train`, see BENCHMARKS.md).
+SHIPPED_MODELS_DIR = Path(__file__).resolve().parent / "models"
+#: The shipped model used where none is named.
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_DIR = SHIPPED_MODELS_DIR / DEFAULT_MODEL
+
+
+def shipped_models() -> list[str]:
+    """Names of the models shipped in the package."""
+    return sorted(p.name for p in SHIPPED_MODELS_DIR.iterdir() if (p / "meta.json").is_file())
+
+
+def model_folder(model: str) -> Path:
+    """A shipped model's folder by name (``default``, ...), else ``model`` itself as a checkpoint folder."""
+    return SHIPPED_MODELS_DIR / model if model in shipped_models() else Path(model)
 
 
 class LearnedConfig(PolicyConfig):
@@ -90,6 +103,22 @@ class LearnedPolicy(Policy):
     def select(self, obs: Observation) -> IntArray:
         state = obs.to_state(self._video(), self.checkpoint.spec)
         return act(self.checkpoint.model, state, self.config.sample, self._generator)
+
+
+@register("model")
+class ShippedPolicy(LearnedPolicy):
+    """A model shipped in the package, by name (``model:NAME``)."""
+
+    @property
+    def label(self) -> str:
+        return f"model:{self.config.path}" + (":sample" if self.config.sample else "")
+
+    def _path(self) -> Path:
+        if self.config.path not in shipped_models():
+            raise PolicySpecError(
+                f"model:{self.config.path}: no shipped model of that name (shipped: {', '.join(shipped_models())})"
+            )
+        return SHIPPED_MODELS_DIR / self.config.path
 
 
 @register("default")

@@ -21,6 +21,7 @@ BUILTIN_POLICIES: Mapping[str, str] = MappingProxyType(
         "clairvoyant": "policy.clairvoyant",
         "optimal": "policy.optimal",
         "checkpoint": "policy.learned",
+        "model": "policy.learned",
         "default": "policy.learned",
     }
 )

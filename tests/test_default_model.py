@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from policy import make_policy
 from policy.evaluation.loop import run_policy
@@ -33,3 +34,17 @@ def test_default_policy_plays_whole_sessions() -> None:
     assert logs.quality.max() < video.n_levels
     again = run_policy(make_policy("default"), traces, video)
     np.testing.assert_array_equal(logs.quality, again.quality)  # greedy: deterministic
+
+
+def test_shipped_models_are_named_and_an_unknown_name_is_one_line() -> None:
+    from policy.base import PolicySpecError
+    from policy.learned import model_folder, shipped_models
+
+    assert "default" in shipped_models()
+    assert model_folder("default") == DEFAULT_MODEL_DIR
+    assert str(model_folder("runs/x/last")) == "runs/x/last"  # not a shipped name: a folder
+    traces = generate_from_spec("markov:n=2,seed=4")
+    by_name = run_policy(make_policy("model:default"), traces, Video.builtin())
+    np.testing.assert_array_equal(by_name.quality, run_policy(make_policy("default"), traces, Video.builtin()).quality)
+    with pytest.raises(PolicySpecError, match=r"model:nope: no shipped model of that name \(shipped: .*default"):
+        make_policy("model:nope").begin(1, Video.builtin())

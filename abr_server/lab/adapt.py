@@ -52,7 +52,7 @@ from abr_server.lab.launcher import local_server
 from abr_server.lab.timeline import ROBUSTMPC, Arm, Phase, parse_arm, parse_arms
 from abr_server.retrain.loop import DIAGNOSED_KEY, TELEMETRY, RetrainConfig, RoundResult, retrain_once
 from plasticity.config import parse_plasticity
-from policy.learned import DEFAULT_MODEL_DIR
+from policy.learned import DEFAULT_MODEL, model_folder
 from policy.learning.config import PPOConfig
 from traces.sources import is_generator_spec, resolve
 from traces.trace import Trace
@@ -71,8 +71,6 @@ SWAP_WAIT_S = 30.0
 #: The diagnostics plotted per round, and the starting model's registry version.
 SILENT_KEYS = (DIAGNOSED_KEY, "plasticity/dormant_ratio", "plasticity/grad_silent_ratio")
 FIRST_VERSION = "v0001"
-#: What ``model`` names for the shipped model.
-DEFAULT_MODEL = "default"
 
 
 def default_retrain() -> RetrainConfig:
@@ -106,7 +104,7 @@ class AdaptConfig(BaseModel):
     workers: int = Field(1, ge=1, description="(arm, seed) runs in parallel processes.")
     trace_root: str = str(DEFAULT_TRACE_ROOT)
     video: str = "builtin"
-    model: str = Field(DEFAULT_MODEL, description="The starting model: 'default' (shipped) or a checkpoint folder.")
+    model: str = Field(DEFAULT_MODEL, description="The starting model: a shipped model's name or a checkpoint folder.")
     retrain: RetrainConfig = Field(default_factory=default_retrain)
     recover_tolerance: float = Field(
         0.1, ge=0, description="QoE_lin (minus robustMPC's) below the previous visit's level still recovered."
@@ -146,7 +144,7 @@ class AdaptConfig(BaseModel):
 
 def model_dir(model: str) -> Path:
     """The starting checkpoint's folder."""
-    return DEFAULT_MODEL_DIR if model == DEFAULT_MODEL else Path(model)
+    return model_folder(model)
 
 
 def load_source(source: str, trace_root: Path) -> list[Trace]:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from abr_common.files import write_atomic
-from policy.learned import DEFAULT_MODEL_DIR, ModelPolicy
+from policy.learned import ModelPolicy, model_folder
 from policy.learning.checkpoint import (
     META_FILE,
     Checkpoint,
@@ -55,10 +55,9 @@ MetricsRow = dict[str, float]
 
 
 def load_init(init: str, video: Video) -> Checkpoint:
-    """The checkpoint a fine-tune starts from: ``default`` (the shipped model) or a checkpoint folder."""
-    folder = DEFAULT_MODEL_DIR if init == "default" else Path(init)
+    """The checkpoint a fine-tune starts from: a shipped model's name (``default``, ...) or a checkpoint folder."""
     try:
-        return load_checkpoint(folder, video)
+        return load_checkpoint(model_folder(init), video)
     except CheckpointError as err:
         raise ValueError(f"{init}: {err}") from None
 
