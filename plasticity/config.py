@@ -212,6 +212,13 @@ class CChainConfig(MethodConfig):
     reference_size: int = Field(
         256, ge=1, description="Transitions in each step's reference batch, drawn from the rollout off the minibatch."
     )
+    target_relative_scale: float | None = Field(
+        None, gt=0,
+        description="Automatic policy coefficient: keep the policy-churn term at this fraction of the mean |policy "
+        "loss| (over auto_window_updates updates, after auto_warmup_updates); None: policy_coef stays fixed.",
+    )  # fmt: skip
+    auto_window_updates: int = Field(100, ge=1, description="Updates the automatic coefficient averages over.")
+    auto_warmup_updates: int = Field(20, ge=1, description="Updates before the automatic coefficient first moves.")
 
 
 class InjectionConfig(MethodConfig):

@@ -1,10 +1,11 @@
 """Plasticity methods behind one interface, and the hook the PPO trainer calls around its updates.
 
 Every method implements ``after_update(model, optimizer, update, batch, loss_fn) -> stats`` and may
-implement ``begin_phase(model, optimizer, phase)``, ``loss_term(model, rollout, minibatch)`` (a
-regulariser added to every minibatch's loss) and ``after_step(model, optimizer)`` (after every optimizer
-step); `Plasticity` adds the periodic diagnostics and is what `policy.learning.ppo.train` receives, so the
-trainer never knows which method runs.
+implement ``begin_phase(model, optimizer, phase)``, ``loss_term(model, rollout, minibatch, policy_loss=)``
+(a regulariser added to every minibatch's loss; ``policy_loss`` is that minibatch's PPO policy loss) and
+``after_step(model, optimizer)`` (after every optimizer step); `Plasticity` adds the periodic
+diagnostics and is what `policy.learning.ppo.train` receives, so the trainer never knows which method
+runs.
 
 Neuron resets (ReDo, CBP, ReSiN, ReGraMa) share `reset_neurons`: incoming weights re-drawn from the layer's
 initial distribution (orthogonal rows, gain sqrt 2, bias 0), outgoing weights zeroed so that the
@@ -65,6 +66,8 @@ from policy.learning.ppo import Rollout
 
 #: Gain of the trunk layers' orthogonal init (`policy.learning.network.layer_init`'s default): resets redraw from it.
 TRUNK_GAIN = math.sqrt(2.0)
+#: Added to the mean policy churn where C-CHAIN divides by it (a run whose policy never moves).
+CHURN_EPS = 1e-8
 
 
 # --------------------------------------------------------------------------- per-layer operations
@@ -157,7 +160,9 @@ class PlasticityMethod(ABC, Generic[ConfigT]):
         """Called when the training distribution changes (a new schedule phase); most methods ignore it."""
         return {}
 
-    def loss_term(self, model: ActorCritic, rollout: Rollout, minibatch: torch.Tensor) -> torch.Tensor | None:
+    def loss_term(
+        self, model: ActorCritic, rollout: Rollout, minibatch: torch.Tensor, *, policy_loss: float | None = None
+    ) -> torch.Tensor | None:
         """A regulariser added to the loss of ``rollout.take(minibatch)`` (None: the PPO loss alone)."""
         return None
 
@@ -503,7 +508,9 @@ class L2Init(PlasticityMethod[L2InitConfig]):
             self.initial = {n: p.detach() for n, p in fresh_like(model, self.config.seed).named_parameters()}
         return self.initial
 
-    def loss_term(self, model: ActorCritic, rollout: Rollout, minibatch: torch.Tensor) -> torch.Tensor | None:
+    def loss_term(
+        self, model: ActorCritic, rollout: Rollout, minibatch: torch.Tensor, *, policy_loss: float | None = None
+    ) -> torch.Tensor | None:
         initial = self._initial(model)
         distance = torch.stack([(p - initial[n]).pow(2).sum() for n, p in model.named_parameters()]).sum()
         self.distance = float(distance.detach())
@@ -531,7 +538,9 @@ class LayerNormWeightDecay(PlasticityMethod[LnWdConfig]):
         super().__init__(config)
         self.norms: dict[str, float] = {}  # hidden layer -> its weight matrix's norm before the run's first step
 
-    def loss_term(self, model: ActorCritic, rollout: Rollout, minibatch: torch.Tensor) -> torch.Tensor | None:
+    def loss_term(
+        self, model: ActorCritic, rollout: Rollout, minibatch: torch.Tensor, *, policy_loss: float | None = None
+    ) -> torch.Tensor | None:
         if self.config.project and not self.norms:  # called before every step: the first sees the start
             self.norms = {layer.name: float(layer.incoming.weight.detach().norm()) for layer in model.neuron_layers()}
         return None
@@ -586,6 +595,11 @@ class ChurnReduction(PlasticityMethod[CChainConfig]):
     outside the step's minibatch; ``previous`` is the network as it was one optimizer step earlier (the
     churn the last step caused on data it did not train on is what the term pulls back). The first step
     of a run has no earlier network, so its term is zero.
+
+    With ``target_relative_scale`` the policy coefficient is set automatically, as the paper does: after
+    ``auto_warmup_updates`` updates, after every update it becomes ``target_relative_scale`` times the
+    mean |policy loss| over the last ``auto_window_updates`` updates divided by their mean policy churn,
+    so the churn term stays at that fraction of the RL loss whatever the reward scale.
     """
 
     name = "c-chain"
@@ -596,6 +610,13 @@ class ChurnReduction(PlasticityMethod[CChainConfig]):
         self.previous: ActorCritic | None = None
         self.policy_churn = 0.0
         self.value_churn = 0.0
+        self.policy_coef = config.policy_coef
+        # Per update: the mean |policy loss| and mean policy churn of its steps (for the automatic coefficient).
+        self.step_losses: list[float] = []
+        self.step_churns: list[float] = []
+        self.update_losses: list[float] = []
+        self.update_churns: list[float] = []
+        self.updates_seen = 0
 
     def _remember(self, model: ActorCritic) -> None:
         """``previous`` <- the network as it is now (before the coming step)."""
@@ -614,7 +635,9 @@ class ChurnReduction(PlasticityMethod[CChainConfig]):
         pick = torch.randperm(len(candidates), generator=self.sampler)[: self.config.reference_size]
         return candidates[pick].to(rollout.actions.device)
 
-    def loss_term(self, model: ActorCritic, rollout: Rollout, minibatch: torch.Tensor) -> torch.Tensor | None:
+    def loss_term(
+        self, model: ActorCritic, rollout: Rollout, minibatch: torch.Tensor, *, policy_loss: float | None = None
+    ) -> torch.Tensor | None:
         previous = self.previous
         index = self.reference(rollout, minibatch)
         term: torch.Tensor | None = None
@@ -627,14 +650,41 @@ class ChurnReduction(PlasticityMethod[CChainConfig]):
             kl = (old_log_probs.exp() * (old_log_probs - log_probs)).sum(dim=-1).mean()
             value = (model.get_value(obs) - old_values).pow(2).mean()
             self.policy_churn, self.value_churn = float(kl.detach()), float(value.detach())
-            term = self.config.policy_coef * kl + self.config.value_coef * value
+            if policy_loss is not None:
+                self.step_losses.append(abs(policy_loss))
+                self.step_churns.append(self.policy_churn)
+            term = self.policy_coef * kl + self.config.value_coef * value
         self._remember(model)
         return term
 
     def after_update(
         self, model: ActorCritic, optimizer: torch.optim.Optimizer, update: int, batch: Rollout, loss_fn: LossFn
     ) -> dict[str, float]:
-        return {"plasticity/policy_churn_kl": self.policy_churn, "plasticity/value_churn": self.value_churn}
+        self.updates_seen += 1
+        if self.step_losses:
+            window = self.config.auto_window_updates
+            self.update_losses = [*self.update_losses, sum(self.step_losses) / len(self.step_losses)][-window:]
+            self.update_churns = [*self.update_churns, sum(self.step_churns) / len(self.step_churns)][-window:]
+            self.step_losses, self.step_churns = [], []
+        target = self.config.target_relative_scale
+        if target is not None and self.updates_seen >= self.config.auto_warmup_updates and self.update_losses:
+            mean_loss = sum(self.update_losses) / len(self.update_losses)
+            mean_churn = sum(self.update_churns) / len(self.update_churns)
+            self.policy_coef = target * mean_loss / (mean_churn + CHURN_EPS)
+        return {"plasticity/policy_churn_kl": self.policy_churn, "plasticity/value_churn": self.value_churn,
+                "plasticity/policy_churn_coef": self.policy_coef}  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "policy_coef": self.policy_coef, "update_losses": list(self.update_losses),
+                "update_churns": list(self.update_churns), "updates_seen": self.updates_seen}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any], *, same_run: bool) -> None:
+        super().load_state_dict(state, same_run=same_run)
+        if same_run:  # a new run of the network starts its own running means and coefficient
+            self.policy_coef = float(state.get("policy_coef", self.config.policy_coef))
+            self.update_losses = [float(v) for v in state.get("update_losses", [])]
+            self.update_churns = [float(v) for v in state.get("update_churns", [])]
+            self.updates_seen = int(state.get("updates_seen", 0))
 
 
 _REGISTRY: dict[str, Callable[[Any], PlasticityMethod[Any]]] = {
@@ -672,9 +722,11 @@ class Plasticity:
         """Tell the method the training distribution changed."""
         return self.method.begin_phase(model, optimizer, phase)
 
-    def loss_term(self, model: ActorCritic, rollout: Rollout, minibatch: torch.Tensor) -> torch.Tensor | None:
+    def loss_term(
+        self, model: ActorCritic, rollout: Rollout, minibatch: torch.Tensor, *, policy_loss: float | None = None
+    ) -> torch.Tensor | None:
         """The method's regulariser for the minibatch ``rollout.take(minibatch)``, if it has one."""
-        return self.method.loss_term(model, rollout, minibatch)
+        return self.method.loss_term(model, rollout, minibatch, policy_loss=policy_loss)
 
     def after_step(self, model: ActorCritic, optimizer: torch.optim.Optimizer) -> None:
         """Let the method act after an optimizer step."""

@@ -601,7 +601,50 @@ def test_c_chain_penalises_the_last_steps_change_of_the_outputs_off_the_minibatc
     assert unchanged is not None
     assert float(unchanged.detach()) == 0.0
     stats = method.after_update(model, EntryAdam(model.parameters()), 1, batch, loss_fn(model))
-    assert stats == {"plasticity/policy_churn_kl": 0.0, "plasticity/value_churn": 0.0}
+    assert stats == {
+        "plasticity/policy_churn_kl": 0.0,
+        "plasticity/value_churn": 0.0,
+        "plasticity/policy_churn_coef": 1.0,
+    }
+
+
+def test_c_chain_sets_its_policy_coefficient_to_a_target_share_of_the_policy_loss() -> None:
+    model = tiny_model()
+    batch = batch_for(model, n=16)
+    minibatch = torch.arange(4)
+    config = CChainConfig(policy_coef=1.0, value_coef=0.0, reference_size=64, target_relative_scale=0.5,
+                          auto_window_updates=2, auto_warmup_updates=2)  # fmt: skip
+    method = make_method(config)
+    adam = EntryAdam(model.parameters())
+    outside = batch.obs[4:]
+
+    def step(shift: float, policy_loss: float) -> tuple[float, float]:
+        """Move the actor as a step would; the churn the method sees and the term it adds."""
+        with torch.no_grad():
+            before = torch.log_softmax(model.logits(outside), dim=-1)
+            model.actor_head.bias += shift * torch.linspace(-1.0, 1.0, LEVELS)
+            after = torch.log_softmax(model.logits(outside), dim=-1)
+        term = method.loss_term(model, batch, minibatch, policy_loss=policy_loss)
+        assert term is not None
+        return float((before.exp() * (before - after)).sum(dim=-1).mean()), float(term.detach())
+
+    assert method.loss_term(model, batch, minibatch, policy_loss=-0.4) is None  # remembers the network
+    kl1, term1 = step(1.0, -0.4)
+    assert term1 == pytest.approx(kl1, rel=1e-5)  # the starting coefficient, 1
+    assert method.after_update(model, adam, 1, batch, loss_fn(model))["plasticity/policy_churn_coef"] == 1.0
+    kl2, _ = step(0.5, 0.2)
+    coef2 = method.after_update(model, adam, 2, batch, loss_fn(model))["plasticity/policy_churn_coef"]
+    assert coef2 == pytest.approx(0.5 * (0.4 + 0.2) / 2 / ((kl1 + kl2) / 2), rel=1e-5)  # warmed up: 0.5 x |loss| / KL
+    kl3, term3 = step(0.25, 0.6)
+    assert term3 == pytest.approx(coef2 * kl3, rel=1e-5)
+    coef3 = method.after_update(model, adam, 3, batch, loss_fn(model))["plasticity/policy_churn_coef"]
+    assert coef3 == pytest.approx(0.5 * (0.2 + 0.6) / 2 / ((kl2 + kl3) / 2), rel=1e-5)  # the last 2 updates
+    resumed = make_method(config)
+    resumed.load_state_dict(json.loads(json.dumps(method.state_dict())), same_run=True)
+    assert resumed.state_dict() == method.state_dict()
+    fresh = make_method(config)
+    fresh.load_state_dict(method.state_dict(), same_run=False)  # a new run starts its own coefficient
+    assert fresh.state_dict()["policy_coef"] == 1.0
 
 
 @pytest.mark.parametrize(

@@ -149,8 +149,13 @@ class PlasticityHook(Protocol):
     optimizer step (both return nothing for methods that act only between updates).
     """
 
-    def loss_term(self, model: ActorCritic, rollout: Rollout, minibatch: torch.Tensor) -> torch.Tensor | None:
-        """A term added to the loss of the minibatch ``rollout.take(minibatch)`` (None: nothing added)."""
+    def loss_term(
+        self, model: ActorCritic, rollout: Rollout, minibatch: torch.Tensor, *, policy_loss: float | None = None
+    ) -> torch.Tensor | None:
+        """A term added to the loss of the minibatch ``rollout.take(minibatch)`` (None: nothing added).
+
+        ``policy_loss``: that minibatch's clipped policy loss, for methods that scale a term against it.
+        """
         ...
 
     def after_step(self, model: ActorCritic, optimizer: torch.optim.Optimizer) -> None:
@@ -319,7 +324,11 @@ def ppo_update(
             mb = torch.as_tensor(order[start : start + minibatch], device=device)
             loss, parts = ppo_loss(model, rollout.take(mb), config, ent_coef, imitation_coef)
             clip_fracs.append(float(parts["clip_fraction"]))
-            extra = plasticity.loss_term(model, rollout, mb) if plasticity is not None else None
+            extra = (
+                plasticity.loss_term(model, rollout, mb, policy_loss=float(parts["policy"]))
+                if plasticity is not None
+                else None
+            )
             if extra is not None:
                 loss = loss + extra
             optimizer.zero_grad()
