@@ -78,6 +78,7 @@ class FlaggedActor(DenseActor):
         nn.Module.__init__(self)  # shares the folded actor's buffers rather than folding the model again
         for name, buffer in actor.named_buffers():
             self.register_buffer(name, buffer)
+        self.groups = actor.groups
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """Flagged logits ``[B, n_levels + 1]``."""

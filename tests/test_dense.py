@@ -11,7 +11,7 @@ from policy.learning.dense import DenseActor
 from policy.learning.network import ActorCritic
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     width=st.integers(4, 10),
     n_levels=st.integers(1, 4),  # a model reads the sizes of up to width levels
@@ -19,17 +19,21 @@ from policy.learning.network import ActorCritic
     filters=st.integers(1, 24),
     kernel=st.integers(1, 4),
     shared=st.booleans(),
+    layer_norm=st.booleans(),
+    injected=st.integers(0, 2),
     seed=st.integers(0, 2**16),
 )
 def test_dense_actor_matches_the_eager_actor(
-    width: int, n_levels: int, hidden: int, filters: int, kernel: int, shared: bool, seed: int
-) -> None:
+    width: int, n_levels: int, hidden: int, filters: int, kernel: int, shared: bool, layer_norm: bool,
+    injected: int, seed: int,
+) -> None:  # fmt: skip
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # layer_init draws from torch's default generator
-    config = NetworkConfig(hidden=hidden, filters=filters, kernel=kernel, shared_trunk=shared)
+    config = NetworkConfig(hidden=hidden, filters=filters, kernel=kernel, shared_trunk=shared, layer_norm=layer_norm,
+                           injected_heads=injected)  # fmt: skip
     n_levels = min(n_levels + kernel, width)
     model = ActorCritic(width, n_levels, config)
-    with torch.no_grad():  # non-zero biases, so the folded bias is exercised too
+    with torch.no_grad():  # non-zero biases (and LayerNorm scales and shifts, twins unlike their copies) too
         for p in model.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=gen))
     obs = 4.0 * torch.rand(33, 6, width, generator=gen) - 1.0

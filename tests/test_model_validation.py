@@ -460,3 +460,23 @@ def test_decide_with_a_report_goes_through_the_non_finite_fallback(tmp_path: Pat
 
     assert asyncio.run(scenario()) == ("fallback:bba", None)
     assert counter(service, "abr_nonfinite_outputs_total") == 1.0
+
+
+def test_a_layer_normed_version_is_served_the_levels_of_its_eager_actor(tmp_path: Path) -> None:
+    from policy.learning.checkpoint import save_checkpoint
+    from policy.learning.config import NetworkConfig
+    from policy.learning.network import ActorCritic
+
+    spec = ObservationSpec()
+    torch.manual_seed(3)
+    model = ActorCritic(spec.width(VIDEO), VIDEO.n_levels, NetworkConfig(hidden=16, filters=8, layer_norm=True))
+    with torch.no_grad():  # LayerNorm scales and shifts away from 1 and 0
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.3 * torch.randn(p.shape))
+    save_checkpoint(tmp_path / "v1", model, VIDEO, spec, qoe_kind="lin", train_config={}, progress={})
+    loaded = ModelRegistry(tmp_path, VIDEO, torch.device("cpu")).load("v1")
+    states = probe_states(VIDEO, spec)
+    with torch.no_grad():
+        eager = model.eval().logits(torch.as_tensor(states)).argmax(dim=-1).numpy()
+    np.testing.assert_array_equal(forward_levels(loaded, states), eager)

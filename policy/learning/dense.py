@@ -12,19 +12,28 @@ most of the eager forward pass dispatching those small operations, and a GPU lau
 operation, so the folded actor is several times faster at batch 1 and the same function (up to float
 rounding) at every batch size. It is built from a trained model's weights and never trained itself.
 Injected heads (`ActorCritic.inject`) read the same encoding, so they fold too: their merged layers
-widen the middle layer, and their output layers (the twins' negated) stack under the head's. A network
-with LayerNorm (`NetworkConfig.layer_norm`, a training option) is not an affine map before its ReLUs
-and cannot be folded: `DenseActor` refuses it, naming why.
+widen the middle layer, and their output layers (the twins' negated) stack under the head's.
+
+With LayerNorm (`NetworkConfig.layer_norm`) each layer's pre-activations are normalised before the
+ReLU, in groups: a scalar branch's units, a convolution's filters at one position, a merged layer's
+units. The affine maps still fold; the normalisation runs between them on the groups, which are
+contiguous in the folded layout (the three scalar branches, then the convolutions' positions, each of
+equal width; the middle layer's paths, each ``hidden`` wide), followed by each unit's LayerNorm scale
+and shift:
+
+    h = relu(norm(x @ A + a) * g1 + s1)        norm: per group, (v - mean) / sqrt(var + eps)
+    h = relu(norm(h @ B + b) * g2 + s2)
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from policy.learning.network import ActorCritic, Trunk
+from policy.learning.network import CONV_BRANCHES, SCALAR_BRANCHES, ActorCritic, Trunk
 
 
 def _branch_map(trunk: Trunk, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,6 +43,7 @@ def _branch_map(trunk: Trunk, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     exactly (each is one weight of the trunk, or zero), whatever the branch layout.
     """
     twin = copy.deepcopy(trunk).cpu().double()
+    twin.layer_norm = False  # the pre-activations themselves (`DenseActor` normalises them)
     for name in twin.acts:
         twin.acts[name] = nn.Identity()
     captured: list[torch.Tensor] = []
@@ -48,6 +58,20 @@ def _branch_map(trunk: Trunk, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     return captured[1] - bias, bias
 
 
+@dataclass(frozen=True)
+class NormGroups:
+    """Where a LayerNorm network's folded layers normalise: the column groups of each layer."""
+
+    #: The first layer: the scalar branches' columns (groups of ``scalar_units``), then the convolutions'
+    #: (groups of ``conv_units``, one per filter position).
+    scalar_columns: int
+    scalar_units: int
+    conv_units: int
+    #: The middle layer: groups of ``head_units``, one per path (the head, each injection's copy and twin).
+    head_units: int
+    eps: float
+
+
 class DenseActor(nn.Module):
     """The logits of an `ActorCritic`'s actor, folded into three dense layers."""
 
@@ -58,32 +82,91 @@ class DenseActor(nn.Module):
     c_weight: torch.Tensor
     c_bias: torch.Tensor
 
+    #: With LayerNorm: per-unit scale and shift after each layer's normalisation (empty tensors without).
+    a_scale: torch.Tensor
+    a_shift: torch.Tensor
+    b_scale: torch.Tensor
+    b_shift: torch.Tensor
+
     def __init__(self, model: ActorCritic) -> None:
         super().__init__()
-        if model.config.layer_norm:
-            raise ValueError("the network has LayerNorm, which cannot be folded into dense layers for serving")
-        matrix, bias = _branch_map(model.actor_trunk, model.width)
+        trunk = model.actor_trunk
+        matrix, bias = _branch_map(trunk, model.width)
         dtype = model.actor_head.weight.dtype
         device = model.actor_head.weight.device
-        # (merged layer, output layer, sign) of the head and of every injection's trained copy and twin.
-        paths: list[tuple[nn.Linear, nn.Linear, float]] = [(model.actor_trunk.hidden, model.actor_head, 1.0)]
+        # (merged layer, its LayerNorm, output layer, sign) of the head and of every injection's copy and twin.
+        head_norm = _layer_norm(trunk.norms["hidden"]) if trunk.layer_norm else None
+        paths: list[tuple[nn.Linear, nn.LayerNorm | None, nn.Linear, float]] = [
+            (trunk.hidden, head_norm, model.actor_head, 1.0)
+        ]
         for injection in model.injected():
-            paths.append((injection.trained.actor_hidden, injection.trained.actor_head, 1.0))
-            paths.append((injection.twin.actor_hidden, injection.twin.actor_head, -1.0))
+            for part, sign in ((injection.trained, 1.0), (injection.twin, -1.0)):
+                paths.append((part.actor_hidden, part.actor_norm, part.actor_head, sign))
         with torch.no_grad():
-            b_weight = torch.cat([hidden.weight.t() for hidden, _, _ in paths], dim=1)
-            b_bias = torch.cat([hidden.bias for hidden, _, _ in paths])
-            c_weight = torch.cat([sign * head.weight.t() for _, head, sign in paths], dim=0)
-            c_bias = torch.stack([sign * head.bias for _, head, sign in paths]).sum(dim=0)
+            b_weight = torch.cat([hidden.weight.t() for hidden, _, _, _ in paths], dim=1)
+            b_bias = torch.cat([hidden.bias for hidden, _, _, _ in paths])
+            c_weight = torch.cat([sign * head.weight.t() for _, _, head, sign in paths], dim=0)
+            c_bias = torch.stack([sign * head.bias for _, _, head, sign in paths]).sum(dim=0)
         self.register_buffer("a_weight", matrix.to(dtype).to(device).contiguous())
         self.register_buffer("a_bias", bias.to(dtype).to(device))
         self.register_buffer("b_weight", b_weight.contiguous().clone())
         self.register_buffer("b_bias", b_bias.clone())
         self.register_buffer("c_weight", c_weight.contiguous().clone())
         self.register_buffer("c_bias", c_bias.clone())
+        self.groups: NormGroups | None = None
+        empty = torch.zeros(0, dtype=dtype, device=device)
+        a_scale, a_shift, b_scale, b_shift = empty, empty, empty, empty
+        if trunk.layer_norm:
+            norms = [_layer_norm(trunk.norms[name]) for name in (*SCALAR_BRANCHES, *CONV_BRANCHES)]
+            repeats = [1] * len(SCALAR_BRANCHES) + [trunk.positions[name] for name in CONV_BRANCHES]
+            self.groups = NormGroups(
+                scalar_columns=len(SCALAR_BRANCHES) * trunk.bitrate.out_features,
+                scalar_units=trunk.bitrate.out_features, conv_units=trunk.throughput.linear.out_features,
+                head_units=trunk.hidden.out_features,
+                eps=_one_eps([*norms, *(norm for _, norm, _, _ in paths if norm is not None)]),
+            )  # fmt: skip
+            with torch.no_grad():
+                a_scale = torch.cat([n.weight.repeat(r) for n, r in zip(norms, repeats, strict=True)])
+                a_shift = torch.cat([n.bias.repeat(r) for n, r in zip(norms, repeats, strict=True)])
+                b_scale = torch.cat([norm.weight for _, norm, _, _ in paths if norm is not None])
+                b_shift = torch.cat([norm.bias for _, norm, _, _ in paths if norm is not None])
+            if a_scale.numel() != self.a_weight.shape[1] or b_scale.numel() != self.b_weight.shape[1]:
+                raise ValueError("the network's LayerNorms do not cover its folded layers")
+        self.register_buffer("a_scale", a_scale.detach().clone())
+        self.register_buffer("a_shift", a_shift.detach().clone())
+        self.register_buffer("b_scale", b_scale.detach().clone())
+        self.register_buffer("b_shift", b_shift.detach().clone())
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, n_levels]`` of observations ``[B, 6, W]``."""
-        h = torch.relu(torch.addmm(self.a_bias, obs.flatten(1), self.a_weight))
-        h = torch.relu(torch.addmm(self.b_bias, h, self.b_weight))
-        return torch.addmm(self.c_bias, h, self.c_weight)
+        groups = self.groups
+        pre = torch.addmm(self.a_bias, obs.flatten(1), self.a_weight)
+        if groups is not None:
+            split = groups.scalar_columns
+            pre = torch.cat([_grouped_norm(pre[:, :split], groups.scalar_units, groups.eps),
+                             _grouped_norm(pre[:, split:], groups.conv_units, groups.eps)], dim=1)  # fmt: skip
+            pre = pre * self.a_scale + self.a_shift
+        pre = torch.addmm(self.b_bias, torch.relu(pre), self.b_weight)
+        if groups is not None:
+            pre = _grouped_norm(pre, groups.head_units, groups.eps) * self.b_scale + self.b_shift
+        return torch.addmm(self.c_bias, torch.relu(pre), self.c_weight)
+
+
+def _grouped_norm(values: torch.Tensor, group: int, eps: float) -> torch.Tensor:
+    """``values [B, G * group]`` normalised over each run of ``group`` columns (LayerNorm without its affine)."""
+    grouped = values.reshape(values.shape[0], -1, group)
+    return nn.functional.layer_norm(grouped, (group,), eps=eps).reshape(values.shape)
+
+
+def _layer_norm(module: nn.Module) -> nn.LayerNorm:
+    if not isinstance(module, nn.LayerNorm):
+        raise TypeError(f"expected a LayerNorm, got {type(module).__name__}")
+    return module
+
+
+def _one_eps(norms: list[nn.LayerNorm]) -> float:
+    """The LayerNorms' common epsilon (the network builds them all alike)."""
+    values = {float(norm.eps) for norm in norms}
+    if len(values) != 1:
+        raise ValueError(f"the network's LayerNorms use different epsilons {sorted(values)}")
+    return values.pop()

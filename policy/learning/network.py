@@ -46,8 +46,11 @@ ROW_BITRATE, ROW_BUFFER, ROW_THROUGHPUT, ROW_DELAY, ROW_SIZES, ROW_REMAINING = r
 ROW_FUTURE = 6
 
 
-#: The trunk's input branches, in the order their outputs are concatenated.
-BRANCHES = ("bitrate", "buffer", "remaining", "throughput", "delay", "sizes")
+#: The trunk's input branches, in the order their outputs are concatenated: the scalar ones (a dense layer of
+#: the latest value), then the 1-D convolutions over a row's history.
+SCALAR_BRANCHES = ("bitrate", "buffer", "remaining")
+CONV_BRANCHES = ("throughput", "delay", "sizes")
+BRANCHES = (*SCALAR_BRANCHES, *CONV_BRANCHES)
 
 
 @dataclass(frozen=True)
