@@ -67,6 +67,17 @@ def adapt(
             help="After a return: recovered within this QoE_lin of the previous visit's level (minus robustMPC's).",
         ),
     ] = 0.1,
+    device: Annotated[str, typer.Option(help="Where every round's fine-tuning learns: cpu, cuda or auto.")] = "cpu",
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="Rounds collect their rollouts from Ray actors: 'local' or a cluster address (needs resin-abr[ray]).",
+            rich_help_panel="Scale-out",
+        ),
+    ] = None,
+    ray_workers: Annotated[
+        int, typer.Option(min=1, help="With --ray: rollout actors per round.", rich_help_panel="Scale-out")
+    ] = 2,
 ) -> None:
     """Serve fresh sessions epoch by epoch as the network changes, retraining after each; compare with robustMPC."""
     from abr_server.lab.adapt import (
@@ -80,6 +91,7 @@ def adapt(
     )
     from policy.learning.checkpoint import load_checkpoint
     from policy.learning.config import PPOConfig
+    from policy.learning.ppo import resolve_device
     from simulator.video import load_video
 
     with user_errors():
@@ -94,8 +106,10 @@ def adapt(
         config = AdaptConfig(
             phases=phases, arms=chosen, seeds=seed_list, sessions_per_epoch=sessions or (TINY_SESSIONS if tiny else
             SESSIONS), epochs_scale=epochs_scale, workers=workers, trace_root=str(trace_root), video=video,
-            model=model, retrain=retrain, recover_tolerance=recover_tolerance,
+            model=model, retrain=retrain, recover_tolerance=recover_tolerance, device=device, ray=ray,
+            ray_workers=ray_workers,
         )  # fmt: skip
+        resolve_device(device)
         check_sources(config)
         the_video = load_video(video)
         try:

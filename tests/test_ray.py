@@ -178,3 +178,16 @@ def test_ray_rollout_workers_follow_an_injected_head(local_ray: None) -> None:
         assert source.collect(model, 1).count == 32
     finally:
         source.close()
+
+
+@pytest.mark.slow
+def test_a_timeline_arm_retrains_through_ray(local_ray: None) -> None:
+    from abr_server.lab.adapt import run_arm
+    from tests.test_adapt import FAST, SLOW, tiny
+
+    config = tiny([SLOW, FAST], ["resin+continual"], margin=-100.0).model_copy(update={"ray": "local"})
+    record = run_arm(config, "resin+continual", 1)
+    assert record["trainer"] == "ray x2"
+    rounds = [e["round"] for e in record["epochs"] if "round" in e]
+    assert [r["status"] for r in rounds] == ["published", "published"]
+    assert [r["trainer_update"] for r in rounds] == [config.retrain.updates, 2 * config.retrain.updates]

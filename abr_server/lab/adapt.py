@@ -109,6 +109,9 @@ class AdaptConfig(BaseModel):
     recover_tolerance: float = Field(
         0.1, ge=0, description="QoE_lin (minus robustMPC's) below the previous visit's level still recovered."
     )
+    device: str = Field("cpu", description="Where every round's fine-tuning learns: cpu, cuda or auto.")
+    ray: str | None = Field(None, description="Rounds collect rollouts from Ray actors: 'local' or a cluster address.")
+    ray_workers: int = Field(2, ge=1, description="With ray: rollout actors per round.")
 
     @field_validator("arms")
     @classmethod
@@ -253,10 +256,18 @@ def run_arm(
     config: AdaptConfig, arm_name: str, seed: int, on_epoch: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
     """One arm at one seed through the whole timeline, through its own live server; its record."""
+    from policy.learning.ppo import resolve_device
     from simulator.video import load_video
 
     arm = parse_arm(arm_name)
     video = load_video(config.video)
+    learn_on = resolve_device(config.device)
+    ray_workers = 0
+    if config.ray is not None and arm.learns:
+        from policy.cluster import connect
+
+        connect(config.ray)
+        ray_workers = config.ray_workers
     draws = SessionDraws(Path(config.trace_root))
     timeline = config.epochs()
     rows: list[dict[str, Any]] = []
@@ -288,7 +299,8 @@ def run_arm(
                     wait_for_telemetry(db, reported)
                     now_s = time.time()
                     cfg = round_config(config, arm, seed, epoch, max(now_s - epoch_started_s, 1e-3))
-                    result = retrain_once(db, models, tmp / "work", video, cfg, now_s=now_s)
+                    result = retrain_once(db, models, tmp / "work", video, cfg, now_s=now_s, ray_workers=ray_workers,
+                                          device=learn_on)  # fmt: skip
                     if result.version is not None:
                         now_serving = wait_for_model_version(url, result.version, SWAP_WAIT_S)
                         if now_serving != result.version:
@@ -299,7 +311,8 @@ def run_arm(
                 if on_epoch is not None:
                     on_epoch({"arm": arm.name, "seed": seed, **row})
     return {"arm": arm.name, "seed": seed, "settings": config.run_settings(arm, seed), "epochs": rows,
-            "wall_s": time.perf_counter() - started}  # fmt: skip
+            "wall_s": time.perf_counter() - started, "device": str(learn_on),
+            "trainer": f"ray x{ray_workers}" if ray_workers else "local"}  # fmt: skip
 
 
 def _job(config_json: str, arm: str, seed: int, path: str) -> str:
@@ -349,6 +362,11 @@ def run_adapt(config: AdaptConfig, out: Path, on_done: Callable[[str], None] | N
             if on_done is not None:
                 on_done(path.name)
     elif jobs:
+        if config.ray == "local":  # one local Ray instance for every worker process, started here
+            from policy.cluster import connect, ray_module
+
+            connect("local")
+            settings_json["ray"] = ray_module().get_runtime_context().gcs_address
         config_json = json.dumps(settings_json)
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
             futures = [pool.submit(_job, config_json, arm, seed, str(path)) for arm, seed, path in jobs]
