@@ -99,11 +99,22 @@ def test_a_regressing_candidate_is_not_published() -> None:
 def test_a_continual_arm_keeps_one_trainer_across_rounds() -> None:
     config = tiny([SLOW, FAST], ["resin+continual"], margin=100.0)  # every candidate refused
     assert adapt.round_config(config, parse_arm("resin+continual"), 1, 0, 1.0).continual
-    rounds = [e["round"] for e in run_arm(config, "resin+continual", 1)["epochs"] if "round" in e]
+    record = run_arm(config, "resin+continual", 1)
+    rounds = [e["round"] for e in record["epochs"] if "round" in e]
     updates = config.retrain.updates
     assert [r["status"] for r in rounds] == ["rejected", "rejected"]
     # The refused first round's training goes on in the second (a fresh fine-tune would restart at 0).
     assert [(r["trainer_update"], r["resynced"]) for r in rounds] == [(updates, True), (2 * updates, False)]
+    # Every refusal is checked on the next epoch's sessions: the candidate against what stayed deployed.
+    checks = [e.get("refused_check") for e in record["epochs"]]
+    assert checks[0] is None
+    assert all(set(c) == {"candidate", "deployed"} for c in checks[1:])
+    gains = [c["candidate"] - c["deployed"] for c in checks[1:]]
+    summary = summarise([record], config)
+    checked = summary["arms"]["resin+continual"]["refusals_checked"]
+    assert (checked["checked"], checked["false"]) == (2, sum(g > 0 for g in gains))
+    assert checked["gain"]["mean"] == pytest.approx(sum(gains) / 2)
+    assert "| resin+continual | 2 |" in adapt._report(summary, config, "abr adapt")
 
 
 def _record(arm: str, qoe: list[float], seconds_per_epoch: float = 10.0) -> dict[str, Any]:

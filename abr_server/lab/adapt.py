@@ -52,8 +52,10 @@ from abr_server.lab.launcher import local_server
 from abr_server.lab.timeline import ROBUSTMPC, Arm, Phase, parse_arm, parse_arms
 from abr_server.retrain.loop import DIAGNOSED_KEY, TELEMETRY, RetrainConfig, RoundResult, retrain_once
 from plasticity.config import parse_plasticity
+from policy.base import make_policy
 from policy.learned import DEFAULT_MODEL, model_folder
 from policy.learning.config import PPOConfig
+from simulator.video import Video
 from traces.sources import is_generator_spec, resolve
 from traces.trace import Trace
 
@@ -281,11 +283,16 @@ def run_arm(
         if arm.name == ROBUSTMPC:
             settings["policy"] = ROBUSTMPC
         reported = 0
+        refused: Path | None = None
         with local_server(settings=settings, log_path=tmp / "server.log") as (url, _proc):
             for epoch, (index, phase) in enumerate(timeline):
                 traces, cycled = draws.draw(phase.source, config.sessions_per_epoch, seed, epoch)
                 epoch_started_s, at_s = time.time(), time.perf_counter() - started
                 served = ROBUSTMPC if arm.name == ROBUSTMPC else served_model_version(url)
+                refused_check = None
+                if refused is not None:  # last round's refused candidate against what stayed deployed, here
+                    refused_check = _check_refusal(refused, models / str(served), traces, video)
+                    refused = None
                 fleet = stream_through_server(url, traces, video)
                 scores = fleet.player_scores()
                 reported += sum(len(p.quality) for p in fleet.players)
@@ -295,12 +302,16 @@ def run_arm(
                     "sessions": [t.name for t in traces], "cycled": cycled, "started_s": at_s,
                     "stream_s": time.perf_counter() - started - at_s,
                 }  # fmt: skip
+                if refused_check is not None:
+                    row["refused_check"] = refused_check
                 if arm.learns and epoch < len(timeline) - 1:
                     wait_for_telemetry(db, reported)
                     now_s = time.time()
                     cfg = round_config(config, arm, seed, epoch, max(now_s - epoch_started_s, 1e-3))
                     result = retrain_once(db, models, tmp / "work", video, cfg, now_s=now_s, ray_workers=ray_workers,
-                                          device=learn_on)  # fmt: skip
+                                          device=learn_on, candidate_dir=tmp / "candidate")  # fmt: skip
+                    if result.status == "rejected":
+                        refused = tmp / "candidate"
                     if result.version is not None:
                         now_serving = wait_for_model_version(url, result.version, SWAP_WAIT_S)
                         if now_serving != result.version:
@@ -313,6 +324,14 @@ def run_arm(
     return {"arm": arm.name, "seed": seed, "settings": config.run_settings(arm, seed), "epochs": rows,
             "wall_s": time.perf_counter() - started, "device": str(learn_on),
             "trainer": f"ray x{ray_workers}" if ray_workers else "local"}  # fmt: skip
+
+
+def _check_refusal(candidate: Path, deployed: Path, traces: list[Trace], video: Video) -> dict[str, float]:
+    """Mean QoE_lin of a refused candidate and of the deployed version on ``traces``, in the simulator."""
+    from policy.evaluation.loop import run_policy
+
+    return {name: float(run_policy(make_policy(f"checkpoint:{folder}"), traces, video).scores().mean())
+            for name, folder in (("candidate", candidate), ("deployed", deployed))}  # fmt: skip
 
 
 def _job(config_json: str, arm: str, seed: int, path: str) -> str:
@@ -450,6 +469,7 @@ def summarise(records: list[dict[str, Any]], config: AdaptConfig) -> dict[str, A
             "worst_epoch_qoe": min(r["qoe"] for s in seeds for r in by_seed[s]),
             "published": _stats([_count(by_seed[s], "published") for s in seeds]),
             "refused": _stats([_count(by_seed[s], "rejected") for s in seeds]),
+            "refusals_checked": _refusal_checks(by_seed, seeds),
             "wall_s": _stats([by_seed[s][-1]["started_s"] + by_seed[s][-1]["stream_s"] for s in seeds]),
             "time_to_adapt": [], "recovery": [],
         }  # fmt: skip
@@ -490,6 +510,23 @@ def summarise(records: list[dict[str, Any]], config: AdaptConfig) -> dict[str, A
             })  # fmt: skip
         out["arms"][arm] = summary
     return out
+
+
+def _refusal_checks(by_seed: dict[int, list[dict[str, Any]]], seeds: list[int]) -> dict[str, Any]:
+    """The gate's refusals checked on the next epoch's sessions: how often the refused candidate was better.
+
+    A false refusal: the refused candidate scores above the version that stayed deployed on the sessions
+    of the epoch after the refusal (both in the simulator).
+    """
+    gains = {s: [r["refused_check"]["candidate"] - r["refused_check"]["deployed"]
+                 for r in by_seed[s] if "refused_check" in r] for s in seeds}  # fmt: skip
+    checked = [s for s in seeds if gains[s]]
+    return {
+        "checked": sum(len(g) for g in gains.values()),
+        "false": sum(sum(x > 0 for x in g) for g in gains.values()),
+        "false_rate": _stats([float(np.mean([x > 0 for x in gains[s]])) for s in checked]),
+        "gain": _stats([float(np.mean(gains[s])) for s in checked]),
+    }
 
 
 def _count(rows: list[dict[str, Any]], status: str) -> float:
@@ -644,6 +681,19 @@ def _report(summary: dict[str, Any], config: AdaptConfig, command: str) -> str:
             "(k/n): seeds that got there within the phase (mean over those).",
             "return", returns, summary["arms"][returns[0]]["recovery"], recovered,
         )  # fmt: skip
+    checked = [a for a in arms if summary["arms"][a].get("refusals_checked", {}).get("checked")]
+    if checked:
+        lines += ["", "## Gate refusals checked on the next epoch's sessions", "",
+                  "Each refused candidate against the version that stayed deployed, on the sessions of the epoch "
+                  "after the refusal (in the simulator). A false refusal: the candidate scored higher there. Rates "
+                  "and gains: mean over seeds ± 95%.", "",
+                  "| arm | refusals checked | false refusals | false-refusal rate | refused candidate minus deployed |",
+                  "|---|---:|---:|---:|---:|"]  # fmt: skip
+        for arm in checked:
+            c = summary["arms"][arm]["refusals_checked"]
+            lines.append(
+                f"| {arm} | {c['checked']} | {c['false']} | {_cell(c['false_rate'], 2)} | {_cell(c['gain'])} |"
+            )
     lines += [
         "",
         "## Served QoE per epoch (mean over seeds ± 95%; * a version was published after it, "

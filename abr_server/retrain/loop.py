@@ -48,6 +48,7 @@ from policy.evaluation.loop import run_policy
 from policy.learned import ModelPolicy
 from policy.learning.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from policy.learning.config import PPOConfig
+from policy.learning.network import ActorCritic
 from policy.learning.ppo import TrainState
 from policy.learning.run import TrainingRun
 from simulator.observation import ObservationSpec
@@ -158,10 +159,13 @@ class RoundResult(BaseModel):
 def retrain_once(
     telemetry: Path, models: Path, work_dir: Path, video: Video, config: RetrainConfig | None = None,
     *, now_s: float | None = None, ray_workers: int = 0, device: torch.device | None = None,
+    candidate_dir: Path | None = None,
 ) -> RoundResult:  # fmt: skip
     """Run one round (see the module docstring); never leaves a partial version in ``models``.
 
     ``device``: where the fine-tuning learns (CPU or CUDA; the gate always scores on the CPU).
+    ``candidate_dir``: the round's candidate is also written there (replacing what was there) whatever
+    the gate decides, so a refused one can be examined later.
 
     With ``ray_workers`` > 0 the fine-tuning collects its rollouts from that many Ray actors
     (`policy.learning.rollouts.RayRollouts`) and the gate's evaluations run as Ray tasks (identical scores);
@@ -238,6 +242,8 @@ def retrain_once(
         scores["reference"] = _scores(reference, video, {"candidate": ModelPolicy(candidate, spec),
                                                           "deployed": ModelPolicy(deployed, spec)}, on_ray)  # fmt: skip
     gain = scores["holdout"]["candidate"] - scores["holdout"]["deployed"]
+    if candidate_dir is not None:
+        _write_candidate(candidate_dir, candidate, video, spec, config)
     result = RoundResult(status="rejected", reason="", parent=parent, traces=counts, skipped=dict(pool.skipped),
                          scores=scores, resumed_from_update=trainer.resumed_updates,
                          trainer=f"ray x{ray_workers}" if on_ray else "local",
@@ -285,6 +291,16 @@ def publish(
         write_atomic(staging / PLASTICITY_FILE, json.dumps(hook.state_dict()).encode())
     staging.rename(final)
     return final
+
+
+def _write_candidate(folder: Path, model: ActorCritic, video: Video, spec: ObservationSpec,
+                     config: RetrainConfig) -> None:  # fmt: skip
+    """The candidate as a checkpoint in ``folder``: written beside it, then swapped in."""
+    staging = folder.with_name(f".{folder.name}-incoming")
+    shutil.rmtree(staging, ignore_errors=True)
+    save_checkpoint(staging, model, video, spec, qoe_kind=config.ppo.qoe, train_config={}, progress={})
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
 
 
 def _older(source: str | None, older_telemetry: list[Trace] | None) -> list[Trace]:
