@@ -173,6 +173,14 @@ def test_retrain_commands(setup: tuple[Path, Path, Path], tmp_path: Path) -> Non
     bad = CliRunner().invoke(app, ["retrain", "once", *args, "--method", "magic"])
     assert bad.exit_code == 2
     assert "method" in bad.output
+    kept = CliRunner().invoke(app, ["retrain", "once", *args, "--margin", "100", "--continual", "--work",
+                                    str(tmp_path / "continual")])  # fmt: skip
+    assert kept.exit_code == 0, kept.output
+    assert (json.loads(kept.output)["resynced"], json.loads(kept.output)["trainer_update"]) == (True, 1)
+    assert (tmp_path / "continual" / loop.STATE_DIR / loop.ROUND_FILE).is_file()  # the trainer stays for next time
+    no_gpu = CliRunner().invoke(app, ["retrain", "once", *args, "--device", "tpu"])
+    assert no_gpu.exit_code == 2
+    assert "--device" in no_gpu.output
 
 
 # --------------------------------------------------------------------------- the continual trainer
