@@ -265,3 +265,30 @@ def test_changed_training_settings_restart_the_trainer(setup: tuple[Path, Path, 
 def test_a_continual_trainer_needs_a_schedule_that_never_ends() -> None:
     with pytest.raises(ValueError, match="anneal_lr"):
         RetrainConfig(continual=True, ppo=config().ppo.model_copy(update={"anneal_lr": True}))
+
+
+def test_the_gate_holds_out_a_random_draw_or_the_newest_sessions(
+    setup: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, models, work = setup
+    seen: list[list[str]] = []
+    real_scores = loop._scores
+
+    def scores(traces: list[Trace], *args: object, **kwargs: object) -> dict[str, float]:
+        seen.append(sorted(t.name.split("#")[0] for t in traces))
+        return real_scores(traces, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "_scores", scores)
+    retrain_once(db, models, work, VIDEO, config(margin=100.0, holdout="newest"), now_s=NOW_S)
+    assert seen[-1] == ["s8", "s9"]  # the two sessions that ended last
+    for _ in range(2):
+        retrain_once(db, models, work, VIDEO, config(margin=100.0), now_s=NOW_S)
+    assert seen[-1] == seen[-2]  # the same draw for the same data
+    assert len(seen[-1]) == 2
+    others = {tuple(seen[-1])}
+    for seed in range(2, 8):  # other seeds draw other sessions: not always the newest
+        retrain_once(db, models, work, VIDEO, config(margin=100.0, ppo=TINY.model_copy(update={"seed": seed})),
+                     now_s=NOW_S)  # fmt: skip
+        others.add(tuple(seen[-1]))
+    assert len(others) > 1
+    assert others != {("s8", "s9")}

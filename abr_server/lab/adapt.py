@@ -9,8 +9,8 @@ left), so every epoch is scored on sessions the policy has not trained on, and e
 sees the same sessions. The epoch's score is their mean QoE_lin as the players measured it.
 
 After every epoch but the last, a loop arm runs one retraining round (`abr_server.retrain.loop.retrain_once`)
-on that epoch's telemetry: the newest quarter held out for the gate, PPO fine-tuning of the deployed
-version with the arm's plasticity method (``+replay``: a quarter of the pool is older telemetry), the
+on that epoch's telemetry: a quarter held out for the gate (a seeded random draw), PPO fine-tuning of the
+deployed version with the arm's plasticity method (``+replay``: a quarter of the pool is older telemetry), the
 gate (``+reference``: older telemetry must not regress), publication; the server serves what the round
 publishes before the next epoch starts. Each round's candidate's ``plasticity/*`` diagnostics
 (silent, dormant and gradient-silent ratios) are recorded with it.
@@ -636,7 +636,7 @@ def _report(summary: dict[str, Any], config: AdaptConfig, command: str) -> str:
         f"Seeds {', '.join(map(str, config.seeds))}; {config.sessions_per_epoch} fresh sessions per epoch (one player "
         f"per trace, the same for every arm at a seed). Loop arms: one round after every epoch but the last, "
         f"{retrain.updates} PPO updates of {retrain.ppo.batch_size} steps at lr {retrain.ppo.learning_rate:g}, "
-        f"gate margin {retrain.margin:g} on the newest quarter of the epoch's sessions.",
+        f"gate margin {retrain.margin:g} on a quarter of the epoch's sessions held out ({retrain.holdout}).",
         "",
         "| phase | network | epochs |",
         "|---|---|---:|",

@@ -1,8 +1,11 @@
 """One retraining round: telemetry -> traces -> fine-tuned candidate -> gate -> published version.
 
-1. Traces are rebuilt from the telemetry of the last ``window_s`` (`abr_server.retrain.rebuild`). The
-   newest ``holdout_fraction`` of sessions are held out for the gate; the rest form the training pool,
-   weighted by recency, plus a ``replay_share`` of older traces (``replay``) against forgetting.
+1. Traces are rebuilt from the telemetry of the last ``window_s`` (`abr_server.retrain.rebuild`). A
+   ``holdout_fraction`` of the sessions is held out for the gate, drawn at random (``holdout``
+   ``random``, the default) or the newest (``newest``: the sessions that ended last, which are also
+   the longest-running, the ones that stalled most, when sessions start together); the rest form the
+   training pool, weighted by recency, plus a ``replay_share`` of older traces (``replay``) against
+   forgetting.
 2. The deployed version (the registry's active one) is fine-tuned in the simulator with PPO for
    ``updates`` updates, with a plasticity method (ReSiN by default) keeping it able to learn. The
    trainer checkpoints itself in ``work_dir`` every ``checkpoint_every`` updates; a round that was
@@ -33,7 +36,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -81,7 +84,12 @@ class RetrainConfig(BaseModel):
     window_s: float = Field(24 * 3600.0, gt=0, description="Telemetry received in the last window_s is used.")
     half_life_s: float = Field(6 * 3600.0, gt=0, description="Recency weighting of the training pool.")
     min_traces: int = Field(8, ge=2, description="Fewer rebuilt traces than this: no round.")
-    holdout_fraction: float = Field(0.25, gt=0, lt=1, description="Newest sessions held out for the gate.")
+    holdout_fraction: float = Field(0.25, gt=0, lt=1, description="Share of the sessions held out for the gate.")
+    holdout: Literal["random", "newest"] = Field(
+        "random",
+        description="Which sessions are held out: drawn at random (seeded by the data), or the ones that ended "
+        "last (biased towards the sessions that stalled most when sessions start together).",
+    )
     pool_size: int = Field(256, ge=1, description="Training traces drawn from the recency-weighted pool.")
     replay: str | None = Field(
         TELEMETRY,
@@ -184,6 +192,8 @@ def retrain_once(
         return RoundResult(status="no-data", reason=f"{len(pool.traces)} traces rebuilt, need {config.min_traces}",
                            parent=parent, traces=counts, skipped=dict(pool.skipped))  # fmt: skip
     order = np.argsort(pool.ended_at_s, kind="stable")
+    if config.holdout == "random":  # the same draw for the same pool, so an interrupted round resumes
+        order = order[np.random.default_rng([config.ppo.seed, len(order), pool.rows_read]).permutation(len(order))]
     n_hold = max(1, round(len(order) * config.holdout_fraction))
     train_idx, hold_idx = order[:-n_hold], order[-n_hold:]
     holdout = [pool.traces[i] for i in hold_idx]
