@@ -117,7 +117,7 @@ def rebuild_traces(
             if len(piece) < config.min_chunks:
                 pool.skipped["too short"] += 1
                 continue
-            trace = _trace(f"{session_id}#{k}", piece, config)
+            trace = session_trace(f"{session_id}#{k}", piece, config)
             if trace is None:
                 pool.skipped["clock runs backwards"] += 1
                 continue
@@ -152,7 +152,11 @@ def _pieces(chunks: list[tuple[float, ...]]) -> list[list[tuple[float, ...]]]:
     return pieces
 
 
-def _trace(name: str, piece: list[tuple[float, ...]], config: RebuildConfig) -> Trace | None:
+def session_trace(name: str, piece: list[tuple[float, ...]], config: RebuildConfig) -> Trace | None:
+    """One session piece's trace: chunks as (received_at_s, index, bytes, start_ms, end_ms, delay_ms).
+
+    None when its clock runs backwards. ``start_ms``/``end_ms`` NaN: downloads taken as back to back.
+    """
     size = np.array([c[2] for c in piece])
     delay_ms = np.array([c[5] for c in piece])
     transfer_ms = np.maximum(delay_ms - config.rtt_ms, config.min_transfer_ms)
