@@ -111,6 +111,10 @@ def adapt(
         )  # fmt: skip
         resolve_device(device)
         check_sources(config)
+        if ray is not None and ray != "local":  # an unreachable cluster is named before any run starts
+            from policy.cluster import connect
+
+            connect(ray)
         the_video = load_video(video)
         try:
             load_checkpoint(model_dir(model), the_video)
