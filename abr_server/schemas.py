@@ -78,6 +78,12 @@ class ChunkReport(BaseModel):
         description="CMCD measured throughput, kbit/s (1 to 1e8), used if the timings are missing; "
         "bytes / mtp is the delay (at most an hour).",
     )  # fmt: skip
+    prior_throughput_kbps: float | None = Field(
+        None, ge=0, le=MAX_THROUGHPUT_KBPS,
+        description="Throughput the player knew before this session started (its previous video, the manifest, "
+        "navigator.connection.downlink), kbit/s; 0 = none. Kept for the session; a model trained with a prior "
+        "(history padding 'prior') reads it until the session's own chunks fill its history.",
+    )  # fmt: skip
     rebuffer_ms: float = Field(
         0.0, ge=0, le=MAX_REBUFFER_MS, description="Cumulative stall time of the session, ms (at most 30 days)."
     )

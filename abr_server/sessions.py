@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from abr_common.units import KBIT_PER_MBIT
 from abr_server.schemas import ChunkReport, Decision
 from abr_server.settings import DEFAULT_VIDEO
 from policy.base import Policy
@@ -64,6 +65,8 @@ class Session:
             chunks_remaining=np.array([video.n_chunks - next_index]),
             next_chunk_bytes=next_bytes[None, :],
         )
+        if report.prior_throughput_kbps is not None:
+            self.builder.set_prior(slice(None), [report.prior_throughput_kbps / KBIT_PER_MBIT])
         self.last_index = report.index
         self.chunks += 1
 

@@ -79,14 +79,24 @@ class BBAPolicy(Policy):
         return np.clip(levels, 0, top).astype(np.int64)
 
 
-def harmonic_mean_recent(obs: Observation, window: int) -> npt.NDArray[np.float64]:
-    """Harmonic mean of the last ``window`` measured chunk throughputs (Mbit/s) per session; 0 if none."""
+def harmonic_mean_recent(obs: Observation, window: int, *, prior: bool = False) -> npt.NDArray[np.float64]:
+    """Harmonic mean of the last ``window`` measured chunk throughputs (Mbit/s) per session; 0 if none.
+
+    With ``prior``, the window's slots older than the session's first chunk hold its throughput prior
+    (`Observation.prior_mbps`) where it has one.
+    """
     tput = obs.throughput_mbps_history()[:, -window:]
-    valid = np.arange(tput.shape[1])[None, :] >= (tput.shape[1] - np.minimum(obs.n_history, window))[:, None]
+    n_measured = np.minimum(obs.n_history, window)
+    valid = np.arange(tput.shape[1])[None, :] >= (tput.shape[1] - n_measured)[:, None]
     valid &= tput > 0
-    count = valid.sum(axis=1)
+    count = valid.sum(axis=1).astype(np.float64)
     with np.errstate(divide="ignore"):
         inverse_sum = np.where(valid, 1.0 / np.where(valid, tput, 1.0), 0.0).sum(axis=1)
+    if prior:
+        has_prior = obs.prior_mbps > 0
+        n_prior = np.where(has_prior, window - n_measured, 0)
+        count = count + n_prior
+        inverse_sum = inverse_sum + n_prior / np.where(has_prior, obs.prior_mbps, 1.0)
     return np.where(count > 0, count / np.where(inverse_sum > 0, inverse_sum, 1.0), 0.0)
 
 

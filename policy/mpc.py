@@ -47,6 +47,11 @@ class MPCConfig(PolicyConfig):
     window: int = Field(5, ge=1, le=64, description="Past chunks in the harmonic-mean prediction.")
     error_window: int = Field(5, ge=1, le=64, description="Past prediction errors considered by robustMPC.")
     qoe: QoEKind = Field("lin", description="QoE variant the plan maximises.")
+    prior: bool = Field(
+        False,
+        description="Fill the prediction window's slots older than the session's first chunk with the "
+        "throughput the player knew before it (its prior), where it has one.",
+    )
 
 
 class _Plans:
@@ -88,7 +93,7 @@ class _MPCBase(Policy):
 
     def predicted_mbps(self, obs: Observation) -> FloatArray:
         """Throughput prediction per session, updating the prediction-error history (once per chunk)."""
-        harmonic = harmonic_mean_recent(obs, self.config.window)
+        harmonic = harmonic_mean_recent(obs, self.config.window, prior=self.config.prior)
         if not self.robust:
             return harmonic
         measured = obs.throughput_mbps_history()[:, -1]

@@ -102,6 +102,9 @@ def session_key(rng: np.random.Generator) -> int:
 
 #: Draw numbers within an episode: the trace choice, the start point, then one per chunk for noise.
 TRACE_DRAW, START_DRAW, NOISE_DRAW0 = 0, 1, 2
+#: The throughput prior's draws (two for its normal noise, one for whether it is missing), at the top of
+#: an episode's counter range, clear of the per-chunk noise draws.
+PRIOR_DRAWS = tuple((1 << _DRAWS_PER_EPISODE_BITS) - k for k in (3, 2, 1))
 
 
 def noise_factors(link: LinkConfig, uniforms: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -134,6 +137,7 @@ class ChunkResult:
     end_of_video: Array
     chunks_remaining: Array
     next_chunk_bytes: Array  # [B, n_levels]; zeros after the last chunk
+    prior_mbps: Array  # the session's throughput prior (`start_prior_mbps`); 0 where the player knows none
 
 
 @dataclass(frozen=True)
@@ -279,6 +283,47 @@ class TraceTable:
         self.time_bucket = np.concatenate(columns["tb"])
 
 
+def delivered_bytes(
+    table: TraceTable, row: npt.NDArray[np.int64], position_s: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """Payload bytes the looping trace ``row`` delivers from cycle time 0 to ``position_s`` (any real
+    number: whole cycles are counted, so a negative position gives a negative count)."""
+    period_s = table.period_s[row]
+    first = table.offset[row]
+    last = first + table.n_intervals[row] - 1
+    cycles, x = np.divmod(position_s, period_s)
+    k = np.clip(np.searchsorted(table.time_key, row + x / period_s, side="right"), first, last)
+    within = table.cum_start_bytes[k] + table.rate_bytes_per_s[k] * np.clip(x - table.start_s[k], 0.0, None)
+    return np.asarray(cycles * table.cycle_bytes[row] + np.minimum(within, table.cum_end_bytes[k]))
+
+
+def window_throughput_mbps(
+    table: TraceTable, row: npt.NDArray[np.int64], start_s: npt.NDArray[np.float64], end_s: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """Mean payload throughput (Mbit/s) trace ``row`` offers between cycle times ``start_s`` < ``end_s``."""
+    delivered = delivered_bytes(table, row, end_s) - delivered_bytes(table, row, start_s)
+    return np.asarray(delivered * BITS_PER_BYTE / BITS_PER_MBIT / (end_s - start_s))
+
+
+def start_prior_mbps(
+    link: LinkConfig,
+    table: TraceTable,
+    row: npt.NDArray[np.int64],
+    clock_s: npt.NDArray[np.float64],
+    keys: npt.NDArray[np.uint64],
+    episodes: npt.NDArray[np.uint64],
+) -> npt.NDArray[np.float64]:
+    """What a player knows of its network when a session starts at ``clock_s``: the mean throughput of
+    the last ``link.prior_window_s`` seconds, times log-normal noise, or 0 (unknown) for a random
+    ``link.prior_missing_fraction`` of sessions. Draws `PRIOR_DRAWS` of the sessions' episodes."""
+    prior = window_throughput_mbps(table, row, clock_s - link.prior_window_s, clock_s)
+    u = episode_uniforms(keys[:, None], episodes[:, None], np.asarray(PRIOR_DRAWS)[None, :])
+    if link.prior_noise_sigma > 0:
+        z = np.sqrt(-2.0 * np.log1p(-u[:, 0])) * np.cos(2.0 * np.pi * u[:, 1])  # Box-Muller
+        prior = prior * np.exp(link.prior_noise_sigma * z)
+    return np.asarray(np.where(u[:, 2] < link.prior_missing_fraction, 0.0, prior))
+
+
 class _DeviceTable:
     """A `TraceTable`'s arrays moved to a backend."""
 
@@ -415,6 +460,8 @@ class BatchSimulator:
         self._ready = np.zeros(b, dtype=bool)  # host-side: reset at least once and not finished
         self._all = np.ones(b, dtype=bool)
         self._host_chunk = np.zeros(b, dtype=np.int64)  # host copy of chunk_index, for the noise draws
+        self.prior_mbps = np.zeros(b)  # host: each session's throughput prior, drawn when it starts
+        self._prior_dev: Array = ops.asarray(self.prior_mbps, ops.float)
 
     def _seed_sessions(self, sel: npt.NDArray[np.int64], seed: int | None) -> None:
         if seed is None:
@@ -471,17 +518,7 @@ class BatchSimulator:
             raise ValueError(f"bins must be >= 1 and bin_s > 0, got {bins} and {bin_s}")
         state, table = self.state(), self.table
         row = state.trace_index
-        period_s = table.period_s[row]
-        first = table.offset[row]
-        last = first + table.n_intervals[row] - 1
-
-        def delivered_bytes(position_s: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-            cycles, x = np.divmod(position_s, period_s)
-            k = np.clip(np.searchsorted(table.time_key, row + x / period_s, side="right"), first, last)
-            within = table.cum_start_bytes[k] + table.rate_bytes_per_s[k] * np.clip(x - table.start_s[k], 0.0, None)
-            return np.asarray(cycles * table.cycle_bytes[row] + np.minimum(within, table.cum_end_bytes[k]))
-
-        edges = np.stack([delivered_bytes(state.clock_s + bin_s * j) for j in range(bins + 1)], axis=1)
+        edges = np.stack([delivered_bytes(table, row, state.clock_s + bin_s * j) for j in range(bins + 1)], axis=1)
         return np.diff(edges, axis=1) * BITS_PER_BYTE / BITS_PER_MBIT / bin_s
 
     def load_state(self, state: SessionState) -> None:
@@ -578,6 +615,8 @@ class BatchSimulator:
         self.chunk_index[idx] = 0
         self._host_chunk[sel] = 0
         self._ready[sel] = True
+        self.prior_mbps[sel] = start_prior_mbps(link, table, traces, clock, self._keys[sel], episodes)
+        self._prior_dev = ops.asarray(self.prior_mbps, ops.float)
 
     # -- step --------------------------------------------------------------------------------------
     def step(self, qualities: npt.ArrayLike | Array, active: npt.ArrayLike | None = None) -> ChunkResult:
@@ -677,6 +716,7 @@ class BatchSimulator:
             ended,
             remaining,
             next_sizes,
+            rows(self._prior_dev),
         )
         if sel is None:
             return ChunkResult(ops.asarray(act, ops.bool), *values)

@@ -26,9 +26,11 @@ from simulator.batch import (
     TRACE_DRAW,
     BatchSimulator,
     ChunkResult,
+    TraceTable,
     episode_uniforms,
     noise_factors,
     session_key,
+    start_prior_mbps,
     uniform_index,
 )
 from simulator.link import LinkConfig
@@ -121,6 +123,7 @@ class ABREnv(gym.Env[StateArray, np.int64]):
         self.action_space = spaces.Discrete(self.video.n_levels)
         self._utilities = self.qoe.utilities(self.video)
         self._builder = ObservationBuilder(1, self.video, self.obs_spec)
+        self._table = TraceTable(self.traces, self.link)  # for the sessions' throughput priors
         self._session: ScalarSession | None = None
         self._next_trace = 0
         self._key: int | None = None
@@ -159,6 +162,15 @@ class ABREnv(gym.Env[StateArray, np.int64]):
         )
         self._trace_index = t
         self._builder.reset()
+        prior = start_prior_mbps(
+            self.link,
+            self._table,
+            np.array([t]),
+            np.array([trace.times_s[start]]),
+            np.array([key], dtype=np.uint64),
+            np.array([episode], dtype=np.uint64),
+        )
+        self._builder.set_prior(slice(None), prior)
         outcome = self._session.download(self.initial_quality)
         self._last_quality = self.initial_quality
         self._push(outcome)

@@ -6,6 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+#: Spread of the training prior's multiplicative noise (log scale): a measurement from another moment.
+TRAINING_PRIOR_NOISE_SIGMA = 0.3
+#: Share of training sessions without a prior, so a policy that reads one also plays without it.
+TRAINING_PRIOR_MISSING_FRACTION = 0.2
+
 
 class LinkConfig(BaseModel):
     """How chunks travel over a trace and fill the player buffer.
@@ -32,6 +37,18 @@ class LinkConfig(BaseModel):
         "sequential",
         description="How a session picks its next trace: in order (evaluation) or uniformly at random.",
     )
+    prior_window_s: float = Field(
+        30.0,
+        gt=0,
+        description="A session's throughput prior is the trace's mean payload throughput over this many seconds "
+        "before the session starts (what the player measured just before: the previous video, the manifest).",
+    )
+    prior_noise_sigma: float = Field(
+        0.0, ge=0, description="The prior is multiplied by exp(sigma * z), z standard normal, drawn per session."
+    )
+    prior_missing_fraction: float = Field(
+        0.0, ge=0, le=1, description="Share of sessions, drawn at random, whose player knows no prior (0 = unknown)."
+    )
 
     @model_validator(mode="after")
     def _check_noise(self) -> LinkConfig:
@@ -53,5 +70,13 @@ class LinkConfig(BaseModel):
 
     @classmethod
     def training(cls) -> LinkConfig:
-        """Training semantics: delay noise uniform in [0.9, 1.1], random traces and start points."""
-        return cls(delay_noise_low=0.9, delay_noise_high=1.1, start="random", trace_order="random")
+        """Training semantics: delay noise uniform in [0.9, 1.1], random traces and start points, and a
+        throughput prior that is noisy (sigma 0.3) and missing for a fifth of the sessions."""
+        return cls(
+            delay_noise_low=0.9,
+            delay_noise_high=1.1,
+            start="random",
+            trace_order="random",
+            prior_noise_sigma=TRAINING_PRIOR_NOISE_SIGMA,
+            prior_missing_fraction=TRAINING_PRIOR_MISSING_FRACTION,
+        )

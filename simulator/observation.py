@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from abr_common.units import BITS_PER_BYTE, BYTES_PER_KB, BYTES_PER_MB, KBIT_PER_MBIT, MS_PER_S
+from abr_common.units import BITS_PER_BYTE, BITS_PER_MBIT, BYTES_PER_KB, BYTES_PER_MB, KBIT_PER_MBIT, MS_PER_S
 from simulator.batch import ChunkResult
 from simulator.video import Video
 
@@ -44,6 +44,7 @@ class HistoryPadding(StrEnum):
 
     zeros = "zeros"  # Pensieve's
     oldest = "oldest"  # copies of the oldest chunk seen
+    prior = "prior"  # the session's throughput prior in the throughput row (zeros where it has none)
 
 
 class ObservationSpec(BaseModel):
@@ -56,8 +57,9 @@ class ObservationSpec(BaseModel):
     remaining_cap_chunks: int = Field(48, ge=1, description="Chunks remaining are capped at this, then scaled.")
     history_padding: HistoryPadding = Field(
         HistoryPadding.zeros,
-        description="Columns older than the session's first chunk: zeros (Pensieve's), or copies of the oldest "
-        "chunk seen, so a session's first measurements are not read as a history of zero throughput.",
+        description="Columns older than the session's first chunk: zeros (Pensieve's); copies of the oldest "
+        "chunk seen, so a session's first measurements are not read as a history of zero throughput; or 'prior': "
+        "the throughput the player knew before the session (`Observation.prior_mbps`) in the throughput row.",
     )
 
     def width(self, video: Video) -> int:
@@ -92,6 +94,7 @@ class Observation:
     chunk_bytes_history: FloatArray
     delay_ms_history: FloatArray
     remaining_history: IntArray
+    prior_mbps: FloatArray  # [B]: the throughput the player knew when the session started; 0 = none
 
     @property
     def n_sessions(self) -> int:
@@ -126,6 +129,9 @@ class Observation:
         state[:, 1, cols] = buffer_h / spec.buffer_norm_s  # zero where no chunk was (the histories start at zero)
         with np.errstate(divide="ignore", invalid="ignore"):
             kb_per_ms = np.where(valid, bytes_h / delay_h / BYTES_PER_KB, 0.0)
+        if spec.history_padding is HistoryPadding.prior:
+            prior_kb_per_ms = self.prior_mbps * BITS_PER_MBIT / BITS_PER_BYTE / MS_PER_S / BYTES_PER_KB
+            kb_per_ms = np.where(valid, kb_per_ms, prior_kb_per_ms[:, None])
         state[:, 2, cols] = kb_per_ms
         state[:, 3, cols] = delay_h / MS_PER_S / spec.buffer_norm_s
         state[:, 4, : video.n_levels] = self.next_chunk_bytes / BYTES_PER_MB
@@ -153,6 +159,7 @@ class ObservationBuilder:
         self._bytes_h = np.zeros((b, h))
         self._delay_h = np.zeros((b, h))
         self._remaining_h = np.zeros((b, h), dtype=np.int64)
+        self._prior_mbps = np.zeros(b)
 
     def reset(self, mask: npt.ArrayLike | None = None) -> None:
         """Forget the history of all sessions, or of those in the boolean ``mask``."""
@@ -163,6 +170,7 @@ class ObservationBuilder:
         self._remaining[rows] = self.video.n_chunks
         self._next_bytes[rows] = self.video.chunk_bytes[:, 0]
         self._n_history[rows] = 0
+        self._prior_mbps[rows] = 0.0
         for arr in (self._quality_h, self._buffer_h, self._bytes_h, self._delay_h, self._remaining_h):
             arr[rows] = 0
 
@@ -182,6 +190,7 @@ class ObservationBuilder:
             chunk_index=get(result.chunk_index),
             chunks_remaining=get(result.chunks_remaining),
             next_chunk_bytes=get(result.next_chunk_bytes),
+            prior_mbps=get(result.prior_mbps),
         )
 
     def push(
@@ -195,10 +204,12 @@ class ObservationBuilder:
         chunk_index: npt.ArrayLike,
         chunks_remaining: npt.ArrayLike,
         next_chunk_bytes: npt.ArrayLike,
+        prior_mbps: npt.ArrayLike | None = None,
     ) -> None:
         """Append one fetched chunk per selected session (arrays over all B sessions, or over ``rows``).
 
         This is the single entry point for any source of chunk reports (simulator or real players).
+        ``prior_mbps``, where given, replaces the sessions' throughput prior (`Observation.prior_mbps`).
         """
 
         def pick(x: npt.ArrayLike) -> npt.NDArray[np.generic]:
@@ -222,6 +233,15 @@ class ObservationBuilder:
         self._chunk_index[rows] = np.asarray(pick(chunk_index)) + 1
         self._remaining[rows] = pick(chunks_remaining)
         self._next_bytes[rows] = pick(next_chunk_bytes)
+        if prior_mbps is not None:
+            self._prior_mbps[rows] = pick(prior_mbps)
+
+    def set_prior(self, rows: slice | npt.NDArray[np.bool_] | npt.NDArray[np.int64], prior_mbps: npt.ArrayLike) -> None:
+        """Set the throughput prior of the selected sessions (Mbit/s; 0 = none), e.g. before their first chunk."""
+        value = np.asarray(prior_mbps, dtype=np.float64)
+        if not np.all(np.isfinite(value)) or np.any(value < 0):
+            raise ValueError("prior_mbps must be finite and >= 0")
+        self._prior_mbps[rows] = value
 
     def observation(self) -> Observation:
         """An immutable snapshot of every session's current history."""
@@ -237,6 +257,7 @@ class ObservationBuilder:
             chunk_bytes_history=self._bytes_h.copy(),
             delay_ms_history=self._delay_h.copy(),
             remaining_history=self._remaining_h.copy(),
+            prior_mbps=self._prior_mbps.copy(),
         )
 
     def state(self) -> npt.NDArray[np.float32]:

@@ -34,7 +34,7 @@ TINY_SCHEDULE = Schedule(
 
 def test_shipped_schedules_validate() -> None:
     names = available_schedules()
-    assert {"regime-shift", "low-high", "synthetic-shift"} <= set(names)
+    assert {"regime-shift", "low-high", "synthetic-shift", "real-updown"} <= set(names)
     for name in names:
         schedule = load_schedule(name)
         assert len(schedule.phases) >= 2

@@ -91,6 +91,7 @@ def test_last_chunk_ends_the_session(client: TestClient) -> None:
         ({"buffer_s": None}, "buffer_s"),
         ({"next_chunk_bytes": [1, 2]}, "next_chunk_bytes"),
         ({"request_start_ms": None, "end_ms": None}, "mtp"),
+        ({"prior_throughput_kbps": -1.0}, "prior_throughput_kbps"),
     ],
 )
 def test_bad_reports_get_422_naming_the_field(client: TestClient, change: dict[str, object], field: str) -> None:
