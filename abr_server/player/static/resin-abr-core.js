@@ -27,6 +27,25 @@
     return Math.floor(((bufferS - reservoir) / cushion) * (n - 1));
   }
 
+  const THROUGHPUT_KEY = "resin-abr:last-throughput-kbps";
+
+  function storedThroughputKbps() {
+    try {
+      const value = Number(window.localStorage.getItem(THROUGHPUT_KEY));
+      return Number.isFinite(value) && value > 0 ? value : null;
+    } catch (err) {
+      return null; // no storage (private mode, a worker): no prior
+    }
+  }
+
+  function storeThroughputKbps(kbps) {
+    try {
+      window.localStorage.setItem(THROUGHPUT_KEY, String(Math.round(kbps)));
+    } catch (err) {
+      // storage full or refused: the next session goes without a prior
+    }
+  }
+
   function nearestLevel(kbps, ladderKbps) {
     // The ladder level whose bitrate is closest to kbps.
     let best = 0;
@@ -98,6 +117,13 @@
     let lastIndex = -1;
     let lastReportBody = null;
     let lastThroughputBps = ladder[config.default_quality] * 1000;
+    // What the player knew of its network before this session: options.priorKbps, else the last
+    // throughput of its previous session on this origin, else the browser's estimate. Sent once.
+    let priorKbps = options.priorKbps > 0 ? options.priorKbps : storedThroughputKbps();
+    if (priorKbps === null && typeof navigator !== "undefined" && navigator.connection
+        && navigator.connection.downlink > 0) {
+      priorKbps = navigator.connection.downlink * 1000; // Mbit/s
+    }
     let stallStart = null;
     let rebufferMs = 0;
     const listeners = [];
@@ -163,7 +189,10 @@
         policy: decision ? decision.policy : mode === "native" ? native : null,
       };
       state.segments.push(record);
-      if (startMs !== null && endMs > startMs) lastThroughputBps = (bytes * 8 * 1000) / (endMs - startMs);
+      if (startMs !== null && endMs > startMs) {
+        lastThroughputBps = (bytes * 8 * 1000) / (endMs - startMs);
+        storeThroughputKbps(lastThroughputBps / 1000);
+      }
       if (index <= lastIndex) {
         // A segment fetched again (a player may re-fetch one it switched away from before it was buffered):
         // recorded, not reported, since the server keeps one entry per segment.
@@ -175,6 +204,10 @@
       if (mode === "server") {
         const report = { index, quality: level, bytes, buffer_s: segment.bufferS, rebuffer_ms: record.rebuffer_ms,
           request_start_ms: startMs, end_ms: endMs };
+        if (priorKbps !== null) {
+          report.prior_throughput_kbps = priorKbps;
+          priorKbps = null;
+        }
         if (firstByteMs !== null && startMs !== null && firstByteMs >= startMs && firstByteMs <= endMs) {
           report.first_byte_ms = firstByteMs;
         }
