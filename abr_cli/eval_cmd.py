@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 import time
 from datetime import UTC, datetime
@@ -76,6 +77,13 @@ def evaluate(
     trace_root: Annotated[
         Path, typer.Option(help="With --suite: the folder holding the real test sets.")
     ] = DEFAULT_TRACE_ROOT,
+    prior_noise_sigma: Annotated[
+        float,
+        typer.Option(help="Log-normal noise on the sessions' throughput priors (0: the exact mean of the last 30 s)."),
+    ] = 0.0,
+    prior_missing_fraction: Annotated[
+        float, typer.Option(help="Share of sessions whose player knows no throughput prior (1: none has one).")
+    ] = 0.0,
 ) -> None:
     """Play every trace once per policy and write a report: QoE table with the gap to optimal, CDFs, a timeline."""
     with user_errors():
@@ -111,7 +119,7 @@ def evaluate(
             timeline_trace=trace_sets[timeline_set][1][timeline_index],
             timeline_traces=trace_sets[timeline_set][0],
         )
-        link = LinkConfig.evaluation()
+        link = LinkConfig.evaluation().model_copy(update=_prior_settings(prior_noise_sigma, prior_missing_fraction))
         total = sum(len(ts) for _, ts in trace_sets) * len(policies)
         if ray is not None:
             _evaluate_on_ray(ray, evaluation, trace_sets, policies, the_video, link, kinds, initial_quality,
@@ -183,6 +191,15 @@ def _evaluate_on_ray(
             evaluation.add(logs, pol.label, set_label, seconds, kinds)
             if set_index == timeline_set:
                 evaluation.timeline.append(SessionTimeline.from_logs(logs, timeline_index, pol.label))
+
+
+def _prior_settings(noise_sigma: float, missing_fraction: float) -> dict[str, float]:
+    """The link's prior fields, checked (a bad value names its option)."""
+    if not (noise_sigma >= 0 and math.isfinite(noise_sigma)):
+        raise ValueError(f"--prior-noise-sigma must be a finite number >= 0, got {noise_sigma}")
+    if not 0 <= missing_fraction <= 1:
+        raise ValueError(f"--prior-missing-fraction must be in [0, 1], got {missing_fraction}")
+    return {"prior_noise_sigma": noise_sigma, "prior_missing_fraction": missing_fraction}
 
 
 def _check_unique(labels: list[str], what: str) -> None:

@@ -207,6 +207,8 @@ def test_eval_real_traces_folder_label(tmp_path: Path) -> None:
         (["--batch-sessions", "0"], "--batch-sessions must be >= 1"),
         (["-t", "{tmp}/no-such-traces"], "no-such-traces: no such file or folder"),
         (["--video", "{tmp}/no-such-video"], "no-such-video: no such folder"),
+        (["--prior-noise-sigma", "-1"], "--prior-noise-sigma must be a finite number >= 0, got -1.0"),
+        (["--prior-missing-fraction", "1.5"], "--prior-missing-fraction must be in [0, 1], got 1.5"),
     ],
 )
 def test_eval_bad_input_exits_2_before_simulating(

@@ -140,3 +140,32 @@ def test_robust_mpc_can_count_the_prior_in_its_prediction() -> None:
     assert isinstance(with_prior, RobustMPCPolicy)
     with_prior.begin(2, video)
     assert np.allclose(with_prior.predicted_mbps(obs), [5 / 1.5, 2.0])  # no past errors at the first decision
+
+
+def test_a_model_reading_the_prior_plays_as_with_zero_padding_when_no_session_has_one() -> None:
+    import torch
+
+    from policy.evaluation.loop import run_policy
+    from policy.learned import ModelPolicy
+    from policy.learning.config import NetworkConfig
+    from policy.learning.network import ActorCritic
+
+    video = Video.synthetic(n_chunks=12)
+    traces = [STEP, make_trace([0.0, 5.0, 9.0, 14.0], [1.0, 8.0, 0.7, 3.0], name="other")]
+    torch.manual_seed(0)
+    model = ActorCritic(ObservationSpec().width(video), video.n_levels, NetworkConfig(hidden=16, filters=8))
+
+    def logs(spec: ObservationSpec, link: LinkConfig) -> np.ndarray:
+        return run_policy(ModelPolicy(model, spec), traces, video, link).quality
+
+    none_known = LinkConfig(prior_missing_fraction=1.0)
+    assert np.array_equal(logs(PRIOR_SPEC, none_known), logs(ObservationSpec(), none_known))
+    # With the exact prior the model sees other numbers (its choices may or may not change).
+    states = {}
+    for link in (none_known, LinkConfig()):
+        sim = BatchSimulator(traces, video, link, n_sessions=2)
+        sim.reset()
+        builder = ObservationBuilder(2, video, PRIOR_SPEC)
+        builder.update(sim.step(np.zeros(2, dtype=np.int64)))
+        states[link.prior_missing_fraction] = builder.state()
+    assert not np.array_equal(states[1.0], states[0.0])
