@@ -108,7 +108,11 @@ def level_for(bitrate_kbps: float, video: Video) -> int:
 
 
 def to_report(data: Mapping[str, CmcdValue], index: int, video: Video, video_name: str | None) -> ChunkReport:
-    """The report of chunk ``index`` of ``video`` that CMCD ``data`` describes."""
+    """The report of chunk ``index`` of ``video`` that CMCD ``data`` describes.
+
+    A session's first request carries the throughput the player measured before the session (``mtp``
+    before any of its segments arrived): it is also the session's throughput prior.
+    """
     missing = [key for key in ("br", "bl", "mtp") if not isinstance(data.get(key), int | float)]
     if missing or isinstance(data.get("br"), bool):
         raise CmcdError(f"CMCD: needs numbers br, bl and mtp (missing or not numbers: {', '.join(missing)})")
@@ -116,4 +120,6 @@ def to_report(data: Mapping[str, CmcdValue], index: int, video: Video, video_nam
     size = int(video.chunk_bytes[quality, min(index, video.n_chunks - 1)])
     fields = {"index": index, "quality": quality, "bytes": size, "bl": float(data["bl"]), "mtp": float(data["mtp"]),
               "video": video_name}  # fmt: skip
+    if index == 0:
+        fields["prior_throughput_kbps"] = float(data["mtp"])
     return ChunkReport.model_validate(fields)

@@ -63,6 +63,12 @@ def test_the_nearest_rung_is_the_level() -> None:
     assert [cmcd.level_for(kbps, VIDEO) for kbps in (0, 300, 700, 1199, 4300, 9000)] == [0, 0, 1, 2, 5, 5]
 
 
+def test_the_first_request_s_throughput_is_the_session_s_prior() -> None:
+    data = cmcd.parse(['br=750,bl=0,mtp=2400,ot=v,sid="p"'])
+    assert cmcd.to_report(data, 0, VIDEO, None).prior_throughput_kbps == 2400.0
+    assert cmcd.to_report(data, 1, VIDEO, None).prior_throughput_kbps is None
+
+
 @pytest.fixture
 def client() -> Iterator[TestClient]:
     with TestClient(create_app(Settings(telemetry_db=None, max_wait_ms=0.5))) as c:  # type: ignore[call-arg]
