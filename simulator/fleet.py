@@ -33,6 +33,7 @@ import simpy.rt
 from pydantic import BaseModel, ConfigDict, Field
 
 from abr_common.units import MS_PER_S
+from simulator.batch import TraceTable, start_prior_mbps
 from simulator.capacity import TraceCapacity
 from simulator.link import LinkConfig
 from simulator.observation import Observation, ObservationBuilder, ObservationSpec
@@ -300,6 +301,7 @@ def simulate_fleet(
         raise ValueError("fleet links use evaluation semantics: no delay noise, traces from their first sample")
     chosen = [traces[i % len(traces)] for i in range(config.n_links)]
     links = [SharedLink(env, TraceCapacity(t, link_cfg.payload_fraction), config.clock) for t in chosen]
+    table = TraceTable(chosen, link_cfg)  # for the players' throughput priors
     decider = deciders(env)
     logs: list[PlayerLog] = []
     chunk_ms = video.chunk_duration_s * MS_PER_S
@@ -320,6 +322,10 @@ def simulate_fleet(
         log = PlayerLog(pid, link_index, env.now)
         logs.append(log)
         builder = ObservationBuilder(1, video, spec)
+        # What the player knew before it started: its link's throughput over the last prior_window_s.
+        clock_s = np.array([chosen[link_index].times_s[0] + link.trace_s])
+        key, episode = np.array([pid], dtype=np.uint64), np.zeros(1, dtype=np.uint64)
+        builder.set_prior(slice(None), start_prior_mbps(link_cfg, table, np.array([link_index]), clock_s, key, episode))
         buffer_ms = 0.0
         level = config.initial_quality
         link.change(members=+1)

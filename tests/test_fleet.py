@@ -34,7 +34,7 @@ def constant(mbps: float, seconds: float = 1000.0) -> Trace:
     return Trace("const", np.array([0.0, seconds]), np.array([mbps, mbps]))
 
 
-@pytest.mark.parametrize("policy", ["bba", "robustmpc", "default"])
+@pytest.mark.parametrize("policy", ["bba", "robustmpc", "robustmpc:prior=true", "default"])
 def test_one_player_per_link_reproduces_the_chunk_simulator(policy: str) -> None:
     traces = generate_from_spec("markov:n=4,seed=11")
     fleet = simulate_policy_fleet(traces, VIDEO, policy, FleetConfig(n_links=4, players_per_link=1))

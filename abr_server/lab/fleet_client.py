@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import simpy
 
-from abr_common.units import MS_PER_S
+from abr_common.units import KBIT_PER_MBIT, MS_PER_S
 from policy.base import make_policy
 from simulator.fleet import FleetConfig, FleetResult, PlayerLog, simulate_fleet
 from simulator.observation import Observation
@@ -97,14 +97,17 @@ class RemoteDecider:
                 self._local.conn = None
         return 0, b""
 
-    def report(self, player: int, log: PlayerLog) -> bytes:
-        """The v1 report of ``player``'s last chunk."""
+    def report(self, player: int, log: PlayerLog, obs: Observation | None = None) -> bytes:
+        """The v1 report of ``player``'s last chunk; the first one carries the player's throughput prior
+        (from ``obs``) where it has one."""
         start_ms = log.request_s[-1] * MS_PER_S
         body = {
             "index": len(log.quality) - 1, "quality": log.quality[-1], "bytes": log.chunk_bytes[-1],
             "request_start_ms": round(start_ms, 3), "end_ms": round(start_ms + log.delay_ms[-1], 3),
             "buffer_s": log.buffer_s[-1], "rebuffer_ms": round(sum(log.rebuf_s) * MS_PER_S, 3),
         }  # fmt: skip
+        if obs is not None and len(log.quality) == 1 and obs.prior_mbps[0] > 0:
+            body["prior_throughput_kbps"] = round(float(obs.prior_mbps[0]) * KBIT_PER_MBIT, 3)
         return json.dumps(body).encode()
 
     def _ask(self, player: int, body: bytes) -> tuple[int | None, float]:
@@ -127,7 +130,7 @@ class RemoteDecider:
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
-        bodies = [self.report(player, log) for player, _, log, _ in pending]
+        bodies = [self.report(player, log, obs) for player, obs, log, _ in pending]
         if len(pending) == 1:
             answers = [self._ask(pending[0][0], bodies[0])]
         else:
