@@ -406,6 +406,9 @@ def test_link_evaluation_is_the_reference_semantics() -> None:
         "delay_noise_high": 1.0,
         "start": "first",
         "trace_order": "sequential",
+        "prior_window_s": 30.0,
+        "prior_noise_sigma": 0.0,
+        "prior_missing_fraction": 0.0,
     }
     assert not link.has_noise
 
