@@ -188,7 +188,7 @@ class LnWdConfig(MethodConfig):
     )  # fmt: skip
     layer_norm: bool = Field(
         True,
-        description="Train a network with LayerNorm before every hidden ReLU (NetworkConfig.layer_norm) wherever "
+        description="Train a network with LayerNorm before its merged layers' ReLU (NetworkConfig.layer_norm) wherever "
         "the run builds its network (schedules, the benchmark, `abr train` from scratch); a fine-tune keeps its "
         "checkpoint's network.",
     )

@@ -61,7 +61,7 @@ from plasticity.diagnostics import (
     weight_magnitude,
 )
 from plasticity.names import METHODS as METHODS
-from policy.learning.network import ActorCritic, NeuronLayer
+from policy.learning.network import NORMALISED_LAYERS, ActorCritic, NeuronLayer
 from policy.learning.ppo import Rollout
 
 #: Gain of the trunk layers' orthogonal init (`policy.learning.network.layer_init`'s default): resets redraw from it.
@@ -528,8 +528,9 @@ class LayerNormWeightDecay(PlasticityMethod[LnWdConfig]):
     LayerNorm is part of the network (`NetworkConfig.layer_norm`, switched on by `network_for` where the
     run builds its network). After every optimizer step every linear layer's weight matrix decays,
     ``w <- w - lr * weight_decay * w`` (decoupled from Adam's moments, as AdamW does), or with
-    ``project`` each hidden layer's weight matrix is rescaled to the norm it had at the start of the run.
-    Biases and LayerNorm's own parameters are left alone.
+    ``project`` each layer that LayerNorm follows (the merged layers) has its weight matrix rescaled to
+    the norm it had at the start of the run: there the scale of the weights changes only the effective
+    step size, not the function. Biases and LayerNorm's own parameters are left alone.
     """
 
     name = "ln-wd"
@@ -542,13 +543,13 @@ class LayerNormWeightDecay(PlasticityMethod[LnWdConfig]):
         self, model: ActorCritic, rollout: Rollout, minibatch: torch.Tensor, *, policy_loss: float | None = None
     ) -> torch.Tensor | None:
         if self.config.project and not self.norms:  # called before every step: the first sees the start
-            self.norms = {layer.name: float(layer.incoming.weight.detach().norm()) for layer in model.neuron_layers()}
+            self.norms = {layer.name: float(layer.incoming.weight.detach().norm()) for layer in _normalised(model)}
         return None
 
     @torch.no_grad()
     def after_step(self, model: ActorCritic, optimizer: torch.optim.Optimizer) -> None:
         if self.config.project:
-            for layer in model.neuron_layers():
+            for layer in _normalised(model):
                 weight = layer.incoming.weight
                 target = self.norms.setdefault(layer.name, float(weight.norm()))
                 weight.mul_(target / float(weight.norm().clamp_min(SCORE_EPS)))
@@ -562,6 +563,11 @@ class LayerNormWeightDecay(PlasticityMethod[LnWdConfig]):
         self, model: ActorCritic, optimizer: torch.optim.Optimizer, update: int, batch: Rollout, loss_fn: LossFn
     ) -> dict[str, float]:
         return {}
+
+
+def _normalised(model: ActorCritic) -> list[NeuronLayer]:
+    """The model's neuron layers whose pre-activations LayerNorm normalises (where ``layer_norm`` is on)."""
+    return [layer for layer in model.neuron_layers() if layer.name.rsplit(".", 1)[-1] in NORMALISED_LAYERS]
 
 
 class PlasticityInjection(PlasticityMethod[InjectionConfig]):

@@ -545,21 +545,45 @@ def test_ln_wd_decays_every_linear_weight_after_each_step_and_nothing_else() -> 
         torch.testing.assert_close(param.detach(), expected, rtol=0, atol=0, msg=name)
 
 
-def test_ln_wd_project_holds_each_hidden_layers_weight_norm_at_its_start() -> None:
+def test_ln_wd_project_holds_each_normalised_layers_weight_norm_at_its_start() -> None:
     torch.manual_seed(0)
     model = ActorCritic(WIDTH, LEVELS, LN)
     method = make_method(LnWdConfig(project=True))
     assert method.loss_term(model, _no_rollout(), torch.arange(1)) is None  # records the norms before a step
     start = {layer.name: float(layer.incoming.weight.detach().norm()) for layer in model.neuron_layers()}
-    head = model.actor_head.weight.detach().clone()
+    head, buffer = model.actor_head.weight.detach().clone(), model.critic_trunk.buffer.weight.detach().clone()
     with torch.no_grad():
         model.actor_trunk.hidden.weight.mul_(3.0)  # a step that grew the weights
+        model.critic_trunk.hidden.weight.mul_(0.5)
         model.critic_trunk.buffer.weight.mul_(0.5)
         model.actor_head.weight.mul_(2.0)
     method.after_step(model, EntryAdam(model.parameters(), lr=0.1))
-    for layer in model.neuron_layers():
-        assert float(layer.incoming.weight.detach().norm()) == pytest.approx(start[layer.name], rel=1e-6)
-    torch.testing.assert_close(model.actor_head.weight.detach(), 2.0 * head)  # the heads are not projected
+    for name in ("actor.hidden", "critic.hidden"):  # the layers LayerNorm follows are projected back
+        layer = next(layer for layer in model.neuron_layers() if layer.name == name)
+        assert float(layer.incoming.weight.detach().norm()) == pytest.approx(start[name], rel=1e-6)
+    # A branch is not normalised, so its weights' scale is the function's: left alone, like the heads.
+    torch.testing.assert_close(model.critic_trunk.buffer.weight.detach(), 0.5 * buffer)
+    torch.testing.assert_close(model.actor_head.weight.detach(), 2.0 * head)
+
+
+def test_a_layer_normed_network_still_sees_the_scale_of_its_inputs() -> None:
+    # Normalising a one-row branch over its units would divide out its input's scale (at zero bias the
+    # pre-activations are the input times fixed weights): the buffer level and the bandwidth would vanish.
+    torch.manual_seed(0)
+    model = ActorCritic(WIDTH, LEVELS, LN)
+    trunk = model.actor_trunk
+    with torch.no_grad():
+        for branch in (trunk.buffer, trunk.throughput.linear):
+            branch.bias.zero_()
+        obs = torch.rand(1, 6, WIDTH)
+        for scale in (0.5, 2.0, 8.0):
+            scaled = obs.clone()
+            scaled[:, 1:3] *= scale
+            for name, rows in (("buffer", (1, slice(-1, None))), ("throughput", (2, slice(None)))):
+                row, cols = rows
+                run = trunk._dense if name == "buffer" else trunk._conv
+                torch.testing.assert_close(run(name, scaled[:, row, cols]), scale * run(name, obs[:, row, cols]))
+        assert not torch.allclose(model.logits(obs), model.logits(obs * 4.0))
 
 
 def test_a_layer_normed_checkpoint_round_trips(tmp_path: Path) -> None:

@@ -24,8 +24,8 @@ class NetworkConfig(BaseModel):
     )
     layer_norm: bool = Field(
         False,
-        description="LayerNorm on every hidden layer's pre-activations, before its ReLU (a convolution's per "
-        "position, over its filters). Off in the shipped model.",
+        description="LayerNorm on the merged hidden layers' pre-activations, before their ReLU (not on the "
+        "one-row branches, whose input's scale it would remove). Off in the shipped model.",
     )
     injected_heads: int = Field(
         0, ge=0, le=64,

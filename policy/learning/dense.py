@@ -14,15 +14,11 @@ rounding) at every batch size. It is built from a trained model's weights and ne
 Injected heads (`ActorCritic.inject`) read the same encoding, so they fold too: their merged layers
 widen the middle layer, and their output layers (the twins' negated) stack under the head's.
 
-With LayerNorm (`NetworkConfig.layer_norm`) each layer's pre-activations are normalised before the
-ReLU, in groups: a scalar branch's units, a convolution's filters at one position, a merged layer's
-units. The affine maps still fold; the normalisation runs between them on the groups, which are
-contiguous in the folded layout (the three scalar branches, then the convolutions' positions, each of
-equal width; the middle layer's paths, each ``hidden`` wide), followed by each unit's LayerNorm scale
-and shift:
+With LayerNorm (`NetworkConfig.layer_norm`) the merged layers' pre-activations are normalised before
+the ReLU, each path's ``hidden`` units as one group (the head's, then each injection's copy and twin:
+contiguous in the middle layer), followed by each unit's LayerNorm scale and shift:
 
-    h = relu(norm(x @ A + a) * g1 + s1)        norm: per group, (v - mean) / sqrt(var + eps)
-    h = relu(norm(h @ B + b) * g2 + s2)
+    h = relu(norm(h @ B + b) * g + s)        norm: per group, (v - mean) / sqrt(var + eps)
 """
 
 from __future__ import annotations
@@ -33,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from policy.learning.network import CONV_BRANCHES, SCALAR_BRANCHES, ActorCritic, Trunk
+from policy.learning.network import ActorCritic, Trunk
 
 
 def _branch_map(trunk: Trunk, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +39,6 @@ def _branch_map(trunk: Trunk, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     exactly (each is one weight of the trunk, or zero), whatever the branch layout.
     """
     twin = copy.deepcopy(trunk).cpu().double()
-    twin.layer_norm = False  # the pre-activations themselves (`DenseActor` normalises them)
     for name in twin.acts:
         twin.acts[name] = nn.Identity()
     captured: list[torch.Tensor] = []
@@ -60,14 +55,9 @@ def _branch_map(trunk: Trunk, width: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass(frozen=True)
 class NormGroups:
-    """Where a LayerNorm network's folded layers normalise: the column groups of each layer."""
+    """Where a LayerNorm network's folded middle layer normalises: groups of ``head_units`` columns, one
+    per path (the head, each injection's copy and twin)."""
 
-    #: The first layer: the scalar branches' columns (groups of ``scalar_units``), then the convolutions'
-    #: (groups of ``conv_units``, one per filter position).
-    scalar_columns: int
-    scalar_units: int
-    conv_units: int
-    #: The middle layer: groups of ``head_units``, one per path (the head, each injection's copy and twin).
     head_units: int
     eps: float
 
@@ -82,9 +72,7 @@ class DenseActor(nn.Module):
     c_weight: torch.Tensor
     c_bias: torch.Tensor
 
-    #: With LayerNorm: per-unit scale and shift after each layer's normalisation (empty tensors without).
-    a_scale: torch.Tensor
-    a_shift: torch.Tensor
+    #: With LayerNorm: per-unit scale and shift after the middle layer's normalisation (empty without).
     b_scale: torch.Tensor
     b_shift: torch.Tensor
 
@@ -115,25 +103,15 @@ class DenseActor(nn.Module):
         self.register_buffer("c_bias", c_bias.clone())
         self.groups: NormGroups | None = None
         empty = torch.zeros(0, dtype=dtype, device=device)
-        a_scale, a_shift, b_scale, b_shift = empty, empty, empty, empty
+        b_scale, b_shift = empty, empty
         if trunk.layer_norm:
-            norms = [_layer_norm(trunk.norms[name]) for name in (*SCALAR_BRANCHES, *CONV_BRANCHES)]
-            repeats = [1] * len(SCALAR_BRANCHES) + [trunk.positions[name] for name in CONV_BRANCHES]
-            self.groups = NormGroups(
-                scalar_columns=len(SCALAR_BRANCHES) * trunk.bitrate.out_features,
-                scalar_units=trunk.bitrate.out_features, conv_units=trunk.throughput.linear.out_features,
-                head_units=trunk.hidden.out_features,
-                eps=_one_eps([*norms, *(norm for _, norm, _, _ in paths if norm is not None)]),
-            )  # fmt: skip
+            norms = [norm for _, norm, _, _ in paths if norm is not None]
+            self.groups = NormGroups(head_units=trunk.hidden.out_features, eps=_one_eps(norms))
             with torch.no_grad():
-                a_scale = torch.cat([n.weight.repeat(r) for n, r in zip(norms, repeats, strict=True)])
-                a_shift = torch.cat([n.bias.repeat(r) for n, r in zip(norms, repeats, strict=True)])
-                b_scale = torch.cat([norm.weight for _, norm, _, _ in paths if norm is not None])
-                b_shift = torch.cat([norm.bias for _, norm, _, _ in paths if norm is not None])
-            if a_scale.numel() != self.a_weight.shape[1] or b_scale.numel() != self.b_weight.shape[1]:
-                raise ValueError("the network's LayerNorms do not cover its folded layers")
-        self.register_buffer("a_scale", a_scale.detach().clone())
-        self.register_buffer("a_shift", a_shift.detach().clone())
+                b_scale = torch.cat([norm.weight for norm in norms])
+                b_shift = torch.cat([norm.bias for norm in norms])
+            if b_scale.numel() != self.b_weight.shape[1]:
+                raise ValueError("the network's LayerNorms do not cover its folded middle layer")
         self.register_buffer("b_scale", b_scale.detach().clone())
         self.register_buffer("b_shift", b_shift.detach().clone())
 
@@ -141,11 +119,6 @@ class DenseActor(nn.Module):
         """Logits ``[B, n_levels]`` of observations ``[B, 6, W]``."""
         groups = self.groups
         pre = torch.addmm(self.a_bias, obs.flatten(1), self.a_weight)
-        if groups is not None:
-            split = groups.scalar_columns
-            pre = torch.cat([_grouped_norm(pre[:, :split], groups.scalar_units, groups.eps),
-                             _grouped_norm(pre[:, split:], groups.conv_units, groups.eps)], dim=1)  # fmt: skip
-            pre = pre * self.a_scale + self.a_shift
         pre = torch.addmm(self.b_bias, torch.relu(pre), self.b_weight)
         if groups is not None:
             pre = _grouped_norm(pre, groups.head_units, groups.eps) * self.b_scale + self.b_shift

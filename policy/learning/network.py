@@ -11,8 +11,11 @@ Each of actor and critic has its own trunk (``shared_trunk=False``, the default)
 
 The published Pensieve code feeds row 4 into the branch meant for row 5 (chunks remaining); here each
 branch reads its own row. All layers are initialised orthogonally through `layer_init`. With
-``layer_norm`` every hidden layer normalises its pre-activations (LayerNorm, before the ReLU); the
-default network has none, so its weights and checkpoints are those of the network without the option.
+``layer_norm`` the merged hidden layers normalise their pre-activations (LayerNorm, before the ReLU).
+The branches do not: a branch reads one number or one row, so its pre-activations are (at zero bias
+exactly) that input times fixed weights, and normalising them over the branch's units would divide the
+input's scale out: the network could no longer see the buffer level or the bandwidth. The default
+network has no LayerNorm, so its weights and checkpoints are those of the network without the option.
 
 Plasticity injection (`ActorCritic.inject`, Nikishin et al. 2023) adds heads on top of the trunks'
 encoders (everything below the merged hidden layers): each is a freshly initialised merged layer and
@@ -108,6 +111,10 @@ class HistoryConv(nn.Module):
         return self.windows(row).flatten(1)
 
 
+#: The trunk's layers that ``layer_norm`` normalises (the merged layer; see the module docstring).
+NORMALISED_LAYERS = ("hidden",)
+
+
 class Trunk(nn.Module):
     """Branches plus the merged hidden layer: observation ``[B, 6, W]`` -> features ``[B, hidden]``."""
 
@@ -128,9 +135,9 @@ class Trunk(nn.Module):
         self.hidden = layer_init(nn.Linear(merged, h))
         # One activation module per layer of neurons, so hooks (plasticity diagnostics) can tell them apart.
         self.acts = nn.ModuleDict({name: nn.ReLU() for name in (*BRANCHES, "hidden")})
-        units = {"bitrate": h, "buffer": h, "remaining": h, "throughput": f, "delay": f, "sizes": f, "hidden": h}
-        # Empty without layer_norm: the state dict is then exactly the plain network's.
-        self.norms = nn.ModuleDict({name: nn.LayerNorm(n) for name, n in units.items()} if config.layer_norm else {})
+        # Only the merged layer (module docstring); empty without layer_norm, so the state dict is then
+        # exactly the plain network's.
+        self.norms = nn.ModuleDict({name: nn.LayerNorm(h) for name in NORMALISED_LAYERS} if config.layer_norm else {})
         self.layer_norm = config.layer_norm
         self.positions = {
             "bitrate": 1, "buffer": 1, "remaining": 1,
@@ -139,12 +146,10 @@ class Trunk(nn.Module):
 
     def _dense(self, name: str, x: torch.Tensor) -> torch.Tensor:
         pre = getattr(self, name)(x)
-        return self.acts[name](self.norms[name](pre) if self.layer_norm else pre)
+        return self.acts[name](self.norms[name](pre) if name in self.norms else pre)
 
     def _conv(self, name: str, row: torch.Tensor) -> torch.Tensor:
         conv: HistoryConv = getattr(self, name)
-        if self.layer_norm:
-            return self.acts[name](self.norms[name](conv.windows(row)).flatten(1))
         return self.acts[name](conv(row))
 
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
