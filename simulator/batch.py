@@ -615,8 +615,9 @@ class BatchSimulator:
         self.chunk_index[idx] = 0
         self._host_chunk[sel] = 0
         self._ready[sel] = True
-        self.prior_mbps[sel] = start_prior_mbps(link, table, traces, clock, self._keys[sel], episodes)
-        self._prior_dev = ops.asarray(self.prior_mbps, ops.float)
+        prior = start_prior_mbps(link, table, traces, clock, self._keys[sel], episodes)
+        self.prior_mbps[sel] = prior
+        self._prior_dev[idx] = ops.asarray(prior, ops.float)
 
     # -- step --------------------------------------------------------------------------------------
     def step(self, qualities: npt.ArrayLike | Array, active: npt.ArrayLike | None = None) -> ChunkResult:
