@@ -137,7 +137,7 @@ class ChunkResult:
     end_of_video: Array
     chunks_remaining: Array
     next_chunk_bytes: Array  # [B, n_levels]; zeros after the last chunk
-    prior_mbps: Array  # the session's throughput prior (`start_prior_mbps`); 0 where the player knows none
+    prior_mbps: Array  # every session's throughput prior (`start_prior_mbps`), inactive ones too; 0: none known
 
 
 @dataclass(frozen=True)
@@ -717,11 +717,11 @@ class BatchSimulator:
             ended,
             remaining,
             next_sizes,
-            rows(self._prior_dev),
         )
+        prior = self._prior_dev + 0  # every session's (constant within a session: nothing to scatter)
         if sel is None:
-            return ChunkResult(ops.asarray(act, ops.bool), *values)
-        return ChunkResult(ops.asarray(act, ops.bool), *(self._scatter(sel, v) for v in values))
+            return ChunkResult(ops.asarray(act, ops.bool), *values, prior)
+        return ChunkResult(ops.asarray(act, ops.bool), *(self._scatter(sel, v) for v in values), prior)
 
     def _noise(self, host_sel: npt.NDArray[np.int64] | None) -> Array:
         """This chunk's delay noise factor for the stepped sessions (draw ``NOISE_DRAW0 + chunk``)."""
