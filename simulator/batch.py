@@ -719,9 +719,9 @@ class BatchSimulator:
             next_sizes,
         )
         prior = self._prior_dev + 0  # every session's (constant within a session: nothing to scatter)
-        if sel is None:
-            return ChunkResult(ops.asarray(act, ops.bool), *values, prior)
-        return ChunkResult(ops.asarray(act, ops.bool), *(self._scatter(sel, v) for v in values), prior)
+        if sel is not None:
+            values = tuple(self._scatter(sel, v) for v in values)
+        return ChunkResult(ops.asarray(act, ops.bool), *values, prior_mbps=prior)
 
     def _noise(self, host_sel: npt.NDArray[np.int64] | None) -> Array:
         """This chunk's delay noise factor for the stepped sessions (draw ``NOISE_DRAW0 + chunk``)."""
