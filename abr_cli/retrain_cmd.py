@@ -52,6 +52,11 @@ RayWorkers = Annotated[
     int,
     typer.Option(min=1, help="With --ray: rollout actors (sessions split among them).", rich_help_panel="Scale-out"),
 ]
+Revert = Annotated[
+    int,
+    typer.Option(min=0, help="Earlier versions the gate also scores (the first and the newest others); the best is "
+                 "published again when it beats the active version and the candidate by --margin (0: never)."),
+]  # fmt: skip
 
 
 def _connect(ray: str | None, ray_workers: int) -> int:
@@ -65,15 +70,17 @@ def _connect(ray: str | None, ray_workers: int) -> int:
 
 
 def _config(
-    window_s: float, updates: int, margin: float, method: str, replay: str, reference: str, continual: bool
-) -> RetrainConfig:
+    window_s: float, updates: int, margin: float, method: str, replay: str, reference: str, continual: bool,
+    revert_versions: int,
+) -> RetrainConfig:  # fmt: skip
     from abr_server.retrain.loop import RetrainConfig
     from plasticity.config import parse_plasticity
 
     return RetrainConfig(window_s=window_s, updates=updates, margin=margin,
                          replay=None if replay.lower() == OFF else replay,
                          reference=None if reference.lower() == OFF else reference,
-                         plasticity=parse_plasticity({"method": method}), continual=continual)  # fmt: skip
+                         plasticity=parse_plasticity({"method": method}), continual=continual,
+                         revert_versions=revert_versions)  # fmt: skip
 
 
 @app.command("once")
@@ -89,6 +96,7 @@ def once(
     replay: Replay = "telemetry",
     reference: Reference = "telemetry",
     continual: Continual = False,
+    revert_versions: Revert = 0,
     device: Device = "cpu",
     ray: Ray = None,
     ray_workers: RayWorkers = 2,
@@ -99,7 +107,7 @@ def once(
     from simulator.video import load_video
 
     with user_errors():
-        config = _config(window_s, updates, margin, method, replay, reference, continual)
+        config = _config(window_s, updates, margin, method, replay, reference, continual, revert_versions)
         learn_on = resolve_device(device)
         the_video = load_video(video)
         workers = _connect(ray, ray_workers)
@@ -123,6 +131,7 @@ def watch(
     reference: Reference = "telemetry",
     log: Annotated[Path | None, typer.Option(help="Append every round's result here (JSON lines).")] = None,
     continual: Continual = False,
+    revert_versions: Revert = 0,
     device: Device = "cpu",
     ray: Ray = None,
     ray_workers: RayWorkers = 2,
@@ -133,7 +142,7 @@ def watch(
     from simulator.video import load_video
 
     with user_errors():
-        config = _config(window_s, updates, margin, method, replay, reference, continual)
+        config = _config(window_s, updates, margin, method, replay, reference, continual, revert_versions)
         learn_on = resolve_device(device)
         the_video = load_video(video)
         workers = _connect(ray, ray_workers)

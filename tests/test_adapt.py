@@ -35,6 +35,7 @@ def test_phases_arms_and_seeds_parse_or_name_the_problem() -> None:
     assert parse_arm("resin+replay+reference") == Arm("resin+replay+reference", "resin", True, True)
     assert not parse_arm("robustmpc").learns
     assert parse_arm("none+continual") == Arm("none+continual", "none", continual=True)
+    assert parse_arm("resin+continual+revert") == Arm("resin+continual+revert", "resin", continual=True, revert=True)
     for bad in ("magic", "resin+extra", "none+replay+replay", "frozen,frozen"):
         with pytest.raises(ValueError, match="--arms"):
             parse_arms(bad)
@@ -115,6 +116,26 @@ def test_a_continual_arm_keeps_one_trainer_across_rounds() -> None:
     assert (checked["checked"], checked["false"]) == (2, sum(g > 0 for g in gains))
     assert checked["gain"]["mean"] == pytest.approx(sum(gains) / 2)
     assert "| resin+continual | 2 |" in adapt._report(summary, config, "abr adapt")
+
+
+def test_a_revert_arms_gate_scores_earlier_versions_and_older_records_are_kept(tmp_path: Path) -> None:
+    config = tiny([SLOW, FAST], ["resin+continual", "resin+continual+revert"])
+    assert adapt.round_config(config, parse_arm("resin+continual"), 1, 0, 1.0).revert_versions == 0
+    revert = adapt.round_config(config, parse_arm("resin+continual+revert"), 1, 0, 1.0)
+    assert revert.revert_versions == adapt.REVERT_VERSIONS
+    # A record written before a retrain setting existed is kept: the setting takes its default.
+    settings = json.loads(json.dumps(config.run_settings(parse_arm("resin+continual"), 1)))
+    del settings["retrain"]["revert_versions"]
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps({"settings": settings, "epochs": [{"qoe": 1.0}]}))
+    now = json.loads(json.dumps(config.run_settings(parse_arm("resin+continual"), 1)))
+    assert adapt._kept(path, now)
+    settings["retrain"]["margin"] = 0.5  # a setting that differs: run again
+    path.write_text(json.dumps({"settings": settings, "epochs": [{"qoe": 1.0}]}))
+    assert not adapt._kept(path, now)
+    settings["retrain"]["margin"] = "wide"  # unreadable: run again
+    path.write_text(json.dumps({"settings": settings, "epochs": [{"qoe": 1.0}]}))
+    assert not adapt._kept(path, now)
 
 
 def _record(arm: str, qoe: list[float], seconds_per_epoch: float = 10.0) -> dict[str, Any]:

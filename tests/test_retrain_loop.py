@@ -15,7 +15,7 @@ from abr_server.retrain import loop
 from abr_server.retrain.loop import RetrainConfig, retrain_once
 from plasticity.config import ResinConfig
 from policy.learned import DEFAULT_MODEL_DIR
-from policy.learning.checkpoint import load_checkpoint, load_optimizer_state
+from policy.learning.checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint
 from policy.learning.config import PPOConfig
 from policy.learning.optim import EntryAdam
 from simulator.video import Video
@@ -292,3 +292,66 @@ def test_the_gate_holds_out_a_random_draw_or_the_newest_sessions(
         others.add(tuple(seen[-1]))
     assert len(others) > 1
     assert others != {("s8", "s9")}
+
+
+def publish_lowest_level_model(models: Path, version: str) -> None:
+    """A servable version (the newest: active) that always fetches the lowest level, far below the shipped model."""
+    ckpt = load_checkpoint(models / "v0001", VIDEO)
+    with torch.no_grad():
+        ckpt.model.actor_head.weight.zero_()
+        ckpt.model.actor_head.bias.copy_(torch.tensor([50.0, 0.0, 0.0, 0.0, 0.0, 0.0]))
+    save_checkpoint(models / version, ckpt.model, VIDEO, ckpt.spec, qoe_kind="lin", train_config={}, progress={})
+
+
+def test_a_round_reverts_to_an_earlier_version_that_leads_both(setup: tuple[Path, Path, Path]) -> None:
+    db, models, work = setup
+    publish_lowest_level_model(models, "v0002")
+    cfg = continual(margin=0.02, revert_versions=2)
+    result = retrain_once(db, models, work, VIDEO, cfg, now_s=NOW_S)
+    assert (result.status, result.parent, result.version, result.reverted_to) == ("reverted", "v0002", "v0003", "v0001")
+    assert set(result.scores["earlier"]) == {"v0001"}
+    hold = result.scores["holdout"]
+    assert result.scores["earlier"]["v0001"] >= max(hold["candidate"], hold["deployed"]) + 0.02
+    # The new version is the earlier one's weights, published again with the round's lineage.
+    assert (models / "v0003" / "model.safetensors").read_bytes() == (models / "v0001" / "model.safetensors").read_bytes()
+    lineage = json.loads((models / "v0003" / "meta.json").read_text())["data"]["lineage"]
+    assert (lineage["parent"], lineage["reverted_to"]) == ("v0002", "v0001")
+    ModelRegistry(models, VIDEO, torch.device("cpu")).load("v0003")
+    # The continual trainer's line lost: the next round starts again from the revert.
+    assert not (work / loop.STATE_DIR).exists()
+    after = retrain_once(db, models, work, VIDEO, cfg.model_copy(update={"margin": 100.0}), now_s=NOW_S + 1)
+    assert (after.parent, after.resynced, after.trainer_update) == ("v0003", True, 2)
+    assert set(after.scores["earlier"]) == {"v0001", "v0002"}  # v0003 is deployed; no revert scores itself
+
+
+def test_without_revert_versions_the_gate_scores_no_earlier_version(setup: tuple[Path, Path, Path]) -> None:
+    db, models, work = setup
+    publish_lowest_level_model(models, "v0002")
+    result = retrain_once(db, models, work, VIDEO, config(margin=100.0), now_s=NOW_S)
+    assert result.status == "rejected"
+    assert "earlier" not in result.scores
+    assert ModelRegistry(models, VIDEO, torch.device("cpu")).versions() == ["v0001", "v0002"]
+
+
+def test_a_revert_must_pass_the_reference_check(setup: tuple[Path, Path, Path]) -> None:
+    db, models, work = setup
+    publish_lowest_level_model(models, "v0002")
+    cfg = config(margin=0.02, tolerance=-100.0, reference="markov:n=2,seed=3", revert_versions=2)
+    result = retrain_once(db, models, work, VIDEO, cfg, now_s=NOW_S)
+    assert result.status == "rejected"
+    assert set(result.scores["reference"]) == {"candidate", "deployed", "v0001"}
+    assert ModelRegistry(models, VIDEO, torch.device("cpu")).versions() == ["v0001", "v0002"]
+
+
+def test_earlier_versions_are_the_first_and_the_newest_but_no_reverts(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    for k in range(1, 8):
+        shutil.copytree(DEFAULT_MODEL_DIR, models / f"v{k:04d}")
+    meta_path = models / "v0005" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps(meta | {"data": {"lineage": {"parent": "v0004", "reverted_to": "v0002"}}}))
+    registry = ModelRegistry(models, VIDEO, torch.device("cpu"))
+    assert loop._earlier_versions(registry, "v0007", 0) == []
+    assert loop._earlier_versions(registry, "v0007", 1) == ["v0001"]
+    assert loop._earlier_versions(registry, "v0007", 3) == ["v0001", "v0004", "v0006"]
+    assert loop._earlier_versions(registry, "v0003", 9) == ["v0001", "v0002", "v0004", "v0006", "v0007"]

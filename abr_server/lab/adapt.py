@@ -73,6 +73,8 @@ SWAP_WAIT_S = 30.0
 #: The diagnostics plotted per round, and the starting model's registry version.
 SILENT_KEYS = (DIAGNOSED_KEY, "plasticity/dormant_ratio", "plasticity/grad_silent_ratio")
 FIRST_VERSION = "v0001"
+#: Earlier versions a ``+revert`` arm's gate scores each round (the first and the newest others).
+REVERT_VERSIONS = 8
 
 
 def default_retrain() -> RetrainConfig:
@@ -218,6 +220,7 @@ def round_config(config: AdaptConfig, arm: Arm, seed: int, epoch: int, window_s:
     return base.model_copy(update={
         "window_s": window_s, "replay": TELEMETRY if arm.replay else None,
         "reference": TELEMETRY if arm.reference else None, "plasticity": plasticity, "continual": arm.continual,
+        "revert_versions": REVERT_VERSIONS if arm.revert else 0,
         "ppo": base.ppo.model_copy(update={"seed": seeding.stream_seed(seeding.TIMELINE_ROUND, seed, epoch)}),
     })  # fmt: skip
 
@@ -250,7 +253,7 @@ def _round_row(result: RoundResult) -> dict[str, Any]:
         "gain": hold["candidate"] - hold["deployed"] if hold else None, "scores": result.scores,
         "traces": result.traces, "wall_s": result.wall_s, "diagnostics": result.diagnostics,
         "diagnosed_update": result.diagnosed_update, "neurons_reset": result.neurons_reset,
-        "trainer_update": result.trainer_update, "resynced": result.resynced,
+        "trainer_update": result.trainer_update, "resynced": result.resynced, "reverted_to": result.reverted_to,
     }  # fmt: skip
 
 
@@ -354,7 +357,20 @@ def _kept(path: Path, settings: dict[str, Any]) -> bool:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return isinstance(record, dict) and record.get("settings") == settings and bool(record.get("epochs"))
+    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict) or not record.get("epochs"):
+        return False
+    return _as_now(record["settings"]) == settings
+
+
+def _as_now(settings: dict[str, Any]) -> dict[str, Any] | None:
+    """A record's settings as this version writes them: retrain settings it did not have take their defaults."""
+    retrain = settings.get("retrain")
+    if retrain is None:
+        return settings
+    try:
+        return settings | {"retrain": RetrainConfig.model_validate(retrain).model_dump(mode="json")}
+    except ValueError:
+        return None
 
 
 def run_adapt(config: AdaptConfig, out: Path, on_done: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
@@ -458,6 +474,7 @@ def summarise(records: list[dict[str, Any]], config: AdaptConfig) -> dict[str, A
                 "qoe": {**_stats(qoe), "min": min(qoe), "max": max(qoe), "per_seed": qoe},
                 "rounds": len(rounds), "published": sum(r["status"] == "published" for r in rounds),
                 "refused": sum(r["status"] == "rejected" for r in rounds),
+                "reverted": sum(r["status"] == "reverted" for r in rounds),
                 "no_data": sum(r["status"] == "no-data" for r in rounds),
                 "round_s": float(np.mean([r["wall_s"] for r in rounds])) if rounds else None,
                 "diagnostics": {k: float(np.mean(v)) for k, v in diag.items() if v},
@@ -469,6 +486,7 @@ def summarise(records: list[dict[str, Any]], config: AdaptConfig) -> dict[str, A
             "worst_epoch_qoe": min(r["qoe"] for s in seeds for r in by_seed[s]),
             "published": _stats([_count(by_seed[s], "published") for s in seeds]),
             "refused": _stats([_count(by_seed[s], "rejected") for s in seeds]),
+            "reverted": _stats([_count(by_seed[s], "reverted") for s in seeds]),
             "refusals_checked": _refusal_checks(by_seed, seeds),
             "wall_s": _stats([by_seed[s][-1]["started_s"] + by_seed[s][-1]["stream_s"] for s in seeds]),
             "time_to_adapt": [], "recovery": [],
@@ -645,13 +663,14 @@ def _report(summary: dict[str, Any], config: AdaptConfig, command: str) -> str:
         "## Summary per arm",
         "",
         "| arm | mean QoE from the first shift on (±95%) | worst epoch of any seed | versions published per run "
-        "| gate refusals per run |",
-        "|---|---:|---:|---:|---:|",
+        "| gate refusals per run | reverts per run |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for arm in arms:
         s = summary["arms"][arm]
         lines.append(f"| {arm} | {_cell(s['qoe_after_first_shift'])} | {s['worst_epoch_qoe']:.3f} "
-                     f"| {_cell(s['published'], 1)} | {_cell(s['refused'], 1)} |")  # fmt: skip
+                     f"| {_cell(s['published'], 1)} | {_cell(s['refused'], 1)} "
+                     f"| {_cell(s['reverted'], 1)} |")  # fmt: skip
     learned = [a for a in arms if a != ROBUSTMPC]
     if ROBUSTMPC in summary["arms"] and learned:
 
@@ -697,7 +716,8 @@ def _report(summary: dict[str, Any], config: AdaptConfig, command: str) -> str:
     lines += [
         "",
         "## Served QoE per epoch (mean over seeds ± 95%; * a version was published after it, "
-        "r a candidate refused; silent ratio of the round's candidate in brackets)",
+        "r a candidate refused, < an earlier version published again; silent ratio of the round's candidate in "
+        "brackets)",
         "",
         "| epoch | phase | " + " | ".join(arms) + " |",
         "|---:|---|" + "---:|" * len(arms),
@@ -706,7 +726,7 @@ def _report(summary: dict[str, Any], config: AdaptConfig, command: str) -> str:
         cells = []
         for arm in arms:
             row = summary["arms"][arm]["epochs"][e]
-            marks = "*" * bool(row["published"]) + "r" * bool(row["refused"])
+            marks = "*" * bool(row["published"]) + "r" * bool(row["refused"]) + "<" * bool(row["reverted"])
             silent = row["diagnostics"].get(DIAGNOSED_KEY)
             cells.append(_cell(row["qoe"]) + marks + (f" [{silent:.2f}]" if silent is not None else ""))
         lines.append(f"| {e} | {epoch['name']} | " + " | ".join(cells) + " |")

@@ -6,11 +6,13 @@ Importable without torch, so the command line can show the defaults in its help 
   ``@fold=``/``@except=``/``@scale=`` suffix, or a generator spec such as ``markov:n=60,seed=11@scale=8``)
   that players meet for EPOCHS epochs. A phase whose source an earlier phase had is a *return*.
 - An *arm* is what serves the players: ``frozen`` (the starting model, never retrained), ``robustmpc``
-  (the classic rule, the yardstick), or the retraining loop ``METHOD[+replay][+reference][+continual]``
-  with a plasticity method (``none``, ``resin``, ...), older telemetry replayed in every round's
-  training pool (``+replay``) and/or checked by the gate (``+reference``), and one long-lived trainer
-  whose model, optimizer and plasticity state carry over from round to round (``+continual``) instead
-  of a fresh fine-tune of the served version each round.
+  (the classic rule, the yardstick), or the retraining loop
+  ``METHOD[+replay][+reference][+continual][+revert]`` with a plasticity method (``none``, ``resin``,
+  ...), older telemetry replayed in every round's training pool (``+replay``) and/or checked by the
+  gate (``+reference``), one long-lived trainer whose model, optimizer and plasticity state carry over
+  from round to round (``+continual``) instead of a fresh fine-tune of the served version each round,
+  and a gate that also scores earlier versions and publishes the best again when it leads both the
+  served version and the candidate (``+revert``).
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from traces.sources import is_generator_spec
 #: Arms that never retrain: the starting model as it is, and the classic rule served the same sessions.
 FROZEN, ROBUSTMPC = "frozen", "robustmpc"
 #: What a loop arm may add to its method: older telemetry replayed, older telemetry as the gate's reference,
-#: one trainer that carries on across rounds.
-REPLAY, REFERENCE, CONTINUAL = "replay", "reference", "continual"
-EXTRAS = (REPLAY, REFERENCE, CONTINUAL)
+#: one trainer that carries on across rounds, earlier versions the gate may publish again.
+REPLAY, REFERENCE, CONTINUAL, REVERT = "replay", "reference", "continual", "revert"
+EXTRAS = (REPLAY, REFERENCE, CONTINUAL, REVERT)
 #: The default arms: the frozen model, the loop with and without ReSiN, each with and without replay, robustMPC.
 DEFAULT_ARMS = (FROZEN, "none", "resin", f"none+{REPLAY}", f"resin+{REPLAY}", ROBUSTMPC)
 #: The default timeline: real families of the trace root's test folds, a generated fast family, and a return
@@ -82,6 +84,7 @@ class Arm:
     replay: bool = False
     reference: bool = False
     continual: bool = False
+    revert: bool = False
 
     @property
     def learns(self) -> bool:
@@ -90,7 +93,7 @@ class Arm:
 
 
 def parse_arm(name: str) -> Arm:
-    """``frozen``, ``robustmpc`` or ``METHOD[+replay][+reference][+continual]``; a one-line `ValueError` otherwise."""
+    """``frozen``, ``robustmpc`` or ``METHOD[+EXTRA]...`` (each of `EXTRAS` once); a one-line `ValueError` otherwise."""
     if name in (FROZEN, ROBUSTMPC):
         return Arm(name)
     method, *extras = name.split("+")
@@ -104,7 +107,7 @@ def parse_arm(name: str) -> Arm:
     if unknown or len(set(extras)) != len(extras):
         raise ValueError(f"--arms: arm {name!r}: after METHOD only {', '.join('+' + e for e in EXTRAS)} may follow, "
                          "once each")  # fmt: skip
-    return Arm(name, method, REPLAY in extras, REFERENCE in extras, CONTINUAL in extras)
+    return Arm(name, method, REPLAY in extras, REFERENCE in extras, CONTINUAL in extras, REVERT in extras)
 
 
 def parse_arms(text: str) -> list[str]:

@@ -18,7 +18,12 @@
 3. The gate scores the candidate, the deployed model and robustMPC on the held-out traces: the
    candidate is published only if it beats the deployed model by ``margin`` (QoE_lin) and, when a
    ``reference`` trace set is given, is not worse there than the deployed model by more than
-   ``tolerance``.
+   ``tolerance``. With ``revert_versions`` the gate also scores that many earlier versions (the first
+   one, the model the registry started from, and the newest others); when the best of them beats both
+   the deployed model and the candidate by ``margin`` (and passes the same reference check), its
+   weights are published again as a new version instead (``reverted``), and a continual trainer starts
+   again from it. A network that returns finds the version that served it well, instead of waiting for
+   the learner to climb back.
 4. Publishing writes the candidate into the registry under a new version name, in a hidden folder
    first and renamed into place when complete, so a server watching the registry only ever sees whole
    versions. Its ``meta.json`` carries the lineage: parent version, data window, trace counts, scores.
@@ -49,7 +54,14 @@ from plasticity.methods import Plasticity, PlasticityConfig, ResinConfig
 from policy.base import make_policy
 from policy.evaluation.loop import run_policy
 from policy.learned import ModelPolicy
-from policy.learning.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from policy.learning.checkpoint import (
+    META_FILE,
+    MODEL_FILE,
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from policy.learning.config import PPOConfig
 from policy.learning.network import ActorCritic
 from policy.learning.ppo import TrainState
@@ -121,6 +133,13 @@ class RetrainConfig(BaseModel):
         description="One long-lived trainer across rounds (model, optimizer and plasticity state kept in the "
         "work folder) instead of a fresh fine-tune of the deployed version each round.",
     )
+    revert_versions: int = Field(
+        0,
+        ge=0,
+        description="Earlier versions the gate also scores on the held-out traces (the first and the newest "
+        "others; 0: none); the best is published again when it beats the deployed version and the candidate "
+        "by margin.",
+    )
 
     @model_validator(mode="after")
     def _continual_schedule(self) -> RetrainConfig:
@@ -137,7 +156,7 @@ class RetrainConfig(BaseModel):
 class RoundResult(BaseModel):
     """What a round did."""
 
-    status: str  # no-data | rejected | published
+    status: str  # no-data | rejected | published | reverted
     reason: str
     parent: str | None = None
     version: str | None = None
@@ -162,6 +181,7 @@ class RoundResult(BaseModel):
         description="Continual: the trainer started again from the active version (it had none, or the "
         "registry's active version was not the one it left active).",
     )
+    reverted_to: str | None = Field(None, description="The earlier version a reverted round published again.")
 
 
 def retrain_once(
@@ -251,6 +271,13 @@ def retrain_once(
     if reference:
         scores["reference"] = _scores(reference, video, {"candidate": ModelPolicy(candidate, spec),
                                                           "deployed": ModelPolicy(deployed, spec)}, on_ray)  # fmt: skip
+    earlier = {
+        v: load_checkpoint(models / v, video) for v in _earlier_versions(registry, parent, config.revert_versions)
+    }
+    if earlier:
+        scores["earlier"] = _scores(holdout, video, {v: ModelPolicy(c.model, c.spec) for v, c in earlier.items()},
+                                    on_ray)  # fmt: skip
+    revert = _revert_choice(scores, config, reference, earlier, video, on_ray)
     gain = scores["holdout"]["candidate"] - scores["holdout"]["deployed"]
     if candidate_dir is not None:
         _write_candidate(candidate_dir, candidate, video, spec, config)
@@ -260,7 +287,14 @@ def retrain_once(
                          trainer_update=state.update, resynced=trainer.resynced,
                          diagnostics=diagnosed.get("metrics", {}), diagnosed_update=diagnosed.get("update"),
                          neurons_reset=diagnosed["reset"])  # fmt: skip
-    if gain < config.margin:
+    lineage = {"parent": parent, "window_s": [now_s - config.window_s, now_s], "traces": counts,
+               "scores": scores, "plasticity": config.plasticity.method, "updates": config.updates}  # fmt: skip
+    if revert is not None:
+        best, reason = revert
+        version = _next_version(registry.versions())
+        publish_again(models, version, models / best, lineage | {"reverted_to": best})
+        result.status, result.version, result.reverted_to, result.reason = "reverted", version, best, reason
+    elif gain < config.margin:
         result.reason = f"holdout gain {gain:+.3f} < margin {config.margin}"
     elif "reference" in scores and (
         scores["reference"]["candidate"] < scores["reference"]["deployed"] - config.tolerance
@@ -269,18 +303,61 @@ def retrain_once(
         result.reason = f"reference loss {loss:.3f} > tolerance {config.tolerance}"
     else:
         version = _next_version(registry.versions())
-        lineage = {"parent": parent, "window_s": [now_s - config.window_s, now_s], "traces": counts,
-                   "scores": scores, "plasticity": config.plasticity.method, "updates": config.updates}  # fmt: skip
         publish(models, version, state, video, spec, config, lineage, hook)
         result.status, result.version = "published", version
         result.reason = f"holdout gain {gain:+.3f} >= margin {config.margin}"
-    if config.continual:  # the trainer carries on next round if the registry still has what it left active
+    if config.continual and result.status != "reverted":  # carries on if the registry keeps what it left active
         marker |= {"finished": True, "left_active": result.version or parent}
         write_atomic(work_dir / STATE_DIR / ROUND_FILE, json.dumps(marker).encode())
-    else:  # the round is over: next time starts afresh
+    else:  # the round is over (or its trainer's line lost to an earlier version): next time starts afresh
         shutil.rmtree(work_dir / STATE_DIR, ignore_errors=True)
     result.wall_s = time.perf_counter() - started
     return result
+
+
+def _earlier_versions(registry: ModelRegistry, parent: str, count: int) -> list[str]:
+    """Up to ``count`` versions other than ``parent`` worth reverting to: the first, then the newest.
+
+    Versions that are themselves reverts are left out (the version they copy stands for them).
+    """
+    if count == 0:
+        return []
+    others = [v for v in registry.versions() if v != parent and not _is_revert(registry.root, v)]
+    if len(others) <= count:
+        return others
+    return [others[0], *others[len(others) - count + 1 :]]
+
+
+def _is_revert(root: Path | None, version: str) -> bool:
+    if root is None:
+        return False
+    try:
+        meta = json.loads((root / version / META_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return True  # unreadable: not a version to go back to
+    lineage = meta.get("data", {}).get("lineage", {}) if isinstance(meta, dict) else {}
+    return isinstance(lineage, dict) and "reverted_to" in lineage
+
+
+def _revert_choice(
+    scores: dict[str, dict[str, float]], config: RetrainConfig, reference: list[Trace],
+    earlier: dict[str, Checkpoint], video: Video, on_ray: bool,
+) -> tuple[str, str] | None:  # fmt: skip
+    """The earlier version to publish again and why, or None (see the module docstring, step 3)."""
+    if not earlier:
+        return None
+    hold = scores["holdout"]
+    best = max(scores["earlier"], key=lambda v: (scores["earlier"][v], v))
+    lead = scores["earlier"][best] - max(hold["candidate"], hold["deployed"])
+    if lead < config.margin:
+        return None
+    if "reference" in scores:
+        checkpoint = earlier[best]
+        ref = _scores(reference, video, {best: ModelPolicy(checkpoint.model, checkpoint.spec)}, on_ray)[best]
+        scores["reference"][best] = ref
+        if ref < scores["reference"]["deployed"] - config.tolerance:
+            return None
+    return best, f"earlier version {best} leads the deployed version and the candidate by {lead:+.3f} >= margin"
 
 
 def publish(
@@ -299,6 +376,25 @@ def publish(
                     scores=lineage["scores"], data={"lineage": lineage})  # fmt: skip
     if hook is not None:
         write_atomic(staging / PLASTICITY_FILE, json.dumps(hook.state_dict()).encode())
+    staging.rename(final)
+    return final
+
+
+def publish_again(models: Path, version: str, earlier: Path, lineage: dict[str, Any]) -> Path:
+    """Publish ``earlier``'s weights (and plasticity state) as ``version``, with ``lineage``; staged like `publish`."""
+    final = models / version
+    if final.exists():
+        raise ValueError(f"model version {version} already exists in {models}")
+    staging = models / f".incoming-{version}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in (MODEL_FILE, PLASTICITY_FILE):
+        if (earlier / name).is_file():
+            shutil.copyfile(earlier / name, staging / name)
+    meta = json.loads((earlier / META_FILE).read_text())
+    meta["data"] = {"lineage": lineage}
+    meta["scores"] = lineage["scores"]
+    write_atomic(staging / META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
     staging.rename(final)
     return final
 
