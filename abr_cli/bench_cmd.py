@@ -37,6 +37,9 @@ def bench_sim(
     ] = "training",
     seconds: Annotated[float, typer.Option(help="Minimum wall time per measurement.")] = 2.0,
     repeats: Annotated[int, typer.Option(min=1, help="Measurements per row, interleaved; the best is kept.")] = 3,
+    compare_prior: Annotated[
+        bool, typer.Option(help="Also run every vector row without the sessions' throughput prior (-no-prior).")
+    ] = False,
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
 ) -> None:
     """Chunk-steps per second of the scalar reference and the vector core at several batch sizes."""
@@ -56,7 +59,10 @@ def bench_sim(
         sizes = batch or [1, 64, 4096]
         runs: list[Callable[[], SimBenchResult]] = [partial(bench_scalar, trace_set, the_video, link, seconds)]
         for dev in [None, *(device or [])]:
-            runs.extend(partial(bench_batch, trace_set, the_video, link, b, seconds, device=dev) for b in sizes)
+            for b in sizes:
+                runs.append(partial(bench_batch, trace_set, the_video, link, b, seconds, device=dev))
+                if compare_prior:
+                    runs.append(partial(bench_batch, trace_set, the_video, link, b, seconds, device=dev, prior=False))
         # Interleaved repeats, best kept: a shared machine's slow moments hit every row alike.
         best: list[SimBenchResult | None] = [None] * len(runs)
         for _ in range(repeats):

@@ -62,6 +62,12 @@ class Policy(ABC):
             return self.name
         return f"{self.name}:" + ",".join(f"{k}={v}" for k, v in changed.items())
 
+    @property
+    def reads_prior(self) -> bool:
+        """Whether `select` reads the sessions' throughput prior (`Observation.prior_mbps`); a learned policy
+        knows once begun. A simulator that feeds only this policy draws priors only then."""
+        return False
+
     @classmethod
     def parse_shorthand(cls, text: str) -> dict[str, Any]:
         """Parameters from a spec's positional shorthand (``fixed:3``); most policies have none."""

@@ -12,7 +12,7 @@ from pydantic import Field
 from policy.base import IntArray, Policy, PolicyConfig, PolicySpecError, register
 from policy.learning.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from policy.learning.network import ActorCritic
-from simulator.observation import Observation, ObservationSpec
+from simulator.observation import HistoryPadding, Observation, ObservationSpec
 from simulator.video import Video
 
 #: The models shipped in the package, one checkpoint folder each (produced by `abr train`, see BENCHMARKS.md).
@@ -52,6 +52,10 @@ class ModelPolicy(Policy):
         self._device = next(model.parameters()).device
         self._generator = torch.Generator(device=self._device).manual_seed(seed)
 
+    @property
+    def reads_prior(self) -> bool:
+        return self.spec.history_padding is HistoryPadding.prior
+
     @torch.no_grad()
     def select(self, obs: Observation) -> IntArray:
         return act(self.model, obs.to_state(self._video(), self.spec), self.sample, self._generator)
@@ -86,6 +90,11 @@ class LearnedPolicy(Policy):
     @property
     def label(self) -> str:
         return f"checkpoint:{self.config.path}" + (":sample" if self.config.sample else "")
+
+    @property
+    def reads_prior(self) -> bool:
+        checkpoint: Checkpoint | None = getattr(self, "checkpoint", None)
+        return checkpoint is not None and checkpoint.spec.history_padding is HistoryPadding.prior
 
     def begin(self, n_sessions: int, video: Video) -> None:
         try:

@@ -78,6 +78,10 @@ class _MPCBase(Policy):
     robust = False
     stateful = True  # past prediction errors per session
 
+    @property
+    def reads_prior(self) -> bool:
+        return self.config.prior
+
     def begin(self, n_sessions: int, video: Video) -> None:
         super().begin(n_sessions, video)
         self._qoe = QoEConfig(kind=self.config.qoe)

@@ -416,6 +416,8 @@ class BatchSimulator:
         seed: seeds the sessions' random streams (session i's key comes from ``seed + i``, as
             Gymnasium's vector envs seed sub-env i); None draws fresh entropy.
         device: None for the numpy backend; "cpu", "cuda" or a torch.device for the torch backend.
+        prior: whether sessions draw a throughput prior when they start (`start_prior_mbps`); without,
+            every prior is 0 (unknown) and resets skip the draw, for runs where nothing reads it.
 
     Sessions start un-initialised; call `reset` first. A session that finished its video must be reset
     before it is stepped again. In ``trace_order="sequential"`` mode session i plays traces
@@ -431,6 +433,7 @@ class BatchSimulator:
         seed: int | None = None,
         *,
         device: Any = None,
+        prior: bool = True,
     ) -> None:
         if n_sessions < 1:
             raise ValueError(f"n_sessions must be >= 1, got {n_sessions}")
@@ -460,6 +463,7 @@ class BatchSimulator:
         self._ready = np.zeros(b, dtype=bool)  # host-side: reset at least once and not finished
         self._all = np.ones(b, dtype=bool)
         self._host_chunk = np.zeros(b, dtype=np.int64)  # host copy of chunk_index, for the noise draws
+        self.draws_prior = prior
         self.prior_mbps = np.zeros(b)  # host: each session's throughput prior, drawn when it starts
         self._prior_dev: Array = ops.asarray(self.prior_mbps, ops.float)
 
@@ -615,9 +619,10 @@ class BatchSimulator:
         self.chunk_index[idx] = 0
         self._host_chunk[sel] = 0
         self._ready[sel] = True
-        prior = start_prior_mbps(link, table, traces, clock, self._keys[sel], episodes)
-        self.prior_mbps[sel] = prior
-        self._prior_dev[idx] = ops.asarray(prior, ops.float)
+        if self.draws_prior:
+            prior = start_prior_mbps(link, table, traces, clock, self._keys[sel], episodes)
+            self.prior_mbps[sel] = prior
+            self._prior_dev[idx] = ops.asarray(prior, ops.float)
 
     # -- step --------------------------------------------------------------------------------------
     def step(self, qualities: npt.ArrayLike | Array, active: npt.ArrayLike | None = None) -> ChunkResult:

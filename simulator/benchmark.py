@@ -69,9 +69,12 @@ def bench_batch(
     *,
     device: Any = None,
     seed: int = 0,
+    prior: bool = True,
 ) -> SimBenchResult:
-    """Whole videos for B sessions at once (resets included) with random levels, for at least ``min_wall_s``."""
-    sim = BatchSimulator(traces, video, link, n_sessions=n_sessions, seed=seed, device=device)
+    """Whole videos for B sessions at once (resets included) with random levels, for at least ``min_wall_s``.
+
+    ``prior``: whether the sessions draw a throughput prior at each reset (the ``-no-prior`` rows: off)."""
+    sim = BatchSimulator(traces, video, link, n_sessions=n_sessions, seed=seed, device=device, prior=prior)
     rng = np.random.default_rng(seed)
     levels = [
         sim.ops.asarray(rng.integers(0, video.n_levels, size=n_sessions), sim.ops.int) for _ in range(video.n_chunks)
@@ -90,7 +93,7 @@ def bench_batch(
             sim.step(q)
         sync()
         steps += n_sessions * video.n_chunks
-    name = "vector-numpy" if device is None else f"vector-torch-{device}"
+    name = ("vector-numpy" if device is None else f"vector-torch-{device}") + ("" if prior else "-no-prior")
     return SimBenchResult(name, n_sessions, steps, time.perf_counter() - started)
 
 

@@ -34,7 +34,7 @@ from simulator.batch import (
     uniform_index,
 )
 from simulator.link import LinkConfig
-from simulator.observation import Observation, ObservationBuilder, ObservationSpec
+from simulator.observation import HistoryPadding, Observation, ObservationBuilder, ObservationSpec
 from simulator.qoe import QoEConfig
 from simulator.reference import DEFAULT_INITIAL_QUALITY, ChunkOutcome, ScalarSession
 from simulator.video import Video
@@ -219,6 +219,8 @@ class ABRVectorEnv(VectorEnv[StateArray, npt.NDArray[np.int64], npt.NDArray[np.f
 
     Infos hold per-session arrays of `INFO_KEYS` and ``trace_index`` (with Gymnasium's ``_key`` masks);
     when sessions finish, ``final_obs`` / ``final_info`` carry their last observation and info.
+    ``prior``: whether sessions draw a throughput prior (`Observation.prior_mbps`); by default when the
+    spec pads the history with it, so a run whose state ignores it does not pay for the draws.
     """
 
     metadata: dict[str, Any] = {"render_modes": [], "autoreset_mode": AutoresetMode.SAME_STEP}
@@ -239,14 +241,17 @@ class ABRVectorEnv(VectorEnv[StateArray, npt.NDArray[np.int64], npt.NDArray[np.f
         spec: ObservationSpec | None = None,
         initial_quality: int = DEFAULT_INITIAL_QUALITY,
         device: Any = None,
+        prior: bool | None = None,
     ) -> None:
         _configure(self, traces, video, link, qoe, spec, initial_quality)
+        if prior is None:  # drawn when the state holds it; a caller whose rule reads it asks for it
+            prior = self.obs_spec.history_padding is HistoryPadding.prior
         self.num_envs = num_envs
         self.single_observation_space = _observation_space(self.video, self.obs_spec)
         self.single_action_space = spaces.Discrete(self.video.n_levels)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        self.sim = BatchSimulator(self.traces, self.video, self.link, n_sessions=num_envs, device=device)
+        self.sim = BatchSimulator(self.traces, self.video, self.link, n_sessions=num_envs, device=device, prior=prior)
         self._builder = ObservationBuilder(num_envs, self.video, self.obs_spec)
         self._utilities = self.qoe.utilities(self.video)
         self._last_quality = np.full(num_envs, initial_quality, dtype=np.int64)

@@ -169,3 +169,43 @@ def test_a_model_reading_the_prior_plays_as_with_zero_padding_when_no_session_ha
         builder.update(sim.step(np.zeros(2, dtype=np.int64)))
         states[link.prior_missing_fraction] = builder.state()
     assert not np.array_equal(states[1.0], states[0.0])
+
+
+def test_a_simulator_without_priors_plays_exactly_the_same_sessions() -> None:
+    link = LinkConfig.training()
+    video = Video.synthetic(n_chunks=6)
+    traces = [STEP, make_trace([0.0, 5.0, 9.0, 30.0], [1.0, 3.0, 0.5, 0.5], name="other")]
+    with_prior, without = (BatchSimulator(traces, video, link, n_sessions=8, seed=5, prior=p) for p in (True, False))
+    levels = np.random.default_rng(0).integers(0, video.n_levels, size=(20, 8))
+    for sim in (with_prior, without):
+        sim.reset()
+    for step in levels:
+        a, b = with_prior.step(step), without.step(step)
+        for field in ("quality", "chunk_bytes", "delay_ms", "sleep_ms", "buffer_s", "rebuf_s", "end_of_video"):
+            assert np.array_equal(getattr(a, field), getattr(b, field)), field
+        assert np.all(np.asarray(b.prior_mbps) == 0.0)
+        assert np.any(np.asarray(a.prior_mbps) > 0.0)
+        ended = np.asarray(a.end_of_video, dtype=bool)
+        if ended.any():
+            with_prior.reset(ended)
+            without.reset(ended)
+
+
+def test_sessions_draw_priors_only_where_something_reads_them() -> None:
+    from policy.base import make_policy
+    from policy.learning.rollouts import SessionRollouts
+
+    video = Video.synthetic(n_chunks=5)
+    assert not ABRVectorEnv(2, [STEP], video).sim.draws_prior
+    assert ABRVectorEnv(2, [STEP], video, spec=PRIOR_SPEC).sim.draws_prior
+    assert ABRVectorEnv(2, [STEP], video, prior=True).sim.draws_prior
+    assert make_policy("robustmpc:prior=true").reads_prior
+    assert not make_policy("robustmpc").reads_prior
+
+    def rollouts(spec: ObservationSpec | None, expert: str | None) -> bool:
+        source = SessionRollouts(2, 4, [STEP], video, sessions_seed=0, reward_scale=1.0, qoe="lin",
+                                 critic_future=False, spec=spec, expert=expert)  # fmt: skip
+        return source.envs.sim.draws_prior
+
+    assert (rollouts(None, None), rollouts(PRIOR_SPEC, None)) == (False, True)
+    assert (rollouts(None, "robustmpc"), rollouts(None, "robustmpc:prior=true")) == (False, True)
