@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from abr_common.errors import problems
 from plasticity.names import METHODS
@@ -246,6 +246,25 @@ class InjectionConfig(MethodConfig):
         )
 
 
+class TracConfig(MethodConfig):
+    """TRAC (Muppidi et al. 2024): the parameters are a reference plus a tuned scale times the base optimizer's path."""
+
+    method: Literal["trac"] = "trac"
+    betas: tuple[float, ...] = Field(
+        (0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999), min_length=1,
+        description="Discount factors of the one-dimensional scale tuners (their scales are summed).",
+    )  # fmt: skip
+    scale_init: float = Field(1e-8, gt=0, description="The tuners' initial wealth: how small the first scale is.")
+    eps: float = Field(1e-8, gt=0, description="Added to the tuners' denominators.")
+
+    @field_validator("betas")
+    @classmethod
+    def _discounts(cls, betas: tuple[float, ...]) -> tuple[float, ...]:
+        if not all(0 < b <= 1 for b in betas):
+            raise ValueError(f"betas must lie in (0, 1], got {list(betas)}")
+        return betas
+
+
 #: Every method's config class, by name.
 CONFIG_CLASSES: dict[str, type[MethodConfig]] = {
     "none": NoneConfig,
@@ -259,6 +278,7 @@ CONFIG_CLASSES: dict[str, type[MethodConfig]] = {
     "ln-wd": LnWdConfig,
     "injection": InjectionConfig,
     "c-chain": CChainConfig,
+    "trac": TracConfig,
     "fresh": FreshConfig,
 }
 
@@ -328,6 +348,7 @@ PlasticityConfig = Annotated[
         LnWdConfig,
         InjectionConfig,
         CChainConfig,
+        TracConfig,
         FreshConfig,
     ],
     Field(discriminator="method"),

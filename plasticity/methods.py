@@ -44,6 +44,7 @@ from plasticity.config import (
     ResetterConfig,
     ResinConfig,
     ShrinkPerturbConfig,
+    TracConfig,
 )
 from plasticity.config import PlasticityConfig as PlasticityConfig
 from plasticity.config import parse_plasticity as parse_plasticity
@@ -68,6 +69,9 @@ from policy.learning.ppo import Rollout
 TRUNK_GAIN = math.sqrt(2.0)
 #: Added to the mean policy churn where C-CHAIN divides by it (a run whose policy never moves).
 CHURN_EPS = 1e-8
+#: TRAC's tuner ratios are clipped to this magnitude before erfi (erfi(20) is about 1e172: a scale no
+#: training survives anyway), and the terms of erfi's power series summed (enough for |x| <= 20).
+ERFI_MAX_ARG, ERFI_TERMS = 20.0, 1024
 
 
 # --------------------------------------------------------------------------- per-layer operations
@@ -693,6 +697,100 @@ class ChurnReduction(PlasticityMethod[CChainConfig]):
             self.updates_seen = int(state.get("updates_seen", 0))
 
 
+def erfi(x: torch.Tensor) -> torch.Tensor:
+    """The imaginary error function, erfi(x) = -i erf(ix) = 2 / sqrt(pi) * sum_n x^(2n+1) / (n! (2n+1)), in float64.
+
+    Every term of the series has the sign of x, so it is summed in the log domain (no cancellation);
+    |x| is clipped to `ERFI_MAX_ARG`.
+    """
+    x = x.to(torch.float64).clamp(-ERFI_MAX_ARG, ERFI_MAX_ARG)
+    n = torch.arange(ERFI_TERMS, dtype=torch.float64)
+    log_terms = (2 * n + 1) * torch.log(x.abs())[..., None] - torch.lgamma(n + 1) - torch.log(2 * n + 1)
+    return torch.sign(x) * (2.0 / math.sqrt(math.pi)) * torch.exp(torch.logsumexp(log_terms, dim=-1))
+
+
+class Trac(PlasticityMethod[TracConfig]):
+    """TRAC (Muppidi et al. 2024): a parameter-free scale on the base optimizer's path from a reference point.
+
+    The parameters are ``theta_ref + S * delta``: ``theta_ref`` the parameters when the run (or round)
+    began, ``delta`` the sum of every step the base optimizer (Adam) has taken, and ``S`` a scale tuned
+    online. After each optimizer step: ``h = <delta, g>`` (g the clipped gradient the step used, delta
+    before the step); ``delta`` grows by the step; every tuner j (one per discount ``beta_j``) updates
+    ``v_j = beta_j^2 v_j + h^2`` and ``sigma_j = beta_j sigma_j - h`` and proposes
+    ``s_j = scale_init / erfi(1 / sqrt 2) * erfi(sigma_j / (sqrt(2 v_j) + eps))``; ``S = max(0, sum_j s_j)``
+    and the parameters are set to ``theta_ref + S * delta``. When gradients keep pointing along the path
+    (h < 0) the scale grows; when they turn against it, it shrinks back towards the reference, which is
+    how TRAC stays plastic. ``delta`` is kept as it is (not recovered from the parameters), so a scale
+    that falls to 0 keeps the path. A resumed run keeps the tuners and restarts the reference at the
+    parameters it resumes from (the reference and the path are not saved).
+    """
+
+    name = "trac"
+
+    def __init__(self, config: TracConfig) -> None:
+        super().__init__(config)
+        self.reference: dict[str, torch.Tensor] = {}
+        self.path: dict[str, torch.Tensor] = {}  # delta: the base optimizer's steps, summed
+        self.last: dict[str, torch.Tensor] = {}  # the parameters TRAC set last (where the next step starts)
+        self.betas = torch.tensor(config.betas, dtype=torch.float64)
+        self.variance = torch.zeros(len(config.betas), dtype=torch.float64)
+        self.sigma = torch.zeros(len(config.betas), dtype=torch.float64)
+        self.scale = 0.0
+        #: erfi(1 / sqrt 2): a tuner whose gradients all point along the path proposes scale_init.
+        self.erfi_unit = float(erfi(torch.tensor(1.0 / math.sqrt(2.0), dtype=torch.float64)))
+
+    def _start(self, model: ActorCritic) -> None:
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                self.reference[name] = param.detach().clone()
+                self.path[name] = torch.zeros_like(param)
+                self.last[name] = param.detach().clone()
+
+    def loss_term(
+        self, model: ActorCritic, rollout: Rollout, minibatch: torch.Tensor, *, policy_loss: float | None = None
+    ) -> torch.Tensor | None:
+        if not self.reference:  # called before every step: the first sees the run's starting point
+            self._start(model)
+        return None
+
+    @torch.no_grad()
+    def after_step(self, model: ActorCritic, optimizer: torch.optim.Optimizer) -> None:
+        if not self.reference:
+            self._start(model)
+            return
+        stepped = [(n, p, p.grad) for n, p in model.named_parameters() if p.grad is not None and n in self.reference]
+        h = 0.0
+        for name, _, grad in stepped:
+            h += float((self.path[name] * grad).sum(dtype=torch.float64))
+        for name, param, _ in stepped:
+            self.path[name] += param - self.last[name]
+        self.variance = self.betas**2 * self.variance + h * h
+        self.sigma = self.betas * self.sigma - h
+        c = self.config
+        ratio = self.sigma / (math.sqrt(2.0) * torch.sqrt(self.variance) + c.eps)
+        proposals = c.scale_init / self.erfi_unit * erfi(ratio)
+        self.scale = max(float(proposals.sum()), 0.0)
+        for name, param, _ in stepped:
+            param.copy_(self.reference[name] + self.scale * self.path[name])
+            self.last[name].copy_(param)
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"variance": self.variance.tolist(), "sigma": self.sigma.tolist(),
+                                       "scale": self.scale}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any], *, same_run: bool) -> None:
+        super().load_state_dict(state, same_run=same_run)
+        if same_run and len(state.get("variance", [])) == len(self.config.betas):
+            self.variance = torch.tensor(state["variance"], dtype=torch.float64)
+            self.sigma = torch.tensor(state["sigma"], dtype=torch.float64)
+            self.scale = float(state["scale"])
+
+    def after_update(
+        self, model: ActorCritic, optimizer: torch.optim.Optimizer, update: int, batch: Rollout, loss_fn: LossFn
+    ) -> dict[str, float]:
+        return {"plasticity/trac_scale": self.scale}
+
+
 _REGISTRY: dict[str, Callable[[Any], PlasticityMethod[Any]]] = {
     "none": NoMethod,
     "reset": PeriodicReset,
@@ -705,6 +803,7 @@ _REGISTRY: dict[str, Callable[[Any], PlasticityMethod[Any]]] = {
     "ln-wd": LayerNormWeightDecay,
     "injection": PlasticityInjection,
     "c-chain": ChurnReduction,
+    "trac": Trac,
     "fresh": FreshAtShift,
 }
 

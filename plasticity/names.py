@@ -20,6 +20,7 @@ MethodName = Literal[
     "ln-wd",
     "injection",
     "c-chain",
+    "trac",
     "fresh",
 ]
 #: The methods, in the order tables and reports list them.

@@ -744,3 +744,71 @@ def test_an_injected_network_checkpoints_folds_and_resumes(tmp_path: Path) -> No
         assert torch.equal(resumed.state.model.logits(obs), logits)
     trainable = {n for n, p in resumed.state.model.named_parameters() if p.requires_grad}
     assert trainable == {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_erfi_matches_known_values_and_is_odd() -> None:
+    from plasticity.methods import erfi
+
+    x = torch.tensor([0.0, 0.5, 1.0, 2.0, 5.0, -1.0], dtype=torch.float64)
+    # erfi(x) = 2 / sqrt(pi) * integral_0^x exp(t^2) dt, to 15 digits.
+    known = [0.0, 0.614952094696511, 1.6504257587975428, 18.564802414575553, 8298273880.676804, -1.6504257587975428]
+    assert erfi(x).tolist() == pytest.approx(known, rel=1e-12)
+    step = 1e-6  # its derivative is 2 / sqrt(pi) * exp(x^2)
+    slope = erfi(torch.tensor(1.5 + step, dtype=torch.float64)) - erfi(torch.tensor(1.5 - step, dtype=torch.float64))
+    assert float(slope) / (2 * step) == pytest.approx(2 / math.sqrt(math.pi) * math.exp(2.25), rel=1e-8)
+
+
+def trac_after_two_steps(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """A one-tensor model's parameters after two SGD steps (lr 1) with the given gradients, under TRAC."""
+    from plasticity.config import TracConfig
+
+    method = make_method(TracConfig(betas=(0.5, 0.9), scale_init=0.25, eps=1e-12))
+    model = tiny_model()
+    optimizer = torch.optim.SGD([model.actor_head.bias], lr=1.0)
+    start = model.actor_head.bias.detach().clone()
+    method.loss_term(model, batch_for(model), torch.arange(4))  # the run's first step: the reference
+    for k, grad in enumerate((first, second)):
+        for p in model.parameters():
+            p.grad = None
+        model.actor_head.bias.grad = grad.clone()
+        optimizer.step()
+        method.after_step(model, optimizer)
+        if k == 0:  # no path yet (h = 0): every tuner proposes erfi(0) = 0, back to the reference
+            assert torch.equal(model.actor_head.bias.detach(), start)
+    return model.actor_head.bias.detach() - start, method.scale  # type: ignore[attr-defined]
+
+
+def test_trac_by_hand_scales_the_path_up_when_gradients_agree_and_to_zero_when_they_oppose() -> None:
+    g = torch.zeros(tiny_model().actor_head.bias.shape)
+    g[0], g[1] = 0.6, 0.8  # |g| = 1
+    # Second step: h = <delta, g> = <-g, g> = -1, then delta = -2g; each tuner has v = 1, sigma = 1, so
+    # ratio 1 / sqrt 2 and proposes scale_init: S = 2 x 0.25 and the parameters move by S * delta = -g.
+    moved, scale = trac_after_two_steps(g, g)
+    assert scale == pytest.approx(0.5, rel=1e-9)
+    assert moved.tolist() == pytest.approx((-g).tolist(), abs=1e-7)
+    # Opposed: h = +1, sigma = -1, every proposal negative: S = 0 and the parameters sit at the reference.
+    moved, scale = trac_after_two_steps(g, -g)
+    assert scale == 0.0
+    assert torch.all(moved == 0)
+
+
+def test_trac_keeps_its_tuners_across_a_resume_only() -> None:
+    from plasticity.config import TracConfig
+
+    method = make_method(TracConfig())
+    model = tiny_model()
+    optimizer = EntryAdam(model.parameters())
+    hook = Plasticity(TracConfig())
+    hook.method = method
+    for update in (1, 2):
+        ppo_update(model, optimizer, batch_for(model), PPOConfig(update_epochs=1), 0.01, np.random.default_rng(0),
+                   plasticity=hook)  # fmt: skip
+        assert set(method.after_update(model, optimizer, update, batch_for(model), loss_fn(model))) == {
+            "plasticity/trac_scale"
+        }
+    state = method.state_dict()
+    resumed, fresh = make_method(TracConfig()), make_method(TracConfig())
+    resumed.load_state_dict(state, same_run=True)
+    fresh.load_state_dict(state, same_run=False)
+    assert resumed.state_dict() == state
+    assert fresh.state_dict()["variance"] == [0.0] * 6

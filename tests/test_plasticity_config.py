@@ -77,3 +77,9 @@ def test_the_bench_runs_every_method_with_shared_settings() -> None:
     for method in METHODS:
         config = bench.method_config(method, 2)
         assert (config.method, config.seed, config.diagnose_every_updates) == (method, 2, 1)
+
+
+def test_trac_discounts_must_lie_in_the_unit_interval() -> None:
+    assert parse_plasticity({"method": "trac", "betas": [0.9, 0.99]}).betas == (0.9, 0.99)  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match=r"betas must lie in \(0, 1\]"):
+        parse_plasticity({"method": "trac", "betas": [0.9, 1.5]})
