@@ -325,6 +325,17 @@ def test_a_round_reverts_to_an_earlier_version_that_leads_both(setup: tuple[Path
     assert set(after.scores["earlier"]) == {"v0001", "v0002"}  # v0003 is deployed; no revert scores itself
 
 
+def test_a_negative_margin_never_reverts_to_a_version_that_does_not_lead(setup: tuple[Path, Path, Path]) -> None:
+    db, models, work = setup
+    shutil.copytree(models / "v0001", models / "v0002")  # deployed: the same weights as the earlier version
+    result = retrain_once(db, models, work, VIDEO, config(margin=-100.0, revert_versions=2), now_s=NOW_S)
+    assert result.scores["earlier"]["v0001"] == result.scores["holdout"]["deployed"]  # a tie: no lead
+    assert result.status == "published"
+    publish_lowest_level_model(models, "v0004")  # now an earlier version leads: the revert needs no margin
+    result = retrain_once(db, models, work, VIDEO, config(margin=-100.0, revert_versions=2), now_s=NOW_S)
+    assert (result.status, result.parent) == ("reverted", "v0004")
+
+
 def test_without_revert_versions_the_gate_scores_no_earlier_version(setup: tuple[Path, Path, Path]) -> None:
     db, models, work = setup
     publish_lowest_level_model(models, "v0002")

@@ -20,7 +20,7 @@
    ``reference`` trace set is given, is not worse there than the deployed model by more than
    ``tolerance``. With ``revert_versions`` the gate also scores that many earlier versions (the first
    one, the model the registry started from, and the newest others); when the best of them beats both
-   the deployed model and the candidate by ``margin`` (and passes the same reference check), its
+   the deployed model and the candidate by ``margin`` (and by more than 0 when the margin is negative) (and passes the same reference check), its
    weights are published again as a new version instead (``reverted``), and a continual trainer starts
    again from it. A network that returns finds the version that served it well, instead of waiting for
    the learner to climb back.
@@ -349,7 +349,7 @@ def _revert_choice(
     hold = scores["holdout"]
     best = max(scores["earlier"], key=lambda v: (scores["earlier"][v], v))
     lead = scores["earlier"][best] - max(hold["candidate"], hold["deployed"])
-    if lead < config.margin:
+    if lead <= 0 or lead < config.margin:  # a margin below 0 lets candidates lose, never an earlier version
         return None
     if "reference" in scores:
         checkpoint = earlier[best]
