@@ -22,8 +22,8 @@
    one, the model the registry started from, and the newest others); when the best of them beats both
    the deployed model and the candidate by ``margin`` (by more than 0 when the margin is negative) and
    passes the same reference check, its weights are published again as a new version instead
-   (``reverted``), and a continual trainer starts again from it. A network that returns finds the version that served it well, instead of waiting for
-   the learner to climb back.
+   (``reverted``), and a continual trainer starts again from it. A network that returns finds the
+   version that served it well, instead of waiting for the learner to climb back.
 4. Publishing writes the candidate into the registry under a new version name, in a hidden folder
    first and renamed into place when complete, so a server watching the registry only ever sees whole
    versions. Its ``meta.json`` carries the lineage: parent version, data window, trace counts, scores.
