@@ -102,6 +102,9 @@ def test_older_telemetry_is_replayed_and_is_the_reference(setup: tuple[Path, Pat
     assert result.traces["older_telemetry"] == 4
     assert result.traces["replay"] == 2  # a quarter of the pool of 8
     assert set(result.scores["reference"]) == {"candidate", "deployed"}
+    assert result.traces["reference"] == 4  # every older session
+    capped = retrain_once(db, models, work, VIDEO, cfg.model_copy(update={"reference_size": 2}), now_s=NOW_S)
+    assert capped.traces["reference"] == 2  # a seeded draw of them
     fresh = retrain_once(db, models, work, VIDEO, cfg.model_copy(update={"history_s": 800.0}), now_s=NOW_S)
     assert fresh.traces["older_telemetry"] == 0  # nothing older than the window within history_s:
     assert fresh.traces["replay"] == 0  # no replay,

@@ -117,6 +117,9 @@ class RetrainConfig(BaseModel):
     history_s: float = Field(
         7 * 24 * 3600.0, gt=0, description="How far back 'telemetry' replay and reference reach (from now)."
     )
+    reference_size: int = Field(
+        256, ge=1, description="At most this many reference traces are scored, drawn at random (seeded by the data)."
+    )
     updates: int = Field(50, ge=1, description="PPO updates per round.")
     checkpoint_every: int = Field(10, ge=1, description="Trainer state saved every this many updates.")
     margin: float = Field(0.02, description="QoE_lin the candidate must gain on the held-out traces (< 0: may lose).")
@@ -268,7 +271,13 @@ def retrain_once(
                                                    "deployed": ModelPolicy(deployed, spec),
                                                    "robustmpc": make_policy("robustmpc")}, on_ray)}  # fmt: skip
     reference = _older(config.reference, older_telemetry)
+    if len(reference) > config.reference_size:  # the same draw for the same data, so a resumed round agrees
+        pick = np.random.default_rng([config.ppo.seed, len(reference), pool.rows_read]).choice(
+            len(reference), size=config.reference_size, replace=False
+        )
+        reference = [reference[i] for i in np.sort(pick)]
     if reference:
+        counts["reference"] = len(reference)
         scores["reference"] = _scores(reference, video, {"candidate": ModelPolicy(candidate, spec),
                                                           "deployed": ModelPolicy(deployed, spec)}, on_ray)  # fmt: skip
     earlier = {
