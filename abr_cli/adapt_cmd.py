@@ -32,7 +32,8 @@ def adapt(
         str,
         typer.Option(
             help="Comma list: frozen, robustmpc (the yardstick: the classic rule on the same sessions), "
-            "METHOD[+replay][+reference][+continual] (the retraining loop with a plasticity method)."
+            "METHOD[+replay][+reference][+continual][+revert][+anchor] (the retraining loop with a plasticity "
+            "method)."
         ),
     ] = ",".join(DEFAULT_ARMS),
     seeds: Annotated[str, typer.Option(help="Comma list of seeds (sessions drawn and PPO seeds per seed).")] = (
@@ -78,6 +79,14 @@ def adapt(
     ray_workers: Annotated[
         int, typer.Option(min=1, help="With --ray: rollout actors per round.", rich_help_panel="Scale-out")
     ] = 2,
+    anchor: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Repeatable: a folder of --trace-root or a generator spec that +anchor arms hold every version to "
+            "the starting model on (default: the fcc, norway and Puffer train folders' first fifths).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve fresh sessions epoch by epoch as the network changes, retraining after each; compare with robustMPC."""
     from abr_server.lab.adapt import (
@@ -107,7 +116,7 @@ def adapt(
             phases=phases, arms=chosen, seeds=seed_list, sessions_per_epoch=sessions or (TINY_SESSIONS if tiny else
             SESSIONS), epochs_scale=epochs_scale, workers=workers, trace_root=str(trace_root), video=video,
             model=model, retrain=retrain, recover_tolerance=recover_tolerance, device=device, ray=ray,
-            ray_workers=ray_workers,
+            ray_workers=ray_workers, **({"anchor": anchor} if anchor else {}),
         )  # fmt: skip
         resolve_device(device)
         check_sources(config)

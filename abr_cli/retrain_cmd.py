@@ -52,6 +52,11 @@ RayWorkers = Annotated[
     int,
     typer.Option(min=1, help="With --ray: rollout actors (sessions split among them).", rich_help_panel="Scale-out"),
 ]
+Anchor = Annotated[
+    list[str] | None,
+    typer.Option(help="Repeatable: a trace folder or generator spec of networks the first registry version serves; "
+                 "no version is published that scores below it there by more than 0.05.", show_default=False),
+]  # fmt: skip
 Revert = Annotated[
     int,
     typer.Option(min=0, help="Earlier versions the gate also scores (the first and the newest others); the best is "
@@ -71,7 +76,7 @@ def _connect(ray: str | None, ray_workers: int) -> int:
 
 def _config(
     window_s: float, updates: int, margin: float, method: str, replay: str, reference: str, continual: bool,
-    revert_versions: int,
+    revert_versions: int, anchor: list[str] | None,
 ) -> RetrainConfig:  # fmt: skip
     from abr_server.retrain.loop import RetrainConfig
     from plasticity.config import parse_plasticity
@@ -80,7 +85,7 @@ def _config(
                          replay=None if replay.lower() == OFF else replay,
                          reference=None if reference.lower() == OFF else reference,
                          plasticity=parse_plasticity({"method": method}), continual=continual,
-                         revert_versions=revert_versions)  # fmt: skip
+                         revert_versions=revert_versions, anchor=anchor or [])  # fmt: skip
 
 
 @app.command("once")
@@ -97,6 +102,7 @@ def once(
     reference: Reference = "telemetry",
     continual: Continual = False,
     revert_versions: Revert = 0,
+    anchor: Anchor = None,
     device: Device = "cpu",
     ray: Ray = None,
     ray_workers: RayWorkers = 2,
@@ -107,7 +113,7 @@ def once(
     from simulator.video import load_video
 
     with user_errors():
-        config = _config(window_s, updates, margin, method, replay, reference, continual, revert_versions)
+        config = _config(window_s, updates, margin, method, replay, reference, continual, revert_versions, anchor)
         learn_on = resolve_device(device)
         the_video = load_video(video)
         workers = _connect(ray, ray_workers)
@@ -132,6 +138,7 @@ def watch(
     log: Annotated[Path | None, typer.Option(help="Append every round's result here (JSON lines).")] = None,
     continual: Continual = False,
     revert_versions: Revert = 0,
+    anchor: Anchor = None,
     device: Device = "cpu",
     ray: Ray = None,
     ray_workers: RayWorkers = 2,
@@ -142,7 +149,7 @@ def watch(
     from simulator.video import load_video
 
     with user_errors():
-        config = _config(window_s, updates, margin, method, replay, reference, continual, revert_versions)
+        config = _config(window_s, updates, margin, method, replay, reference, continual, revert_versions, anchor)
         learn_on = resolve_device(device)
         the_video = load_video(video)
         workers = _connect(ray, ray_workers)

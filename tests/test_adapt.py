@@ -123,6 +123,11 @@ def test_a_revert_arms_gate_scores_earlier_versions_and_older_records_are_kept(t
     assert adapt.round_config(config, parse_arm("resin+continual"), 1, 0, 1.0).revert_versions == 0
     revert = adapt.round_config(config, parse_arm("resin+continual+revert"), 1, 0, 1.0)
     assert revert.revert_versions == adapt.REVERT_VERSIONS
+    assert revert.anchor == []
+    anchored = adapt.round_config(config, parse_arm("resin+anchor"), 1, 0, 1.0)
+    assert anchored.anchor == [str(Path(config.trace_root) / f) for f in adapt.ANCHOR_FOLDERS]
+    assert "anchor" in config.run_settings(parse_arm("resin+anchor"), 1)  # another anchor: another run
+    assert "anchor" not in config.run_settings(parse_arm("resin"), 1)
     # A record written before a retrain setting existed is kept: the setting takes its default.
     settings = json.loads(json.dumps(config.run_settings(parse_arm("resin+continual"), 1)))
     del settings["retrain"]["revert_versions"]
@@ -176,6 +181,7 @@ def test_cli_input_errors_are_one_line_and_write_nothing(tmp_path: Path) -> None
         (["--trace-root", str(tmp_path / "no-traces")], f"trace root {tmp_path / 'no-traces'} not found"),
         (["--phase", "x=markov:n=2,seed=1:1"], "fewer than the 4 sessions"),
         (["--phase", SLOW, "--model", str(tmp_path)], f"--model {tmp_path}: not a checkpoint"),
+        (["--phase", SLOW, "--arms", "none+anchor", "--anchor", "no-such-folder"], "--anchor 'no-such-folder'"),
     ]
     for options, message in cases:
         result = runner.invoke(app, ["adapt", "--tiny", "--out", str(out), *options])

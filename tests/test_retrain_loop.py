@@ -358,6 +358,24 @@ def test_a_revert_must_pass_the_reference_check(setup: tuple[Path, Path, Path]) 
     assert ModelRegistry(models, VIDEO, torch.device("cpu")).versions() == ["v0001", "v0002"]
 
 
+def test_the_anchor_holds_every_version_to_the_first_on_its_traces(setup: tuple[Path, Path, Path]) -> None:
+    db, models, work = setup
+    anchored = config(margin=-100.0, anchor=["markov:n=3,seed=3"], anchor_tolerance=100.0)
+    passed = retrain_once(db, models, work, VIDEO, anchored, now_s=NOW_S)
+    assert passed.status == "published"
+    assert set(passed.scores["anchor"]) == {"candidate", "first"}
+    assert passed.traces["anchor"] == 3
+    strict = anchored.model_copy(update={"anchor_tolerance": -100.0})  # any score is a loss beyond it
+    refused = retrain_once(db, models, work, VIDEO, strict, now_s=NOW_S)
+    assert (refused.status, refused.parent) == ("rejected", "v0002")
+    assert refused.reason.startswith("anchor loss")
+    publish_lowest_level_model(models, "v0003")  # an earlier version leads on the held-out sessions,
+    held = retrain_once(db, models, work, VIDEO, strict.model_copy(update={"revert_versions": 2}), now_s=NOW_S)
+    assert held.status == "rejected"  # but fails the anchor as well
+    best = max(held.scores["earlier"], key=held.scores["earlier"].__getitem__)
+    assert set(held.scores["anchor"]) == {"candidate", "first", best}
+
+
 def test_earlier_versions_are_the_first_and_the_newest_but_no_reverts(tmp_path: Path) -> None:
     models = tmp_path / "models"
     for k in range(1, 8):

@@ -75,6 +75,8 @@ SILENT_KEYS = (DIAGNOSED_KEY, "plasticity/dormant_ratio", "plasticity/grad_silen
 FIRST_VERSION = "v0001"
 #: Earlier versions a ``+revert`` arm's gate scores each round (the first and the newest others).
 REVERT_VERSIONS = 8
+#: The ``+anchor`` arms' anchor: folders of the trace root, held out of every phase of the default timeline.
+ANCHOR_FOLDERS = ("fcc-train@fold=0/5", "norway-train@fold=0/5", "puffer-2110-train@fold=0/5")
 
 
 def default_retrain() -> RetrainConfig:
@@ -116,6 +118,11 @@ class AdaptConfig(BaseModel):
     device: str = Field("cpu", description="Where every round's fine-tuning learns: cpu, cuda or auto.")
     ray: str | None = Field(None, description="Rounds collect rollouts from Ray actors: 'local' or a cluster address.")
     ray_workers: int = Field(2, ge=1, description="With ray: rollout actors per round.")
+    anchor: list[str] = Field(
+        default_factory=lambda: list(ANCHOR_FOLDERS), min_length=1,
+        description="Sources (folders of the trace root or generator specs) a +anchor arm's gate holds every "
+        "version to the first one on.",
+    )  # fmt: skip
 
     @field_validator("arms")
     @classmethod
@@ -143,7 +150,12 @@ class AdaptConfig(BaseModel):
             "arm": arm.name, "seed": seed, "phases": [p.model_dump() for p in self.timeline()],
             "sessions_per_epoch": self.sessions_per_epoch, "trace_root": self.trace_root, "video": self.video,
             "model": self.model, "retrain": self.retrain.model_dump(mode="json") if arm.learns else None,
-        }  # fmt: skip
+        } | ({"anchor": self.anchor} if arm.anchor else {})  # fmt: skip
+
+    def anchor_sources(self) -> list[str]:
+        """The anchor as `traces.sources.resolve` reads it (folders under the trace root)."""
+        root = Path(self.trace_root)
+        return [s if is_generator_spec(s) else str(root / s) for s in self.anchor]
 
 
 # --------------------------------------------------------------------------- input
@@ -178,6 +190,12 @@ def check_sources(config: AdaptConfig) -> dict[str, int]:
         if sizes[phase.source] < config.sessions_per_epoch:
             raise ValueError(f"phase {phase.name}: {phase.source} has {sizes[phase.source]} traces, fewer than the "
                              f"{config.sessions_per_epoch} sessions of an epoch")  # fmt: skip
+    if any(parse_arm(a).anchor for a in config.arms):
+        for source in config.anchor:
+            try:
+                load_source(source, Path(config.trace_root))
+            except ValueError as err:
+                raise ValueError(f"--anchor {source!r}: {err}") from None
     if config.sessions_per_epoch < config.retrain.min_traces:
         raise ValueError(f"{config.sessions_per_epoch} sessions per epoch: a round needs {config.retrain.min_traces}")
     return sizes
@@ -221,6 +239,7 @@ def round_config(config: AdaptConfig, arm: Arm, seed: int, epoch: int, window_s:
         "window_s": window_s, "replay": TELEMETRY if arm.replay else None,
         "reference": TELEMETRY if arm.reference else None, "plasticity": plasticity, "continual": arm.continual,
         "revert_versions": REVERT_VERSIONS if arm.revert else 0,
+        "anchor": config.anchor_sources() if arm.anchor else [],
         "ppo": base.ppo.model_copy(update={"seed": seeding.stream_seed(seeding.TIMELINE_ROUND, seed, epoch)}),
     })  # fmt: skip
 

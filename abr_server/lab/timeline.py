@@ -11,8 +11,9 @@ Importable without torch, so the command line can show the defaults in its help 
   ...), older telemetry replayed in every round's training pool (``+replay``) and/or checked by the
   gate (``+reference``), one long-lived trainer whose model, optimizer and plasticity state carry over
   from round to round (``+continual``) instead of a fresh fine-tune of the served version each round,
-  and a gate that also scores earlier versions and publishes the best again when it leads both the
-  served version and the candidate (``+revert``).
+  a gate that also scores earlier versions and publishes the best again when it leads both the
+  served version and the candidate (``+revert``), and a gate that holds every version to the starting
+  one on the anchor sets (``+anchor``: train folds of the real families).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from traces.sources import is_generator_spec
 #: Arms that never retrain: the starting model as it is, and the classic rule served the same sessions.
 FROZEN, ROBUSTMPC = "frozen", "robustmpc"
 #: What a loop arm may add to its method: older telemetry replayed, older telemetry as the gate's reference,
-#: one trainer that carries on across rounds, earlier versions the gate may publish again.
-REPLAY, REFERENCE, CONTINUAL, REVERT = "replay", "reference", "continual", "revert"
-EXTRAS = (REPLAY, REFERENCE, CONTINUAL, REVERT)
+#: one trainer that carries on across rounds, earlier versions the gate may publish again, the starting
+#: model's networks as an anchor no version may fall behind it on.
+REPLAY, REFERENCE, CONTINUAL, REVERT, ANCHOR = "replay", "reference", "continual", "revert", "anchor"
+EXTRAS = (REPLAY, REFERENCE, CONTINUAL, REVERT, ANCHOR)
 #: The default arms: the frozen model, the loop with and without ReSiN, each with and without replay, robustMPC.
 DEFAULT_ARMS = (FROZEN, "none", "resin", f"none+{REPLAY}", f"resin+{REPLAY}", ROBUSTMPC)
 #: The default timeline: real families of the trace root's test folds, a generated fast family, and a return
@@ -85,6 +87,7 @@ class Arm:
     reference: bool = False
     continual: bool = False
     revert: bool = False
+    anchor: bool = False
 
     @property
     def learns(self) -> bool:
@@ -107,7 +110,8 @@ def parse_arm(name: str) -> Arm:
     if unknown or len(set(extras)) != len(extras):
         raise ValueError(f"--arms: arm {name!r}: after METHOD only {', '.join('+' + e for e in EXTRAS)} may follow, "
                          "once each")  # fmt: skip
-    return Arm(name, method, REPLAY in extras, REFERENCE in extras, CONTINUAL in extras, REVERT in extras)
+    return Arm(name, method, REPLAY in extras, REFERENCE in extras, CONTINUAL in extras, REVERT in extras,
+               ANCHOR in extras)  # fmt: skip
 
 
 def parse_arms(text: str) -> list[str]:

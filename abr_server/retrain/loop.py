@@ -18,11 +18,14 @@
 3. The gate scores the candidate, the deployed model and robustMPC on the held-out traces: the
    candidate is published only if it beats the deployed model by ``margin`` (QoE_lin) and, when a
    ``reference`` trace set is given, is not worse there than the deployed model by more than
-   ``tolerance``. With ``revert_versions`` the gate also scores that many earlier versions (the first
-   one, the model the registry started from, and the newest others); when the best of them beats both
-   the deployed model and the candidate by ``margin`` (by more than 0 when the margin is negative) and
-   passes the same reference check, its weights are published again as a new version instead
-   (``reverted``), and a continual trainer starts again from it. A network that returns finds the
+   ``tolerance``; with an ``anchor`` (trace sets of the networks the starting model serves), it must
+   also not be worse there than the registry's first version by more than ``anchor_tolerance``, so
+   no sequence of rounds trades away what the starting model could do. With ``revert_versions`` the
+   gate also scores that many earlier versions (the first one, the model the registry started from,
+   and the newest others); when the best of them beats both the deployed model and the candidate by
+   ``margin`` (by more than 0 when the margin is negative) and passes the same checks, its weights are
+   published again as a new version instead (``reverted``), and a continual trainer starts again from
+   it. A network that returns finds the
    version that served it well, instead of waiting for the learner to climb back.
 4. Publishing writes the candidate into the registry under a new version name, in a hidden folder
    first and renamed into place when complete, so a server watching the registry only ever sees whole
@@ -120,6 +123,13 @@ class RetrainConfig(BaseModel):
     reference_size: int = Field(
         256, ge=1, description="At most this many reference traces are scored, drawn at random (seeded by the data)."
     )
+    anchor: list[str] = Field(
+        default_factory=list,
+        description="Trace sources (folders, generator specs) of the networks the starting model serves: a "
+        "version is published (or published again) only if it is not worse there than the registry's first "
+        "version by more than anchor_tolerance. Empty: no anchor.",
+    )
+    anchor_tolerance: float = Field(0.05, description="QoE_lin a version may lose to the first one on the anchor.")
     updates: int = Field(50, ge=1, description="PPO updates per round.")
     checkpoint_every: int = Field(10, ge=1, description="Trainer state saved every this many updates.")
     margin: float = Field(0.02, description="QoE_lin the candidate must gain on the held-out traces (< 0: may lose).")
@@ -276,17 +286,25 @@ def retrain_once(
             len(reference), size=config.reference_size, replace=False
         )
         reference = [reference[i] for i in np.sort(pick)]
-    if reference:
-        counts["reference"] = len(reference)
-        scores["reference"] = _scores(reference, video, {"candidate": ModelPolicy(candidate, spec),
-                                                          "deployed": ModelPolicy(deployed, spec)}, on_ray)  # fmt: skip
+    guards = [_Guard("reference", reference, "deployed", config.tolerance)] if reference else []
+    anchor = [trace for source in config.anchor for trace in resolve(source)]
+    first = registry.versions()[0]
+    if anchor:
+        guards.append(_Guard("anchor", anchor, "first", config.anchor_tolerance))
+    baselines = {"deployed": (deployed, spec), "first": _loaded(models / first, video, deployed, spec, first == parent)}
+    for guard in guards:
+        counts[guard.name] = len(guard.traces)
+        model, model_spec = baselines[guard.baseline]
+        scores[guard.name] = _scores(guard.traces, video, {"candidate": ModelPolicy(candidate, spec),
+                                                           guard.baseline: ModelPolicy(model, model_spec)},
+                                     on_ray)  # fmt: skip
     earlier = {
         v: load_checkpoint(models / v, video) for v in _earlier_versions(registry, parent, config.revert_versions)
     }
     if earlier:
         scores["earlier"] = _scores(holdout, video, {v: ModelPolicy(c.model, c.spec) for v, c in earlier.items()},
                                     on_ray)  # fmt: skip
-    revert = _revert_choice(scores, config, reference, earlier, video, on_ray)
+    revert = _revert_choice(scores, config, guards, earlier, video, on_ray)
     gain = scores["holdout"]["candidate"] - scores["holdout"]["deployed"]
     if candidate_dir is not None:
         _write_candidate(candidate_dir, candidate, video, spec, config)
@@ -305,11 +323,8 @@ def retrain_once(
         result.status, result.version, result.reverted_to, result.reason = "reverted", version, best, reason
     elif gain < config.margin:
         result.reason = f"holdout gain {gain:+.3f} < margin {config.margin}"
-    elif "reference" in scores and (
-        scores["reference"]["candidate"] < scores["reference"]["deployed"] - config.tolerance
-    ):
-        loss = scores["reference"]["deployed"] - scores["reference"]["candidate"]
-        result.reason = f"reference loss {loss:.3f} > tolerance {config.tolerance}"
+    elif (failed := _failed_guard(scores, guards, "candidate")) is not None:
+        result.reason = failed
     else:
         version = _next_version(registry.versions())
         publish(models, version, state, video, spec, config, lineage, hook)
@@ -348,8 +363,37 @@ def _is_revert(root: Path | None, version: str) -> bool:
     return isinstance(lineage, dict) and "reverted_to" in lineage
 
 
+@dataclass(frozen=True)
+class _Guard:
+    """A check a version must pass to be published: not worse than ``baseline`` on ``traces`` by > ``tolerance``."""
+
+    name: str  # reference | anchor: its scores' key
+    traces: list[Trace]
+    baseline: str  # deployed | first
+    tolerance: float
+
+
+def _loaded(
+    folder: Path, video: Video, deployed: ActorCritic, spec: ObservationSpec, same: bool
+) -> tuple[ActorCritic, ObservationSpec]:
+    """The model in ``folder`` and its spec (the deployed one itself when ``same``)."""
+    if same:
+        return deployed, spec
+    checkpoint = load_checkpoint(folder, video)
+    return checkpoint.model, checkpoint.spec
+
+
+def _failed_guard(scores: dict[str, dict[str, float]], guards: list[_Guard], version: str) -> str | None:
+    """Why ``version`` (its key in the guards' scores) fails a guard, or None when it passes them all."""
+    for guard in guards:
+        loss = scores[guard.name][guard.baseline] - scores[guard.name][version]
+        if loss > guard.tolerance:
+            return f"{guard.name} loss {loss:.3f} > tolerance {guard.tolerance}"
+    return None
+
+
 def _revert_choice(
-    scores: dict[str, dict[str, float]], config: RetrainConfig, reference: list[Trace],
+    scores: dict[str, dict[str, float]], config: RetrainConfig, guards: list[_Guard],
     earlier: dict[str, Checkpoint], video: Video, on_ray: bool,
 ) -> tuple[str, str] | None:  # fmt: skip
     """The earlier version to publish again and why, or None (see the module docstring, step 3)."""
@@ -360,12 +404,12 @@ def _revert_choice(
     lead = scores["earlier"][best] - max(hold["candidate"], hold["deployed"])
     if lead <= 0 or lead < config.margin:  # a margin below 0 lets candidates lose, never an earlier version
         return None
-    if "reference" in scores:
-        checkpoint = earlier[best]
-        ref = _scores(reference, video, {best: ModelPolicy(checkpoint.model, checkpoint.spec)}, on_ray)[best]
-        scores["reference"][best] = ref
-        if ref < scores["reference"]["deployed"] - config.tolerance:
-            return None
+    checkpoint = earlier[best]
+    for guard in guards:
+        scores[guard.name] |= _scores(guard.traces, video, {best: ModelPolicy(checkpoint.model, checkpoint.spec)},
+                                      on_ray)  # fmt: skip
+    if _failed_guard(scores, guards, best) is not None:
+        return None
     return best, f"earlier version {best} leads the deployed version and the candidate by {lead:+.3f} >= margin"
 
 
