@@ -34,9 +34,12 @@ TINY_SCHEDULE = Schedule(
 
 def test_shipped_schedules_validate() -> None:
     names = available_schedules()
-    assert {"regime-shift", "low-high", "synthetic-shift", "real-updown"} <= set(names)
+    assert {"regime-shift", "low-high", "synthetic-shift", "real-updown", "stationary"} <= set(names)
     for name in names:
         schedule = load_schedule(name)
+        if name == "stationary":  # the control: one family all along
+            assert [len(p.train) for p in schedule.phases] == [2]
+            continue
         assert len(schedule.phases) >= 2
         assert len(set(schedule.families())) >= 2
 
