@@ -288,13 +288,13 @@ def retrain_once(
         reference = [reference[i] for i in np.sort(pick)]
     guards = [_Guard("reference", reference, "deployed", config.tolerance)] if reference else []
     anchor = [trace for source in config.anchor for trace in resolve(source)]
-    first = registry.versions()[0]
     if anchor:
         guards.append(_Guard("anchor", anchor, "first", config.anchor_tolerance))
-    baselines = {"deployed": (deployed, spec), "first": _loaded(models / first, video, deployed, spec, first == parent)}
     for guard in guards:
         counts[guard.name] = len(guard.traces)
-        model, model_spec = baselines[guard.baseline]
+        first = registry.versions()[0]
+        model, model_spec = (deployed, spec) if guard.baseline == "deployed" or first == parent else (
+            _loaded(models / first, video))  # fmt: skip
         scores[guard.name] = _scores(guard.traces, video, {"candidate": ModelPolicy(candidate, spec),
                                                            guard.baseline: ModelPolicy(model, model_spec)},
                                      on_ray)  # fmt: skip
@@ -373,12 +373,8 @@ class _Guard:
     tolerance: float
 
 
-def _loaded(
-    folder: Path, video: Video, deployed: ActorCritic, spec: ObservationSpec, same: bool
-) -> tuple[ActorCritic, ObservationSpec]:
-    """The model in ``folder`` and its spec (the deployed one itself when ``same``)."""
-    if same:
-        return deployed, spec
+def _loaded(folder: Path, video: Video) -> tuple[ActorCritic, ObservationSpec]:
+    """The model in ``folder`` and its observation spec."""
     checkpoint = load_checkpoint(folder, video)
     return checkpoint.model, checkpoint.spec
 
