@@ -32,8 +32,8 @@ def adapt(
         str,
         typer.Option(
             help="Comma list: frozen, robustmpc (the yardstick: the classic rule on the same sessions), "
-            "METHOD[+replay][+reference][+continual][+revert][+anchor] (the retraining loop with a plasticity "
-            "method)."
+            "METHOD[+replay][+reference][+continual][+revert][+anchor][+rehearse] (the retraining loop with a "
+            "plasticity method)."
         ),
     ] = ",".join(DEFAULT_ARMS),
     seeds: Annotated[str, typer.Option(help="Comma list of seeds (sessions drawn and PPO seeds per seed).")] = (

@@ -57,6 +57,11 @@ Anchor = Annotated[
     typer.Option(help="Repeatable: a trace folder or generator spec of networks the first registry version serves; "
                  "no version is published that scores below it there by more than 0.05.", show_default=False),
 ]  # fmt: skip
+Rehearse = Annotated[
+    list[str] | None,
+    typer.Option(help="Repeatable: a trace folder or generator spec rehearsed as a quarter of every round's pool "
+                 "(the networks the starting model was trained for).", show_default=False),
+]  # fmt: skip
 Revert = Annotated[
     int,
     typer.Option(min=0, help="Earlier versions the gate also scores (the first and the newest others); the best is "
@@ -76,7 +81,7 @@ def _connect(ray: str | None, ray_workers: int) -> int:
 
 def _config(
     window_s: float, updates: int, margin: float, method: str, replay: str, reference: str, continual: bool,
-    revert_versions: int, anchor: list[str] | None,
+    revert_versions: int, anchor: list[str] | None, rehearse: list[str] | None,
 ) -> RetrainConfig:  # fmt: skip
     from abr_server.retrain.loop import RetrainConfig
     from plasticity.config import parse_plasticity
@@ -85,7 +90,8 @@ def _config(
                          replay=None if replay.lower() == OFF else replay,
                          reference=None if reference.lower() == OFF else reference,
                          plasticity=parse_plasticity({"method": method}), continual=continual,
-                         revert_versions=revert_versions, anchor=anchor or [])  # fmt: skip
+                         revert_versions=revert_versions, anchor=anchor or [],
+                         rehearsal=rehearse or [])  # fmt: skip
 
 
 @app.command("once")
@@ -103,6 +109,7 @@ def once(
     continual: Continual = False,
     revert_versions: Revert = 0,
     anchor: Anchor = None,
+    rehearse: Rehearse = None,
     device: Device = "cpu",
     ray: Ray = None,
     ray_workers: RayWorkers = 2,
@@ -113,7 +120,9 @@ def once(
     from simulator.video import load_video
 
     with user_errors():
-        config = _config(window_s, updates, margin, method, replay, reference, continual, revert_versions, anchor)
+        config = _config(
+            window_s, updates, margin, method, replay, reference, continual, revert_versions, anchor, rehearse
+        )
         learn_on = resolve_device(device)
         the_video = load_video(video)
         workers = _connect(ray, ray_workers)
@@ -139,6 +148,7 @@ def watch(
     continual: Continual = False,
     revert_versions: Revert = 0,
     anchor: Anchor = None,
+    rehearse: Rehearse = None,
     device: Device = "cpu",
     ray: Ray = None,
     ray_workers: RayWorkers = 2,
@@ -149,7 +159,9 @@ def watch(
     from simulator.video import load_video
 
     with user_errors():
-        config = _config(window_s, updates, margin, method, replay, reference, continual, revert_versions, anchor)
+        config = _config(
+            window_s, updates, margin, method, replay, reference, continual, revert_versions, anchor, rehearse
+        )
         learn_on = resolve_device(device)
         the_video = load_video(video)
         workers = _connect(ray, ray_workers)

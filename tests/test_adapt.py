@@ -128,6 +128,8 @@ def test_a_revert_arms_gate_scores_earlier_versions_and_older_records_are_kept(t
     assert anchored.anchor == [str(Path(config.trace_root) / f) for f in adapt.ANCHOR_FOLDERS]
     assert "anchor" in config.run_settings(parse_arm("resin+anchor"), 1)  # another anchor: another run
     assert "anchor" not in config.run_settings(parse_arm("resin"), 1)
+    rehearsing = adapt.round_config(config, parse_arm("resin+rehearse"), 1, 0, 1.0)
+    assert (rehearsing.rehearsal, rehearsing.anchor) == (anchored.anchor, [])
     # A record written before a retrain setting existed is kept: the setting takes its default.
     settings = json.loads(json.dumps(config.run_settings(parse_arm("resin+continual"), 1)))
     del settings["retrain"]["revert_versions"]

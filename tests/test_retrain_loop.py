@@ -376,6 +376,15 @@ def test_the_anchor_holds_every_version_to_the_first_on_its_traces(setup: tuple[
     assert set(held.scores["anchor"]) == {"candidate", "first", best}
 
 
+def test_rehearsal_traces_take_their_share_of_the_pool(setup: tuple[Path, Path, Path]) -> None:
+    db, models, work = setup
+    result = retrain_once(db, models, work, VIDEO, config(margin=100.0, rehearsal=["markov:n=3,seed=3"]), now_s=NOW_S)
+    assert (result.traces["train_pool"], result.traces["rehearsal"]) == (8, 2)  # a quarter of the pool of 8
+    assert "rehearsal" not in retrain_once(db, models, work, VIDEO, config(margin=100.0), now_s=NOW_S).traces
+    with pytest.raises(ValueError, match=r"replay_share \(0\.5\) \+ rehearsal_share \(0\.5\) must stay below 1"):
+        RetrainConfig(rehearsal=["markov:n=3,seed=3"], replay_share=0.5, rehearsal_share=0.5)
+
+
 def test_earlier_versions_are_the_first_and_the_newest_but_no_reverts(tmp_path: Path) -> None:
     models = tmp_path / "models"
     for k in range(1, 8):

@@ -121,7 +121,7 @@ class AdaptConfig(BaseModel):
     anchor: list[str] = Field(
         default_factory=lambda: list(ANCHOR_FOLDERS), min_length=1,
         description="Sources (folders of the trace root or generator specs) a +anchor arm's gate holds every "
-        "version to the first one on.",
+        "version to the first one on, and a +rehearse arm draws a quarter of every round's pool from.",
     )  # fmt: skip
 
     @field_validator("arms")
@@ -150,7 +150,7 @@ class AdaptConfig(BaseModel):
             "arm": arm.name, "seed": seed, "phases": [p.model_dump() for p in self.timeline()],
             "sessions_per_epoch": self.sessions_per_epoch, "trace_root": self.trace_root, "video": self.video,
             "model": self.model, "retrain": self.retrain.model_dump(mode="json") if arm.learns else None,
-        } | ({"anchor": self.anchor} if arm.anchor else {})  # fmt: skip
+        } | ({"anchor": self.anchor} if arm.anchor or arm.rehearse else {})  # fmt: skip
 
     def anchor_sources(self) -> list[str]:
         """The anchor as `traces.sources.resolve` reads it (folders under the trace root)."""
@@ -190,7 +190,7 @@ def check_sources(config: AdaptConfig) -> dict[str, int]:
         if sizes[phase.source] < config.sessions_per_epoch:
             raise ValueError(f"phase {phase.name}: {phase.source} has {sizes[phase.source]} traces, fewer than the "
                              f"{config.sessions_per_epoch} sessions of an epoch")  # fmt: skip
-    if any(parse_arm(a).anchor for a in config.arms):
+    if any(parse_arm(a).anchor or parse_arm(a).rehearse for a in config.arms):
         for source in config.anchor:
             try:
                 load_source(source, Path(config.trace_root))
@@ -240,6 +240,7 @@ def round_config(config: AdaptConfig, arm: Arm, seed: int, epoch: int, window_s:
         "reference": TELEMETRY if arm.reference else None, "plasticity": plasticity, "continual": arm.continual,
         "revert_versions": REVERT_VERSIONS if arm.revert else 0,
         "anchor": config.anchor_sources() if arm.anchor else [],
+        "rehearsal": config.anchor_sources() if arm.rehearse else [],
         "ppo": base.ppo.model_copy(update={"seed": seeding.stream_seed(seeding.TIMELINE_ROUND, seed, epoch)}),
     })  # fmt: skip
 

@@ -13,7 +13,8 @@ Importable without torch, so the command line can show the defaults in its help 
   from round to round (``+continual``) instead of a fresh fine-tune of the served version each round,
   a gate that also scores earlier versions and publishes the best again when it leads both the
   served version and the candidate (``+revert``), and a gate that holds every version to the starting
-  one on the anchor sets (``+anchor``: train folds of the real families).
+  one on the anchor sets (``+anchor``: train folds of the real families), and a quarter of every
+  round's pool drawn from those anchor sets (``+rehearse``).
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from traces.sources import is_generator_spec
 FROZEN, ROBUSTMPC = "frozen", "robustmpc"
 #: What a loop arm may add to its method: older telemetry replayed, older telemetry as the gate's reference,
 #: one trainer that carries on across rounds, earlier versions the gate may publish again, the starting
-#: model's networks as an anchor no version may fall behind it on.
-REPLAY, REFERENCE, CONTINUAL, REVERT, ANCHOR = "replay", "reference", "continual", "revert", "anchor"
-EXTRAS = (REPLAY, REFERENCE, CONTINUAL, REVERT, ANCHOR)
+#: model's networks as an anchor no version may fall behind it on, those networks rehearsed in every pool.
+REPLAY, REFERENCE, CONTINUAL, REVERT, ANCHOR, REHEARSE = (
+    "replay", "reference", "continual", "revert", "anchor", "rehearse",
+)  # fmt: skip
+EXTRAS = (REPLAY, REFERENCE, CONTINUAL, REVERT, ANCHOR, REHEARSE)
 #: The default arms: the frozen model, the loop with and without ReSiN, each with and without replay, robustMPC.
 DEFAULT_ARMS = (FROZEN, "none", "resin", f"none+{REPLAY}", f"resin+{REPLAY}", ROBUSTMPC)
 #: The default timeline: real families of the trace root's test folds, a generated fast family, and a return
@@ -88,6 +91,7 @@ class Arm:
     continual: bool = False
     revert: bool = False
     anchor: bool = False
+    rehearse: bool = False
 
     @property
     def learns(self) -> bool:
@@ -111,7 +115,7 @@ def parse_arm(name: str) -> Arm:
         raise ValueError(f"--arms: arm {name!r}: after METHOD only {', '.join('+' + e for e in EXTRAS)} may follow, "
                          "once each")  # fmt: skip
     return Arm(name, method, REPLAY in extras, REFERENCE in extras, CONTINUAL in extras, REVERT in extras,
-               ANCHOR in extras)  # fmt: skip
+               ANCHOR in extras, REHEARSE in extras)  # fmt: skip
 
 
 def parse_arms(text: str) -> list[str]:

@@ -14,7 +14,8 @@
    plasticity state carry over from round to round in ``work_dir`` (a refused candidate's training is
    kept, not thrown away), and it starts again from the registry only when the active version is not
    the one it left active (an operator's rollback or activation, a crash between publishing and
-   recording it).
+   recording it). A ``rehearsal`` share of the pool comes from fixed trace sets (the networks the
+   starting model was trained for), so that fine-tuning on the network of the moment keeps them.
 3. The gate scores the candidate, the deployed model and robustMPC on the held-out traces: the
    candidate is published only if it beats the deployed model by ``margin`` (QoE_lin) and, when a
    ``reference`` trace set is given, is not worse there than the deployed model by more than
@@ -130,6 +131,12 @@ class RetrainConfig(BaseModel):
         "version by more than anchor_tolerance. Empty: no anchor.",
     )
     anchor_tolerance: float = Field(0.05, description="QoE_lin a version may lose to the first one on the anchor.")
+    rehearsal: list[str] = Field(
+        default_factory=list,
+        description="Trace sources (folders, generator specs) rehearsed in every round's training pool, such as "
+        "the networks the starting model was trained for, so that fine-tuning keeps them. Empty: none.",
+    )
+    rehearsal_share: float = Field(0.25, ge=0, lt=1, description="Share of the training pool taken from rehearsal.")
     updates: int = Field(50, ge=1, description="PPO updates per round.")
     checkpoint_every: int = Field(10, ge=1, description="Trainer state saved every this many updates.")
     margin: float = Field(0.02, description="QoE_lin the candidate must gain on the held-out traces (< 0: may lose).")
@@ -153,6 +160,15 @@ class RetrainConfig(BaseModel):
         "others; 0: none); the best is published again when it beats the deployed version and the candidate "
         "by margin.",
     )
+
+    @model_validator(mode="after")
+    def _shares(self) -> RetrainConfig:
+        if self.rehearsal and self.replay_share + self.rehearsal_share >= 1:
+            raise ValueError(
+                f"replay_share ({self.replay_share}) + rehearsal_share ({self.rehearsal_share}) must stay below 1: "
+                "some of the pool must be recent sessions"
+            )
+        return self
 
     @model_validator(mode="after")
     def _continual_schedule(self) -> RetrainConfig:
@@ -238,11 +254,17 @@ def retrain_once(
                                          until_s=now_s - config.window_s).traces  # fmt: skip
     replay = _older(config.replay, older_telemetry)
     n_replay = round(config.pool_size * config.replay_share) if replay else 0
-    training = weighted_sample(recent, weights, config.pool_size - n_replay)
+    rehearsal = [trace for source in config.rehearsal for trace in resolve(source)]
+    n_rehearsal = round(config.pool_size * config.rehearsal_share) if rehearsal else 0
+    training = weighted_sample(recent, weights, config.pool_size - n_replay - n_rehearsal)
+    rng = np.random.default_rng(len(pool.traces))
     if n_replay:
-        rng = np.random.default_rng(len(pool.traces))
         training += [replay[i] for i in rng.integers(0, len(replay), n_replay)]
+    if n_rehearsal:
+        training += [rehearsal[i] for i in rng.integers(0, len(rehearsal), n_rehearsal)]
     counts |= {"train_recent": len(recent), "train_pool": len(training), "replay": n_replay, "holdout": len(holdout)}
+    if n_rehearsal:
+        counts["rehearsal"] = n_rehearsal
     if older_telemetry is not None:
         counts["older_telemetry"] = len(older_telemetry)
     data_key = _data_key(parent, training, holdout, config)
