@@ -788,7 +788,8 @@ class Trac(PlasticityMethod[TracConfig]):
     def after_update(
         self, model: ActorCritic, optimizer: torch.optim.Optimizer, update: int, batch: Rollout, loss_fn: LossFn
     ) -> dict[str, float]:
-        return {"plasticity/trac_scale": self.scale}
+        norm = math.sqrt(sum(float(d.pow(2).sum()) for d in self.path.values()))
+        return {"plasticity/trac_scale": self.scale, "plasticity/trac_path_norm": norm}
 
 
 _REGISTRY: dict[str, Callable[[Any], PlasticityMethod[Any]]] = {

@@ -804,7 +804,8 @@ def test_trac_keeps_its_tuners_across_a_resume_only() -> None:
         ppo_update(model, optimizer, batch_for(model), PPOConfig(update_epochs=1), 0.01, np.random.default_rng(0),
                    plasticity=hook)  # fmt: skip
         assert set(method.after_update(model, optimizer, update, batch_for(model), loss_fn(model))) == {
-            "plasticity/trac_scale"
+            "plasticity/trac_scale",
+            "plasticity/trac_path_norm",
         }
     state = method.state_dict()
     resumed, fresh = make_method(TracConfig()), make_method(TracConfig())
