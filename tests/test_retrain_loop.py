@@ -184,6 +184,12 @@ def test_retrain_commands(setup: tuple[Path, Path, Path], tmp_path: Path) -> Non
     no_gpu = CliRunner().invoke(app, ["retrain", "once", *args, "--device", "tpu"])
     assert no_gpu.exit_code == 2
     assert "--device" in no_gpu.output
+    guarded = CliRunner().invoke(app, ["retrain", "once", *args, "--margin", "100", "--revert-versions", "2",
+                                       "--anchor", "markov:n=2,seed=3", "--rehearse", "markov:n=2,seed=4"])  # fmt: skip
+    assert guarded.exit_code == 0, guarded.output
+    out = json.loads(guarded.output)
+    assert (out["traces"]["anchor"], out["traces"]["rehearsal"]) == (2, 64)  # a quarter of the pool of 256
+    assert set(out["scores"]["earlier"]) == {"v0001"}  # v0002 (published by watch) is the deployed one
 
 
 # --------------------------------------------------------------------------- the continual trainer
