@@ -759,9 +759,9 @@ class Trac(PlasticityMethod[TracConfig]):
             self._start(model)
             return
         stepped = [(n, p, p.grad) for n, p in model.named_parameters() if p.grad is not None and n in self.reference]
-        h = 0.0
-        for name, _, grad in stepped:
-            h += float((self.path[name] * grad).sum(dtype=torch.float64))
+        if not stepped:
+            return
+        h = float(torch.stack([(self.path[n] * g).sum(dtype=torch.float64) for n, _, g in stepped]).sum())
         for name, param, _ in stepped:
             self.path[name] += param - self.last[name]
         self.variance = self.betas**2 * self.variance + h * h
@@ -788,7 +788,7 @@ class Trac(PlasticityMethod[TracConfig]):
     def after_update(
         self, model: ActorCritic, optimizer: torch.optim.Optimizer, update: int, batch: Rollout, loss_fn: LossFn
     ) -> dict[str, float]:
-        norm = math.sqrt(sum(float(d.pow(2).sum()) for d in self.path.values()))
+        norm = float(torch.stack([d.pow(2).sum() for d in self.path.values()]).sum().sqrt()) if self.path else 0.0
         return {"plasticity/trac_scale": self.scale, "plasticity/trac_path_norm": norm}
 
 

@@ -190,6 +190,15 @@ def test_retrain_commands(setup: tuple[Path, Path, Path], tmp_path: Path) -> Non
     out = json.loads(guarded.output)
     assert (out["traces"]["anchor"], out["traces"]["rehearsal"]) == (2, 64)  # a quarter of the pool of 256
     assert set(out["scores"]["earlier"]) == {"v0001"}  # v0002 (published by watch) is the deployed one
+    fresh_work = tmp_path / "unused-work"
+    versions = sorted(p.name for p in models.iterdir())
+    missing = CliRunner().invoke(app, ["retrain", "once", *args[:4], "--work", str(fresh_work), *args[6:],
+                                       "--anchor", str(tmp_path / "no-such-traces")])  # fmt: skip
+    assert missing.exit_code == 2
+    assert "no-such-traces" in missing.output
+    assert len(missing.output.strip().splitlines()) == 1, missing.output
+    assert not fresh_work.exists()  # refused before any training
+    assert sorted(p.name for p in models.iterdir()) == versions
 
 
 # --------------------------------------------------------------------------- the continual trainer

@@ -12,7 +12,7 @@ Importable without torch, so the command line can show the defaults in its help 
   gate (``+reference``), one long-lived trainer whose model, optimizer and plasticity state carry over
   from round to round (``+continual``) instead of a fresh fine-tune of the served version each round,
   a gate that also scores earlier versions and publishes the best again when it leads both the
-  served version and the candidate (``+revert``), and a gate that holds every version to the starting
+  served version and the candidate (``+revert``), a gate that holds every version to the starting
   one on the anchor sets (``+anchor``: train folds of the real families), and a quarter of every
   round's pool drawn from those anchor sets (``+rehearse``).
 """

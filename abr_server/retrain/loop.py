@@ -26,8 +26,8 @@
    and the newest others); when the best of them beats both the deployed model and the candidate by
    ``margin`` (by more than 0 when the margin is negative) and passes the same checks, its weights are
    published again as a new version instead (``reverted``), and a continual trainer starts again from
-   it. A network that returns finds the
-   version that served it well, instead of waiting for the learner to climb back.
+   it. A network that returns finds the version that served it well, instead of waiting for the
+   learner to climb back.
 4. Publishing writes the candidate into the registry under a new version name, in a hidden folder
    first and renamed into place when complete, so a server watching the registry only ever sees whole
    versions. Its ``meta.json`` carries the lineage: parent version, data window, trace counts, scores.
@@ -254,7 +254,9 @@ def retrain_once(
                                          until_s=now_s - config.window_s).traces  # fmt: skip
     replay = _older(config.replay, older_telemetry)
     n_replay = round(config.pool_size * config.replay_share) if replay else 0
+    # Fixed trace sets are read before any training, so a bad source fails the round before it costs anything.
     rehearsal = [trace for source in config.rehearsal for trace in resolve(source)]
+    anchor = [trace for source in config.anchor for trace in resolve(source)]
     n_rehearsal = round(config.pool_size * config.rehearsal_share) if rehearsal else 0
     training = weighted_sample(recent, weights, config.pool_size - n_replay - n_rehearsal)
     rng = np.random.default_rng(len(pool.traces))
@@ -309,16 +311,15 @@ def retrain_once(
         )
         reference = [reference[i] for i in np.sort(pick)]
     guards = [_Guard("reference", reference, "deployed", config.tolerance)] if reference else []
-    anchor = [trace for source in config.anchor for trace in resolve(source)]
+    baselines = {"deployed": ModelPolicy(deployed, spec)}
     if anchor:
         guards.append(_Guard("anchor", anchor, "first", config.anchor_tolerance))
+        first = registry.versions()[0]
+        baselines["first"] = baselines["deployed"] if first == parent else _policy(models / first, video)
     for guard in guards:
         counts[guard.name] = len(guard.traces)
-        first = registry.versions()[0]
-        model, model_spec = (deployed, spec) if guard.baseline == "deployed" or first == parent else (
-            _loaded(models / first, video))  # fmt: skip
         scores[guard.name] = _scores(guard.traces, video, {"candidate": ModelPolicy(candidate, spec),
-                                                           guard.baseline: ModelPolicy(model, model_spec)},
+                                                           guard.baseline: baselines[guard.baseline]},
                                      on_ray)  # fmt: skip
     earlier = {
         v: load_checkpoint(models / v, video) for v in _earlier_versions(registry, parent, config.revert_versions)
@@ -395,10 +396,10 @@ class _Guard:
     tolerance: float
 
 
-def _loaded(folder: Path, video: Video) -> tuple[ActorCritic, ObservationSpec]:
-    """The model in ``folder`` and its observation spec."""
+def _policy(folder: Path, video: Video) -> ModelPolicy:
+    """The checkpoint in ``folder`` as a policy."""
     checkpoint = load_checkpoint(folder, video)
-    return checkpoint.model, checkpoint.spec
+    return ModelPolicy(checkpoint.model, checkpoint.spec)
 
 
 def _failed_guard(scores: dict[str, dict[str, float]], guards: list[_Guard], version: str) -> str | None:
@@ -436,11 +437,7 @@ def publish(
     lineage: dict[str, Any], hook: Plasticity | None = None,
 ) -> Path:  # fmt: skip
     """Write ``version`` into the registry: a hidden folder first, renamed into place when complete."""
-    final = models / version
-    if final.exists():
-        raise ValueError(f"model version {version} already exists in {models}")
-    staging = models / f".incoming-{version}"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging, final = _staging(models, version)
     save_checkpoint(staging, state.model, video, spec, qoe_kind=config.ppo.qoe,
                     train_config={"retrain": config.model_dump(mode="json")},
                     progress={"update": state.update, "global_step": state.global_step},
@@ -451,13 +448,19 @@ def publish(
     return final
 
 
-def publish_again(models: Path, version: str, earlier: Path, lineage: dict[str, Any]) -> Path:
-    """Publish ``earlier``'s weights (and plasticity state) as ``version``, with ``lineage``; staged like `publish`."""
+def _staging(models: Path, version: str) -> tuple[Path, Path]:
+    """The hidden folder ``version`` is written in (emptied) and the name it is renamed to when complete."""
     final = models / version
     if final.exists():
         raise ValueError(f"model version {version} already exists in {models}")
     staging = models / f".incoming-{version}"
     shutil.rmtree(staging, ignore_errors=True)
+    return staging, final
+
+
+def publish_again(models: Path, version: str, earlier: Path, lineage: dict[str, Any]) -> Path:
+    """Publish ``earlier``'s weights (and plasticity state) as ``version``, with ``lineage``; staged like `publish`."""
+    staging, final = _staging(models, version)
     staging.mkdir(parents=True)
     for name in (MODEL_FILE, PLASTICITY_FILE):
         if (earlier / name).is_file():

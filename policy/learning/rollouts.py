@@ -24,7 +24,7 @@ from policy.learning.network import ROW_FUTURE, ActorCritic
 from simulator.batch import BatchSimulator
 from simulator.envs import ABRVectorEnv
 from simulator.link import LinkConfig
-from simulator.observation import HistoryPadding, ObservationSpec
+from simulator.observation import ObservationSpec
 from simulator.qoe import QoEConfig, QoEKind
 from simulator.video import Video
 from traces.trace import Trace
@@ -128,11 +128,10 @@ class SessionRollouts:
         self.reward_scale = reward_scale
         self.critic_future = critic_future
         self.expert = make_expert(expert, num_envs, video) if expert is not None else None
-        spec = spec or ObservationSpec()
-        # Sessions draw a throughput prior only where something reads it: the state, or the expert.
-        prior = spec.history_padding is HistoryPadding.prior or (self.expert is not None and self.expert.reads_prior)
+        # Sessions draw a throughput prior where the state reads it (the env's default) or the expert does.
+        prior = True if self.expert is not None and self.expert.reads_prior else None
         self.envs = ABRVectorEnv(num_envs, traces, video, link=link or LinkConfig.training(), qoe=QoEConfig(kind=qoe),
-                                 spec=spec, prior=prior)  # fmt: skip
+                                 spec=spec or ObservationSpec(), prior=prior)  # fmt: skip
         obs, _ = self.envs.reset(seed=sessions_seed)
         self.next_obs = self._observed(obs)
         self.next_done = torch.zeros(num_envs, device=self.device)
